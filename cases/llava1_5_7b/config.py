@@ -1,0 +1,279 @@
+"""The case's configuration schema: one validator for every per-hardware TOML file.
+
+Standard library only, so the host side (`kit`) can validate a config before it launches anything.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin, get_type_hints
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10 in the image
+    import tomli as tomllib
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+STAGES = ("pretrain", "finetune")
+
+
+class ConfigError(ValueError):
+    """A config file is wrong; the message names the file and the key."""
+
+
+@dataclass(frozen=True)
+class LLMShape:
+    hidden: int = 4096
+    layers: int = 32
+    heads: int = 32
+    kv_heads: int = 32
+    ffn: int = 11008
+    vocab: int = 32000
+    max_positions: int = 4096
+    rms_eps: float = 1e-5
+    rope_theta: float = 10000.0
+
+
+@dataclass(frozen=True)
+class VisionShape:
+    hidden: int = 1024
+    layers: int = 24
+    heads: int = 16
+    ffn: int = 4096
+    image_size: int = 336
+    patch: int = 14
+    # Hidden-state index whose patch features feed the projector (-2: second-to-last layer).
+    select_layer: int = -2
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    llm: LLMShape = field(default_factory=LLMShape)
+    vision: VisionShape = field(default_factory=VisionShape)
+    projector: Literal["mlp2x_gelu"] = "mlp2x_gelu"
+    max_length: int = 2048
+    # auto: flash_attention_2 when flash-attn imports, else sdpa.
+    attn: Literal["auto", "flash_attention_2", "sdpa", "eager"] = "auto"
+    # Directory names under --models for real checkpoints (Hugging Face format).
+    llm_dir: str = "vicuna-7b-v1.5"
+    vision_dir: str = "clip-vit-large-patch14-336"
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    pretrain_json: str = "LLaVA-Pretrain/blip_laion_cc_sbu_558k.json"
+    pretrain_images: str = "LLaVA-Pretrain/images"
+    finetune_json: str = "llava_v1_5_mix665k.json"
+    finetune_images: str = "."
+    num_workers: int = 4
+    # Bad records (unreadable image, malformed conversation) tolerated before the run stops; each is counted.
+    skip_bad_records: int = 0
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    pretrain_records: int = 2048
+    finetune_records: int = 1024
+    text_only_fraction: float = 0.06
+    # Side lengths (pixels) of the generated JPEG files, drawn uniformly in this range.
+    image_min_side: int = 200
+    image_max_side: int = 640
+    tokenizer_vocab: int = 4000
+    seed: int = 1234
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    zero_stage: Literal[0, 1, 2, 3]
+    micro_batch: int
+    global_batch: int
+    lr: float
+    template: Literal["plain", "v1"]
+    image_mode: Literal["crop", "pad"]
+    sampler: Literal["random", "modality_length"]
+    gradient_checkpointing: bool = True
+    # Fraction of the optimizer state kept on the CPU (0 = none, 1 = all; between: DeepSpeed's partial offload).
+    offload_optimizer: float = 0.0
+    checkpoint_every: int = 500
+    # ZeRO bucket sizes as multiples of hidden^2 (the reference: reduce 1.0, prefetch 0.9).
+    reduce_bucket: float = 1.0
+    prefetch_bucket: float = 0.9
+    param_persistence: float = 10.0
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    seed: int = 42
+    bf16: bool = True
+    tf32: bool = True
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_eps: float = 1e-8
+    warmup_ratio: float = 0.03
+
+
+@dataclass(frozen=True)
+class CaseConfig:
+    name: str
+    description: str
+    device: str
+    nodes: int
+    gpus_per_node: int
+    model: ModelConfig
+    data: DataConfig
+    synthetic: SyntheticConfig
+    train: TrainConfig
+    pretrain: StageConfig
+    finetune: StageConfig
+    path: str = ""
+
+    def stage(self, name: str) -> StageConfig:
+        if name not in STAGES:
+            raise ConfigError(f"unknown stage {name!r}: expected one of {', '.join(STAGES)}")
+        return getattr(self, name)
+
+    def grad_accum(self, stage: str, world_size: int) -> int:
+        """GAS that keeps the config's global batch on `world_size` ranks (the LLaVA authors' rule)."""
+        s = self.stage(stage)
+        per_step = s.micro_batch * world_size
+        if s.global_batch % per_step:
+            raise ConfigError(
+                f"{self.path}: [{stage}] global_batch {s.global_batch} is not a multiple of micro_batch "
+                f"{s.micro_batch} x {world_size} ranks; choose a micro_batch or GPU count that divides it"
+            )
+        return s.global_batch // per_step
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _check(cls: type, data: Any, where: str, path: str) -> Any:
+    """Build dataclass `cls` from `data`, naming the file and the dotted key of every problem."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: [{where}] must be a table, got {type(data).__name__}")
+    hints = get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(
+            f"{path}: unknown key {where + '.' if where else ''}{unknown[0]}; allowed keys: {', '.join(sorted(names - {'path'}))}"
+        )
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        key = f"{where}.{f.name}" if where else f.name
+        if f.name not in data:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ConfigError(f"{path}: missing required key {key}")
+            continue
+        kwargs[f.name] = _value(hints[f.name], data[f.name], key, path)
+    return cls(**kwargs)
+
+
+def _value(tp: Any, value: Any, key: str, path: str) -> Any:
+    if dataclasses.is_dataclass(tp):
+        return _check(tp, value, key, path)
+    if get_origin(tp) is Literal:
+        allowed = get_args(tp)
+        if value not in allowed or type(value) is not type(allowed[0]):
+            raise ConfigError(f"{path}: {key} = {value!r} is not one of {', '.join(map(repr, allowed))}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path}: {key} must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{path}: {key} must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{path}: {key} must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: {key} must be a string, got {value!r}")
+        return value
+    raise AssertionError(f"unhandled type {tp} for {key}")  # pragma: no cover
+
+
+def _validate(cfg: CaseConfig) -> None:
+    p = cfg.path
+    positive = {
+        "nodes": cfg.nodes, "gpus_per_node": cfg.gpus_per_node, "model.max_length": cfg.model.max_length,
+        "data.num_workers + 1": cfg.data.num_workers + 1,
+    }
+    for stage in STAGES:
+        s = cfg.stage(stage)
+        positive[f"{stage}.micro_batch"] = s.micro_batch
+        positive[f"{stage}.global_batch"] = s.global_batch
+        positive[f"{stage}.checkpoint_every"] = s.checkpoint_every
+        if not 0.0 <= s.offload_optimizer <= 1.0:
+            raise ConfigError(f"{p}: {stage}.offload_optimizer = {s.offload_optimizer} must lie between 0 and 1")
+        if s.offload_optimizer and s.zero_stage < 2 and s.offload_optimizer < 1:
+            raise ConfigError(f"{p}: {stage}.offload_optimizer: partial offload needs zero_stage 3")
+        if s.lr <= 0:
+            raise ConfigError(f"{p}: {stage}.lr must be positive, got {s.lr}")
+    for key, v in positive.items():
+        if v <= 0:
+            raise ConfigError(f"{p}: {key} must be positive, got {v}")
+    llm, vis = cfg.model.llm, cfg.model.vision
+    if llm.hidden % llm.heads:
+        raise ConfigError(f"{p}: model.llm.hidden {llm.hidden} is not divisible by model.llm.heads {llm.heads}")
+    if llm.heads % llm.kv_heads:
+        raise ConfigError(f"{p}: model.llm.heads {llm.heads} is not divisible by model.llm.kv_heads {llm.kv_heads}")
+    if vis.hidden % vis.heads:
+        raise ConfigError(f"{p}: model.vision.hidden {vis.hidden} is not divisible by model.vision.heads {vis.heads}")
+    if vis.image_size % vis.patch:
+        raise ConfigError(f"{p}: model.vision.image_size {vis.image_size} is not a multiple of patch {vis.patch}")
+    if not -vis.layers <= vis.select_layer < 0:
+        raise ConfigError(f"{p}: model.vision.select_layer {vis.select_layer} must lie in [-{vis.layers}, -1]")
+    if not 0 <= cfg.synthetic.text_only_fraction < 1:
+        raise ConfigError(f"{p}: synthetic.text_only_fraction must lie in [0, 1)")
+    if not 0 < cfg.synthetic.image_min_side <= cfg.synthetic.image_max_side:
+        raise ConfigError(f"{p}: synthetic.image_min_side must be positive and <= image_max_side")
+    if not 0 <= cfg.train.warmup_ratio < 1:
+        raise ConfigError(f"{p}: train.warmup_ratio must lie in [0, 1)")
+
+
+def parse(data: dict[str, Any], path: str, name: str) -> CaseConfig:
+    data = dict(data)
+    data.setdefault("name", name)
+    cfg = _check(CaseConfig, data, "", path)
+    cfg = dataclasses.replace(cfg, path=path)
+    _validate(cfg)
+    return cfg
+
+
+def load(name_or_path: str | Path) -> CaseConfig:
+    """Load a config by name (a file in configs/) or by path."""
+    p = Path(name_or_path)
+    if p.suffix != ".toml":
+        p = CONFIG_DIR / f"{name_or_path}.toml"
+    if not p.is_file():
+        names = ", ".join(available())
+        raise ConfigError(f"no config {str(name_or_path)!r} (looked for {p}); available: {names}, or a path to a .toml file")
+    try:
+        data = tomllib.loads(p.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{p}: not valid TOML: {e}") from None
+    return parse(data, str(p), p.stem)
+
+
+def available() -> list[str]:
+    return sorted(q.stem for q in CONFIG_DIR.glob("*.toml"))
+
+
+def steps_per_epoch(records: int, global_batch: int) -> int:
+    """Optimizer steps of one epoch; the last global batch is filled by wrapping around (as the reference)."""
+    return -(-records // global_batch)
+
+
+def warmup_steps(total_steps: int, ratio: float) -> int:
+    """Linear warm-up length, rounded up as the reference's scheduler does (2181 steps -> 66)."""
+    import math
+
+    return math.ceil(total_steps * ratio)

@@ -1,0 +1,489 @@
+"""The case's data pipeline: records -> (input_ids, labels, image) -> micro-batches, as LLaVA-1.5 builds them.
+
+What the reference does and where the kit differs on purpose:
+- Prompts, `<image>` handling and label masks follow LLaVA's `preprocess_plain` / `preprocess_v1` and
+  `tokenizer_image_token`. The kit builds ids and labels segment by segment and checks that they equal the
+  whole-string tokenization; a mismatch is an error (the reference silently masks the whole sample).
+- Bad records (malformed, non-alternating, missing or unreadable image) stop the run with a message that
+  names the file, the record and the fix, unless `skip_bad_records` allows skipping a counted few.
+  A conversation that starts with a gpt turn is a bad record here; LLaVA silently drops that first turn.
+- Sequences are not truncated here: the model truncates after splicing the image features (as the
+  reference); the collator only drops raw tokens that cannot survive that truncation.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .tokenizer import Tokenizer
+
+IGNORE_INDEX = -100
+IMAGE_TOKEN_INDEX = -200
+IMAGE_TOKEN = "<image>"
+SYSTEM_V1 = (
+    "A chat between a curious user and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the user's questions."
+)
+TEMPLATES = ("plain", "v1")
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+PAD_COLOR = tuple(int(m * 255) for m in CLIP_MEAN)  # (122, 116, 104), as LLaVA's expand2square
+_SKIP_HINT = "fix or remove the record, or set [data] skip_bad_records in the config to skip a counted few"
+
+
+class DataError(ValueError):
+    """Bad training data: the message names the file, the record and what to do."""
+
+
+# ---------------------------------------------------------------------------------------------- templates
+
+
+def tokenizer_image_token(prompt: str, tok: Tokenizer) -> list[int]:
+    """The reference's whole-string tokenization: `<image>`-split chunks, each a fresh encode, one BOS."""
+    chunks = prompt.split(IMAGE_TOKEN)
+    ids = tok.encode(chunks[0])
+    for chunk in chunks[1:]:
+        ids.append(IMAGE_TOKEN_INDEX)
+        ids += tok.encode(chunk, bos=False)
+    return ids
+
+
+def move_image_to_front(value: str) -> str:
+    """LLaVA's preprocess_multimodal: drop `<image>` where it stands, put `<image>\\n` before the rest."""
+    if IMAGE_TOKEN not in value:
+        return value
+    return (IMAGE_TOKEN + "\n" + value.replace(IMAGE_TOKEN, "").strip()).strip()
+
+
+def build_segments(conversations: Sequence[dict[str, str]], template: str, has_image: bool) -> list[tuple[str, bool]]:
+    """Cut the prompt into (text, supervised) segments whose concatenation is the reference's prompt."""
+    values = [move_image_to_front(c["value"]) if has_image else c["value"] for c in conversations]
+    if template == "plain":
+        # The human turn becomes the image alone; caption + "\n" (the plain separator) is supervised.
+        return [(IMAGE_TOKEN, False), (values[1] + "\n", True)]
+    if template != "v1":
+        raise ValueError(f"unknown template {template!r}: expected one of {', '.join(TEMPLATES)}")
+    segments: list[tuple[str, bool]] = []
+    for r in range(0, len(values), 2):
+        head = SYSTEM_V1 + " " if r == 0 else ""
+        # The space after "ASSISTANT:" starts the answer's first token, so it belongs to the answer.
+        segments.append((f"{head}USER: {values[r]} ASSISTANT:", False))
+        segments.append((f" {values[r + 1]}</s>", True))
+    return segments
+
+
+def encode_segments(segments: Sequence[tuple[str, bool]], tok: Tokenizer) -> tuple[list[int], list[int]]:
+    """Encode each segment in its context (prefix rules of the whole string); label supervised ones."""
+    ids, labels = [tok.bos_id], [IGNORE_INDEX]
+    state = "start"
+    for text, supervised in segments:
+        for k, chunk in enumerate(text.split(IMAGE_TOKEN)):
+            if k:
+                ids.append(IMAGE_TOKEN_INDEX)
+                labels.append(IGNORE_INDEX)
+                state = "start"  # every `<image>`-split chunk is a fresh encode
+            part, state = tok.encode_continuation(chunk, state)
+            ids += part
+            labels += part if supervised else [IGNORE_INDEX] * len(part)
+    return ids, labels
+
+
+def tokenize_conversation(
+    conversations: Sequence[dict[str, str]], template: str, tok: Tokenizer, has_image: bool
+) -> tuple[list[int], list[int], str | None]:
+    """Return input_ids, labels and, when the segments disagree with the whole string, why."""
+    segments = build_segments(conversations, template, has_image)
+    ids, labels = encode_segments(segments, tok)
+    whole = tokenizer_image_token("".join(t for t, _ in segments), tok)
+    if ids == whole:
+        return ids, labels, None
+    at = next((i for i, (a, b) in enumerate(zip(ids, whole, strict=False)) if a != b), min(len(ids), len(whole)))
+
+    def show(x: list[int]) -> str:
+        return " ".join("<image>" if i < 0 else tok.id_to_piece(i) for i in x[max(0, at - 3) : at + 3])
+
+    why = f"segment tokens differ from whole-string tokens at position {at}: [{show(ids)}] vs [{show(whole)}]"
+    return ids, labels, why
+
+
+# ---------------------------------------------------------------------------------------------- records
+
+
+def record_problem(rec: Any, template: str) -> str | None:
+    """Why a record cannot be used (schema, turn order, `<image>` placement), or None when it is fine."""
+    if not isinstance(rec, dict):
+        return f"a record must be a JSON object, got {type(rec).__name__}"
+    if not isinstance(rec.get("id"), (str, int)) or isinstance(rec.get("id"), bool):
+        return "missing or invalid 'id' (a string)"
+    image = rec.get("image")
+    if "image" in rec and (not isinstance(image, str) or not image):
+        return f"'image' must be a non-empty relative path, got {image!r}"
+    conv = rec.get("conversations")
+    if not isinstance(conv, list) or not conv:
+        return "missing 'conversations' (a non-empty list of {from, value} turns)"
+    for j, turn in enumerate(conv):
+        if not isinstance(turn, dict) or not isinstance(turn.get("value"), str) or turn.get("from") not in ("human", "gpt"):
+            return f"turn {j} must be {{'from': 'human'|'gpt', 'value': string}}, got {str(turn)[:80]}"
+        if not turn["value"].strip():
+            return f"turn {j} ({turn['from']}) has an empty value"
+        want = "human" if j % 2 == 0 else "gpt"
+        if turn["from"] != want:
+            return (
+                f"turns must alternate human, gpt, ... starting with human; turn {j} is {turn['from']}"
+                + (" (LLaVA would silently drop a leading gpt turn)" if j == 0 else "")
+            )
+        if turn["from"] == "gpt" and IMAGE_TOKEN in turn["value"]:
+            return f"turn {j} (gpt) contains {IMAGE_TOKEN}; only human turns may hold the image"
+    if len(conv) % 2:
+        return f"{len(conv)} turns: the last human turn has no gpt answer"
+    placeholders = sum(t["value"].count(IMAGE_TOKEN) for t in conv)
+    if "image" in rec and placeholders != 1:
+        return f"an image record needs exactly one {IMAGE_TOKEN} placeholder, found {placeholders}"
+    if "image" not in rec and placeholders:
+        return f"a text-only record (no 'image') contains {IMAGE_TOKEN}"
+    if template == "plain" and ("image" not in rec or len(conv) != 2):
+        return "the plain template needs an image and exactly one human and one gpt turn"
+    return None
+
+
+# ---------------------------------------------------------------------------------------------- images
+
+
+class ImageProcessor:
+    """CLIP preprocessing: "crop" = shortest side to S (bicubic) + centre crop; "pad" = square first."""
+
+    def __init__(self, image_size: int, mode: str) -> None:
+        if mode not in ("crop", "pad"):
+            raise ValueError(f"unknown image mode {mode!r}: expected 'crop' or 'pad'")
+        self.size = image_size
+        self.mode = mode
+        self.mean = np.array(CLIP_MEAN, dtype=np.float32)
+        self.std = np.array(CLIP_STD, dtype=np.float32)
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        img = image.convert("RGB")
+        if self.mode == "pad":
+            img = expand_to_square(img)
+        w, h = img.size
+        s = self.size
+        short, long = (w, h) if w <= h else (h, w)
+        new_long = int(s * long / short)  # transformers' get_resize_output_image_size
+        img = img.resize((s, new_long) if w <= h else (new_long, s), resample=Image.BICUBIC)
+        w, h = img.size
+        top, left = (h - s) // 2, (w - s) // 2
+        img = img.crop((left, top, left + s, top + s))
+        arr = (np.asarray(img, dtype=np.float32) / 255.0 - self.mean) / self.std
+        return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+
+
+def expand_to_square(img: Image.Image) -> Image.Image:
+    """Pad to a square with the CLIP mean colour, image centred (LLaVA's expand2square)."""
+    w, h = img.size
+    if w == h:
+        return img
+    side = max(w, h)
+    out = Image.new(img.mode, (side, side), PAD_COLOR)
+    out.paste(img, ((side - w) // 2, (side - h) // 2))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- dataset
+
+
+class LlavaDataset(torch.utils.data.Dataset):
+    """One LLaVA JSON file: validated up front (schema, turn order, image files exist), tokenized lazily.
+
+    An image that fails to decode is only found at load time; within the skip budget it is replaced by the
+    next good record. Each DataLoader worker holds its own copy, so load-time skips are counted per process.
+    """
+
+    def __init__(
+        self,
+        json_path: str | os.PathLike[str],
+        image_root: str | os.PathLike[str],
+        tokenizer: Tokenizer,
+        template: str,
+        image_mode: str,
+        image_size: int,
+        skip_bad_records: int = 0,
+    ) -> None:
+        if template not in TEMPLATES:
+            raise ValueError(f"unknown template {template!r}: expected one of {', '.join(TEMPLATES)}")
+        self.json_path = str(json_path)
+        self.image_root = str(image_root)
+        self.tokenizer = tokenizer
+        self.template = template
+        self.processor = ImageProcessor(image_size, image_mode)
+        self.skip_limit = skip_bad_records
+        self.skipped: list[tuple[str, str]] = []
+        self.records: list[dict[str, Any]] = []
+        for index, rec in enumerate(self._read_json()):
+            why = record_problem(rec, template)
+            if why is None and "image" in rec:
+                path = os.path.join(self.image_root, rec["image"])
+                if not os.path.isfile(path):
+                    why = f"image {path} does not exist (image root {self.image_root})"
+            if why is None:
+                self.records.append(rec)
+            else:
+                rid = str(rec.get("id")) if isinstance(rec, dict) else "?"
+                self._skip(index, rid, why)
+        if not self.records:
+            raise DataError(f"{self.json_path}: no usable records; check the file and the image root {self.image_root}")
+
+    def _read_json(self) -> list[Any]:
+        try:
+            with open(self.json_path, encoding="utf-8") as f:
+                data = json.load(f)
+        except FileNotFoundError:
+            raise DataError(f"{self.json_path}: file not found; download the data or generate it with --synthetic") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise DataError(f"{self.json_path}: not valid JSON ({e}); the file may be truncated, download it again") from None
+        if not isinstance(data, list):
+            raise DataError(f"{self.json_path}: expected a JSON list of records, got {type(data).__name__}")
+        return data
+
+    def _skip(self, index: int, rid: str, why: str, then: str = "") -> None:
+        """Count a bad record, or raise when the budget is spent: never silent."""
+        where = f"{self.json_path}: record #{index} (id {rid!r})"
+        if len(self.skipped) >= self.skip_limit:
+            if self.skip_limit == 0:
+                raise DataError(f"{where}: {why}; {_SKIP_HINT}")
+            raise DataError(
+                f"{where}: {why}; this is bad record {len(self.skipped) + 1}, over the limit: "
+                f"{len(self.skipped)} records were already skipped (skip_bad_records = {self.skip_limit}). "
+                f"Fix the data or raise [data] skip_bad_records above {self.skip_limit}"
+            )
+        self.skipped.append((rid, why))
+        print(
+            f"warning: {where} skipped ({len(self.skipped)} of at most {self.skip_limit}): {why}{then}",
+            file=sys.stderr,
+        )
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def modality_lengths(self) -> list[int]:
+        """Whitespace word counts over all turns, negative for text-only (LLaVA's `modality_lengths`).
+
+        LLaVA's other list, `lengths`, adds 128 for image samples; it feeds only `group_by_length`, which
+        the reference does not use, so it is not reproduced.
+        """
+        out = []
+        for rec in self.records:
+            n = sum(len(t["value"].split()) for t in rec["conversations"])
+            out.append(n if "image" in rec else -n)
+        return out
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        for attempt in range(len(self.records)):
+            j = (i + attempt) % len(self.records)
+            rec = self.records[j]
+            image, why = None, None
+            if "image" in rec:
+                image, why = self._load_image(rec)
+            if why is None:
+                return self._tokenize(j, rec, image)
+            self._skip(j, str(rec["id"]), why, "; the next good record takes its place")
+        raise DataError(f"{self.json_path}: no record could be loaded")  # pragma: no cover
+
+    def _load_image(self, rec: dict[str, Any]) -> tuple[torch.Tensor | None, str | None]:
+        path = os.path.join(self.image_root, rec["image"])
+        try:
+            with Image.open(path) as img:
+                img.load()
+                return self.processor(img), None
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+            return None, f"image {path} cannot be read ({type(e).__name__}: {e})"
+
+    def _tokenize(self, index: int, rec: dict[str, Any], image: torch.Tensor | None) -> dict[str, Any]:
+        ids, labels, why = tokenize_conversation(rec["conversations"], self.template, self.tokenizer, "image" in rec)
+        if why is not None:
+            raise DataError(
+                f"{self.json_path}: record #{index} (id {str(rec['id'])!r}): label masking failed, {why}. "
+                "This is a kit bug for this tokenizer and text: report it with the record"
+            )
+        return {
+            "id": str(rec["id"]),
+            "input_ids": torch.tensor(ids, dtype=torch.long),
+            "labels": torch.tensor(labels, dtype=torch.long),
+            "image": image,
+        }
+
+
+# ---------------------------------------------------------------------------------------------- sampler
+
+
+def _split_to_even_chunks(indices: list[int], lengths: Sequence[int], num_chunks: int) -> list[list[int]]:
+    """LLaVA's split: each next (longest-first) index goes to the lightest chunk that still has room."""
+    if len(indices) % num_chunks:
+        return [indices[i::num_chunks] for i in range(num_chunks)]
+    per_chunk = len(indices) // num_chunks
+    chunks: list[list[int]] = [[] for _ in range(num_chunks)]
+    load = [0.0] * num_chunks
+    for index in indices:
+        k = load.index(min(load))
+        chunks[k].append(index)
+        load[k] += lengths[index]
+        if len(chunks[k]) == per_chunk:
+            load[k] = math.inf
+    return chunks
+
+
+def _length_grouped(lengths: Sequence[int], megabatch: int, num_chunks: int, g: torch.Generator) -> list[int]:
+    """LLaVA's get_length_grouped_indices: shuffle, cut megabatches, sort each longest first, split."""
+    perm = torch.randperm(len(lengths), generator=g).tolist()
+    out: list[int] = []
+    for s in range(0, len(perm), megabatch):
+        mb = sorted(perm[s : s + megabatch], key=lambda i: lengths[i], reverse=True)
+        for chunk in _split_to_even_chunks(mb, lengths, num_chunks):
+            out += chunk
+    return out
+
+
+def modality_grouped_order(lengths: Sequence[int], micro_batch: int, num_chunks: int, g: torch.Generator) -> list[int]:
+    """LLaVA's get_modality_length_grouped_indices (num_chunks = world size x GAS, as the reference passes).
+
+    Megabatches hold one modality; they are shuffled together and the two partial leftovers (the last image
+    and the last text-only megabatch) form one mixed megabatch at the end, sorted by index.
+    """
+    if any(v == 0 for v in lengths):
+        raise ValueError("modality lengths must be non-zero (positive: image, negative: text-only)")
+    megabatch = micro_batch * num_chunks
+    if all(v > 0 for v in lengths) or all(v < 0 for v in lengths):
+        return _length_grouped([abs(v) for v in lengths], megabatch, num_chunks, g)
+    mm = [(i, v) for i, v in enumerate(lengths) if v > 0]
+    lang = [(i, -v) for i, v in enumerate(lengths) if v < 0]
+    mm_order = [mm[j][0] for j in _length_grouped([v for _, v in mm], megabatch, num_chunks, g)]
+    lang_order = [lang[j][0] for j in _length_grouped([v for _, v in lang], megabatch, num_chunks, g)]
+    mm_mbs = [mm_order[i : i + megabatch] for i in range(0, len(mm_order), megabatch)]
+    lang_mbs = [lang_order[i : i + megabatch] for i in range(0, len(lang_order), megabatch)]
+    leftover = mm_mbs[-1] + lang_mbs[-1]
+    mbs = mm_mbs[:-1] + lang_mbs[:-1]
+    mbs = [mbs[i] for i in torch.randperm(len(mbs), generator=g).tolist()]
+    if leftover:
+        mbs.append(sorted(leftover))
+    return [i for mb in mbs for i in mb]
+
+
+class StepBatchSampler(torch.utils.data.Sampler[list[int]]):
+    """One rank's micro-batches of one epoch, step-aligned so a resume can skip whole optimizer steps.
+
+    The global order (random, or LLaVA's modality-length grouping) is wrapped around from its start to fill
+    `steps` full global batches; micro-batch b of it goes to rank b % world_size, as accelerate shards it.
+    """
+
+    def __init__(
+        self,
+        lengths: Sequence[int],
+        micro_batch: int,
+        world_size: int,
+        rank: int,
+        grad_accum: int,
+        kind: str,
+        seed: int,
+        start_step: int = 0,
+    ) -> None:
+        n = len(lengths)
+        if n == 0:
+            raise ValueError("no samples to draw from")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside world size {world_size}")
+        self.micro_batch = micro_batch
+        self.world_size = world_size
+        self.rank = rank
+        self.grad_accum = grad_accum
+        self.global_batch = micro_batch * world_size * grad_accum
+        self.steps = -(-n // self.global_batch)
+        if not 0 <= start_step <= self.steps:
+            raise ValueError(f"start_step {start_step} is outside the epoch's {self.steps} steps")
+        self.start_step = start_step
+        g = torch.Generator().manual_seed(seed)
+        if kind == "random":
+            order = torch.randperm(n, generator=g).tolist()
+        elif kind == "modality_length":
+            order = modality_grouped_order(lengths, micro_batch, world_size * grad_accum, g)
+        else:
+            raise ValueError(f"unknown sampler {kind!r}: expected 'random' or 'modality_length'")
+        total = self.steps * self.global_batch
+        order = (order * (-(-total // n)))[:total]
+        micro = [order[b : b + micro_batch] for b in range(0, total, micro_batch)]
+        mine = micro[rank::world_size]
+        self._batches = mine[start_step * grad_accum :]
+
+    def __iter__(self):
+        return iter(self._batches)
+
+    def __len__(self) -> int:
+        return len(self._batches)
+
+
+# ---------------------------------------------------------------------------------------------- collator
+
+
+def splice_plan(input_ids: torch.Tensor, labels: torch.Tensor, image_tokens: int, max_length: int) -> tuple[int, int, int]:
+    """(raw tokens to keep, spliced length after truncation, supervised targets) for one sample.
+
+    Each image placeholder becomes `image_tokens` positions, then the sequence is cut at `max_length`, as the
+    model does. Supervised targets are positions t >= 1 whose label is not ignored (next-token targets).
+    """
+    width = torch.where(input_ids == IMAGE_TOKEN_INDEX, image_tokens, 1)
+    start = torch.cumsum(width, 0) - width
+    keep = int((start < max_length).sum())
+    length = min(int(width.sum()), max_length)
+    supervised = int(((labels != IGNORE_INDEX) & (start >= 1) & (start < max_length)).sum())
+    return keep, length, supervised
+
+
+def spliced_labels(input_ids: torch.Tensor, labels: torch.Tensor, image_tokens: int, max_length: int) -> torch.Tensor:
+    """Labels as the model sees them: each placeholder widened to `image_tokens` ignored positions, then cut."""
+    width = torch.where(input_ids == IMAGE_TOKEN_INDEX, image_tokens, 1)
+    return torch.repeat_interleave(labels, width)[:max_length]
+
+
+class Collator:
+    """Right-pads a list of samples and counts what the model will really compute on."""
+
+    def __init__(self, pad_id: int, max_length: int, image_tokens: int) -> None:
+        self.pad_id = pad_id
+        self.max_length = max_length
+        self.image_tokens = image_tokens
+
+    def __call__(self, samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        plans = [splice_plan(s["input_ids"], s["labels"], self.image_tokens, self.max_length) for s in samples]
+        width = max(keep for keep, _, _ in plans)
+        b = len(samples)
+        input_ids = torch.full((b, width), self.pad_id, dtype=torch.long)
+        labels = torch.full((b, width), IGNORE_INDEX, dtype=torch.long)
+        mask = torch.zeros((b, width), dtype=torch.bool)
+        for row, (s, (keep, _, _)) in enumerate(zip(samples, plans, strict=True)):
+            input_ids[row, :keep] = s["input_ids"][:keep]
+            labels[row, :keep] = s["labels"][:keep]
+            mask[row, :keep] = True
+        images = [s["image"] for s in samples if s["image"] is not None]
+        lengths = [length for _, length, _ in plans]
+        return {
+            "input_ids": input_ids,
+            "labels": labels,
+            "attention_mask": mask,
+            "images": torch.stack(images) if images else None,
+            "has_image": torch.tensor([s["image"] is not None for s in samples], dtype=torch.bool),
+            "ids": [s["id"] for s in samples],
+            "stats": {
+                "samples": b,
+                "images": len(images),
+                "real_tokens": sum(lengths),
+                "padded_tokens": b * max(lengths),
+                "real_tokens_sq": sum(n * n for n in lengths),
+                "supervised_tokens": sum(sup for _, _, sup in plans),
+            },
+        }

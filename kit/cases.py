@@ -1,0 +1,48 @@
+"""The cases this kit knows: where their code, configs and reference table live."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    package: str  # importable inside the container (or natively)
+    stages: tuple[str, ...]  # the order of `--stage all`
+
+    @property
+    def dir(self) -> Path:
+        return ROOT / "cases" / self.name
+
+    @property
+    def reference(self) -> Path:
+        return self.dir / "reference.toml"
+
+    def module(self, name: str) -> str:
+        return f"{self.package}.{name}"
+
+
+CASES = {"llava1_5_7b": Case("llava1_5_7b", "cases.llava1_5_7b", ("pretrain", "finetune"))}
+
+
+class UnknownCase(KeyError):
+    def __str__(self) -> str:
+        return f"unknown case {self.args[0]!r}; known cases: {', '.join(CASES)}"
+
+
+def get(name: str) -> Case:
+    try:
+        return CASES[name]
+    except KeyError:
+        raise UnknownCase(name) from None
+
+
+def load_config(case: Case, name: str):
+    """The case's config through its own schema (standard library only: no torch on the host)."""
+    import importlib
+
+    return importlib.import_module(case.module("config")).load(name)

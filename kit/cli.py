@@ -1,0 +1,179 @@
+"""The `kit` command line (Typer). Exit codes: 0 ok, 1 a stage or check failed, 2 bad usage or input,
+3 the environment cannot run the case, 130 interrupted."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from . import __version__
+
+app = typer.Typer(
+    name="kit",
+    help="Reproduce training benchmarks in containers and report them beside the reference.",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+console = Console()
+err = Console(stderr=True)
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"kit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    """Reproduce training benchmarks in containers and report them beside the reference.
+
+    Examples:
+
+      kit run llava1_5_7b --config tiny --synthetic --native    # a tiny run on this CPU
+
+      kit report                                                # the newest run's table
+    """
+
+
+def fail(message: str, code: int = 2) -> None:
+    err.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code)
+
+
+@app.command()
+def run(
+    case: str = typer.Argument(..., help="The case to run, e.g. llava1_5_7b."),
+    nodes: int = typer.Option(1, help="Nodes (one container each)."),
+    gpus: int = typer.Option(None, help="GPUs per node (ranks per node on CPU); default: the config's."),
+    stage: str = typer.Option("all", help="pretrain, finetune or all."),
+    config: str = typer.Option("A800x1x8", help="Config name (cases/CASE/configs/NAME.toml) or a .toml path."),
+    data: Path = typer.Option(None, help="Data root in the real layout (not needed with --synthetic)."),
+    models: Path = typer.Option(None, help="Directory with the LLM and CLIP checkpoint directories."),
+    results: Path = typer.Option(Path("runs"), help="Where run directories are created."),
+    synthetic: bool = typer.Option(False, help="Random-init model and generated data: no downloads."),
+    max_steps: int = typer.Option(0, help="Stop each stage after this many optimizer steps (0: one epoch)."),
+    native: bool = typer.Option(False, help="Run on this host with torchrun instead of in containers."),
+    save: bool = typer.Option(True, help="Save each stage's output (projector, 16-bit model)."),
+    python: str = typer.Option(sys.executable, help="Python that runs the case with --native."),
+) -> None:
+    """Run a case's stages into a new run directory, with live progress.
+
+    Examples:
+
+      kit run llava1_5_7b --config tiny --synthetic --native
+
+      kit run llava1_5_7b --nodes 1 --gpus 8 --data /data/llava --models /models
+
+      kit run llava1_5_7b --config H200x1x1 --synthetic --native --max-steps 30 --no-save
+    """
+    from .cases import UnknownCase
+    from .commands import run as run_cmd
+    from .rundir import RunDirError
+
+    try:
+        req, cfg = run_cmd.plan(
+            case, config, stage, nodes, gpus, results, data, models, synthetic, max_steps, native, save, python
+        )
+        _, code = run_cmd.start(req, cfg, console)
+    except (run_cmd.UsageError, UnknownCase, ValueError, RunDirError) as e:
+        fail(str(e))
+    raise typer.Exit(code)
+
+
+@app.command()
+def resume(
+    run_ref: str = typer.Argument(None, metavar="RUN", help="Run directory or id (default: the newest)."),
+    results: Path = typer.Option(Path("runs"), help="Where run directories are."),
+) -> None:
+    """Continue an interrupted or failed run: finished stages are kept, the others restart from
+    their last checkpoint.
+
+    Example:
+
+      kit resume runs/20261129-101500-llava1_5_7b-tiny-1a2b
+    """
+    from .commands import run as run_cmd
+    from .rundir import RunDirError, find_run, stage_states
+
+    try:
+        run_dir = find_run(run_ref, results)
+        if stage_states(run_dir).get(None) == "finished":
+            fail(f"{run_dir} has finished; nothing to resume (start a new run with `kit run`)")
+        code = run_cmd.execute(run_dir, console, resumed=True)
+    except RunDirError as e:
+        fail(str(e))
+    raise typer.Exit(code)
+
+
+@app.command()
+def report(
+    run_ref: str = typer.Argument(None, metavar="RUN", help="Run directory or id (default: the newest)."),
+    format: str = typer.Option("table", "--format", "-f", help="table, json, csv or markdown."),
+    results: Path = typer.Option(Path("runs"), help="Where run directories are."),
+) -> None:
+    """The run's results in the shape of the reference table, with the reference rows beside them.
+
+    Derived numbers are recomputed from the run's raw facts every time (summary.json and plots are
+    rewritten), so a report works on finished, failed, interrupted and running runs alike.
+
+    Examples:
+
+      kit report
+
+      kit report runs/20261129-101500-llava1_5_7b-tiny-1a2b --format markdown
+    """
+    from .commands.report import show
+    from .rundir import RunDirError, find_run
+
+    if format not in ("table", "json", "csv", "markdown"):
+        fail(f"--format {format!r}: expected table, json, csv or markdown")
+    try:
+        show(find_run(run_ref, results), console, format)
+    except RunDirError as e:
+        fail(str(e))
+
+
+@app.command()
+def configs(case: str = typer.Argument("llava1_5_7b", help="The case.")) -> None:
+    """List a case's configs and what each sets (devices, batches, ZeRO stages).
+
+    Example:
+
+      kit configs llava1_5_7b
+    """
+    from rich.table import Table
+
+    from . import cases
+
+    try:
+        c = cases.get(case)
+    except cases.UnknownCase as e:
+        fail(str(e))
+    mod = __import__(c.module("config"), fromlist=["available", "load"])
+    table = Table(title=f"{case} configs")
+    for col in ("name", "description", "nodes x gpus", "pretrain (ZeRO, micro/global)", "finetune (ZeRO, micro/global)"):
+        table.add_column(col)
+    for name in mod.available():
+        cfg = mod.load(name)
+        p, f = cfg.pretrain, cfg.finetune
+        table.add_row(
+            name, cfg.description, f"{cfg.nodes} x {cfg.gpus_per_node}",
+            f"{p.zero_stage}, {p.micro_batch}/{p.global_batch}", f"{f.zero_stage}, {f.micro_batch}/{f.global_batch}",
+        )  # fmt: skip
+    console.print(table)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

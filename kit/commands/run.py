@@ -1,0 +1,208 @@
+"""`kit run`: the case's stages into a new run directory, with live progress; `kit resume` continues one."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import platform
+import socket
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+from rich.panel import Panel
+
+from .. import __version__, cases, rundir
+from ..launch import EXIT_ENVIRONMENT, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, NativeLauncher
+from ..progress import StageProgress
+
+
+class UsageError(ValueError):
+    """A bad request, caught before anything is created or launched."""
+
+
+@dataclass
+class RunRequest:
+    case: str
+    config: str
+    stages: list[str]
+    nodes: int
+    gpus: int
+    results: str
+    data: str | None = None
+    models: str | None = None
+    synthetic: bool = False
+    max_steps: int = 0
+    native: bool = True
+    save: bool = True
+    python: str = sys.executable
+    command: list[str] = field(default_factory=list)
+
+
+def plan(
+    case_name: str, config: str, stage: str, nodes: int, gpus: int | None, results: Path, data: Path | None,
+    models: Path | None, synthetic: bool, max_steps: int, native: bool, save: bool, python: str,
+) -> tuple[RunRequest, object]:
+    """Check the request before anything is written, so a bad one leaves no half-made run behind."""
+    case = cases.get(case_name)
+    cfg = cases.load_config(case, config)
+    if stage == "all":
+        stages = list(case.stages)
+    elif stage in case.stages:
+        stages = [stage]
+    else:
+        raise UsageError(f"--stage {stage!r}: expected all or one of {', '.join(case.stages)}")
+    gpus = gpus or cfg.gpus_per_node
+    if nodes < 1 or gpus < 1:
+        raise UsageError("--nodes and --gpus must be at least 1")
+    if not native:
+        raise UsageError(
+            "the container path is not available in this version of kit: pass --native to run on this host"
+        )
+    if nodes > 1:
+        raise UsageError("--native runs on this host only (--nodes 1); several nodes run in containers")
+    for s in stages:
+        cfg.grad_accum(s, nodes * gpus)  # raises with the fix when the global batch does not divide
+    if not synthetic:
+        missing = [name for name, v in (("--data", data), ("--models", models)) if v is None]
+        if missing:
+            raise UsageError(f"{' and '.join(missing)} needed for a run on real data and weights (or pass --synthetic)")
+        for name, p in (("--data", data), ("--models", models)):
+            if not p.is_dir():
+                raise UsageError(f"{name} {p}: no such directory")
+    if stages == ["finetune"]:
+        raise UsageError("finetune alone needs the pretrain projector: run --stage all, or resume a run with `kit resume`")
+    if max_steps < 0:
+        raise UsageError("--max-steps must be 0 (a full epoch) or positive")
+    req = RunRequest(
+        case=case.name, config=cfg.name, stages=stages, nodes=nodes, gpus=gpus, results=str(results),
+        data=str(data) if data else None, models=str(models) if models else None, synthetic=synthetic,
+        max_steps=max_steps, native=native, save=save, python=python, command=sys.argv,
+    )  # fmt: skip
+    return req, cfg
+
+
+def case_args(req: RunRequest, cfg_path: str) -> list[str]:
+    args = ["--config", cfg_path]
+    if req.synthetic:
+        args.append("--synthetic")
+    if req.data:
+        args += ["--data", req.data]
+    if req.models:
+        args += ["--models", req.models]
+    if req.max_steps:
+        args += ["--max-steps", str(req.max_steps)]
+    if not req.save:
+        args.append("--no-save")
+    return args
+
+
+def host_facts() -> dict:
+    return {
+        "hostname": socket.gethostname(),
+        "user": getpass.getuser(),
+        "os": platform.platform(),
+        "python": sys.version.split()[0],
+        "cpu": platform.processor() or platform.machine(),
+        "cpus": __import__("os").cpu_count(),
+        "kit_version": __version__,
+    }
+
+
+def start(req: RunRequest, cfg, console: Console) -> tuple[Path, int]:
+    """Create the run directory and run every stage; returns (run, exit code)."""
+    run = rundir.new_run_dir(Path(req.results), req.case, req.config)
+    rundir.write_json(
+        run / "run.json",
+        {
+            "run_id": run.name,
+            "created": time.time(),
+            "kit_version": __version__,
+            **asdict(req),
+            "config": cfg.to_dict(),
+            "config_path": cfg.path,
+            "seed": cfg.train.seed,
+        },
+    )
+    rundir.append_status(run, "created")
+    console.print(f"run directory [bold]{run}[/]")
+    return run, execute(run, console)
+
+
+def execute(run: Path, console: Console, resumed: bool = False) -> int:
+    """Run (or continue) the stages of a run directory; finished stages are skipped."""
+    try:
+        return _execute(run, console, resumed)
+    except KeyboardInterrupt:  # outside a stage (probe, data generation): nothing runs on, just mark it
+        rundir.append_status(run, "interrupted")
+        console.print(f"[yellow]interrupted[/]; continue with: kit resume {run}")
+        return EXIT_INTERRUPTED
+
+
+def _execute(run: Path, console: Console, resumed: bool) -> int:
+    meta = rundir.read_json(run / "run.json")
+    case = cases.get(meta["case"])
+    req = RunRequest(**{k: meta[k] for k in RunRequest.__dataclass_fields__ if k in meta})
+    launcher = NativeLauncher(case, python=req.python)
+    states = rundir.stage_states(run)
+    if resumed:
+        rundir.append_status(run, "resumed")
+
+    if not (run / "environment.json").exists():
+        probe = launcher.run_module("env", [], run / "logs" / "probe.log")
+        if probe.returncode != 0:
+            console.print(f"[red]the case cannot run with {req.python}:[/]\n" + rundir_tail(run / "logs" / "probe.log"))
+            rundir.append_status(run, "failed", detail="environment probe failed")
+            return EXIT_ENVIRONMENT
+        rundir.write_json(run / "environment.json", {"host": host_facts(), "case": json.loads(probe.stdout)})
+
+    cfg_path = meta["config_path"]
+    if req.synthetic and not (run / "synthetic" / ".complete").exists():
+        with console.status("generating synthetic data (real formats and layout) and training its tokenizer"):
+            args = ["--config", cfg_path, "--out", str(run / "synthetic")]
+            if req.max_steps:
+                cfg = meta["config"]
+                args += ["--pretrain-records", str(req.max_steps * cfg["pretrain"]["global_batch"])]
+                args += ["--finetune-records", str(req.max_steps * cfg["finetune"]["global_batch"])]
+            gen = launcher.run_module("synthetic", args, run / "logs" / "synthetic.log")
+        if gen.returncode != 0:
+            console.print("[red]synthetic data generation failed:[/]\n" + rundir_tail(run / "logs" / "synthetic.log"))
+            rundir.append_status(run, "failed", detail="synthetic data generation failed")
+            return EXIT_FAILED
+
+    extra = case_args(req, cfg_path)
+    with StageProgress(console) as display:
+        for stage in req.stages:
+            if states.get(stage) == "finished":
+                continue
+            display.start(stage)
+            rundir.append_status(run, "launched", stage, {"gpus": req.gpus, "nodes": req.nodes})
+            result = launcher.run_stage(run, stage, req.nodes * req.gpus, extra, display)
+            rundir.append_status(run, result.state, stage, result.message or None)
+            display.finish(result.state)
+            if result.state == "interrupted":
+                rundir.append_status(run, "interrupted")
+                console.print(
+                    Panel(
+                        f"stopped every rank; the run is marked interrupted.\ncontinue it with: kit resume {run}",
+                        title="interrupted", border_style="yellow",
+                    )  # fmt: skip
+                )
+                return EXIT_INTERRUPTED
+            if result.state == "failed":
+                rundir.append_status(run, "failed", detail=f"stage {stage}")
+                console.print(Panel(result.message, title=f"{stage} failed", border_style="red"))
+                return EXIT_FAILED
+    rundir.append_status(run, "finished")
+    from .report import show
+
+    show(run, console)
+    return EXIT_OK
+
+
+def rundir_tail(path: Path, n: int = 20) -> str:
+    from ..launch import tail_lines
+
+    return tail_lines(path, n)

@@ -1,0 +1,140 @@
+"""Launching a stage's ranks and watching them: the native path (torchrun on this host).
+
+The container path plugs into the same `Launcher` interface (kit/containers.py, later).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .cases import Case
+from .progress import EventTail, StageProgress, wait_with_progress
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_ENVIRONMENT, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+
+@dataclass
+class StageResult:
+    stage: str
+    state: str  # finished | failed | interrupted
+    returncode: int
+    failures: list[dict] = field(default_factory=list)
+    message: str = ""
+
+
+def free_port() -> int:
+    """A TCP port free on this host now, for the rendezvous (checked by binding it)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rank_failures(stage_dir: Path) -> list[dict]:
+    """Failure records the ranks left, earliest first (the first is the root cause)."""
+    out = []
+    for p in stage_dir.glob("failure-rank*.json"):
+        try:
+            out.append(json.loads(p.read_text()))
+        except (OSError, json.JSONDecodeError):
+            out.append({"rank": p.stem.removeprefix("failure-rank"), "exception": f"unreadable {p.name}", "time": 0})
+    return sorted(out, key=lambda r: r.get("time", 0))
+
+
+def tail_lines(path: Path, n: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return ""
+
+
+def failure_message(stage: str, stage_dir: Path, returncode: int, failures: list[dict]) -> str:
+    """What failed, where, and where to read more."""
+    if failures:
+        first = failures[0]
+        rank = first.get("rank")
+        others = sorted({str(f.get("rank")) for f in failures[1:]})
+        log = stage_dir / "logs" / f"rank{rank}.log"
+        more = f" (then rank {', '.join(others)})" if others else ""
+        return (
+            f"stage {stage} failed on host {first.get('host', '?')}, rank {rank}{more}: {first.get('exception')}\n"
+            f"last lines of {log}:\n{tail_lines(log)}"
+        )
+    launcher = stage_dir / "logs" / "launcher.log"
+    return (
+        f"stage {stage} failed (launcher exit code {returncode}) before any rank reported an error\n"
+        f"last lines of {launcher}:\n{tail_lines(launcher)}"
+    )
+
+
+class NativeLauncher:
+    """torchrun on this host: one process per GPU (per CPU rank without GPUs)."""
+
+    def __init__(self, case: Case, python: str = sys.executable, env: dict | None = None) -> None:
+        self.case = case
+        self.python = python
+        self.env = {**os.environ, **(env or {})}
+
+    def command(self, gpus: int, port: int, case_args: list[str]) -> list[str]:
+        return [
+            self.python, "-m", "torch.distributed.run",
+            "--nnodes=1", f"--nproc-per-node={gpus}",
+            "--master-addr=127.0.0.1", f"--master-port={port}",
+            "--max-restarts=0",
+            "-m", self.case.module("train"), *case_args,
+        ]  # fmt: skip
+
+    def run_module(self, module: str, args: list[str], log: Path) -> subprocess.CompletedProcess:
+        """A single-process helper of the case (environment probe, synthetic data)."""
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "ab") as out:
+            return subprocess.run(
+                [self.python, "-m", self.case.module(module), *args],
+                stdout=subprocess.PIPE, stderr=out, env=self.env, check=False,
+            )  # fmt: skip
+
+    def run_stage(
+        self, run: Path, stage: str, gpus: int, case_args: list[str], display: StageProgress
+    ) -> StageResult:
+        stage_dir = run / stage
+        (stage_dir / "logs").mkdir(parents=True, exist_ok=True)
+        cmd = self.command(gpus, free_port(), ["--stage", stage, "--run-dir", str(run), *case_args])
+        with open(stage_dir / "logs" / "launcher.log", "ab") as log:
+            log.write(("$ " + " ".join(cmd) + "\n").encode())
+            log.flush()
+            # A session of its own: Ctrl-C reaches the host only, which then stops every rank in order.
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True)
+            tail = EventTail(stage_dir / "events.log")
+            try:
+                code = wait_with_progress(proc, tail, display)
+            except KeyboardInterrupt:
+                display.note("[yellow]stopping every rank")
+                stop_group(proc)
+                return StageResult(stage, "interrupted", EXIT_INTERRUPTED, message=f"stage {stage} interrupted")
+        if code == 0:
+            return StageResult(stage, "finished", 0)
+        failures = rank_failures(stage_dir)
+        return StageResult(stage, "failed", code, failures, failure_message(stage, stage_dir, code, failures))
+
+
+def stop_group(proc: subprocess.Popen, grace: float = 30.0) -> None:
+    """SIGTERM to the launcher's whole process group, then SIGKILL whatever is left after the grace period."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()

@@ -1,0 +1,99 @@
+"""Run directories: a new one for every run, raw facts never overwritten, every file written atomically."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+RUN_STATES = ("created", "launched", "resumed", "finished", "failed", "interrupted")
+
+
+class RunDirError(RuntimeError):
+    """A run directory is missing, incomplete or would be overwritten."""
+
+
+def new_run_dir(results: Path, case: str, config: str) -> Path:
+    """Create `results/<id>` with an exclusive mkdir, so two runs can never share (or clobber) a directory."""
+    results.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    for _ in range(100):
+        run = results / f"{stamp}-{case}-{config}-{secrets.token_hex(2)}"
+        try:
+            run.mkdir()
+            return run
+        except FileExistsError:
+            continue
+    raise RunDirError(f"could not create a new run directory under {results}")  # pragma: no cover
+
+
+def write_json(path: Path, obj: Any, *, replace: bool = False) -> None:
+    """Write JSON atomically (temporary file, then rename). Refuse to overwrite unless the file is derived."""
+    if path.exists() and not replace:
+        raise RunDirError(f"{path} exists: raw facts of a run are never overwritten")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, default=str)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise RunDirError(f"{path} is missing: is {path.parent} a run directory made by `kit run`?") from None
+    except json.JSONDecodeError as e:
+        raise RunDirError(f"{path} is not valid JSON ({e}); the file is damaged") from None
+
+
+def append_status(run: Path, state: str, stage: str | None = None, detail: Any = None) -> None:
+    """One line per state change, appended and flushed: the history of a run is never rewritten."""
+    assert state in RUN_STATES, state
+    now = time.time()
+    row = {
+        "time": datetime.fromtimestamp(now, timezone.utc).isoformat(timespec="milliseconds"),
+        "t": now,
+        "stage": stage,
+        "state": state,
+        "detail": detail,
+    }
+    with open(run / "status.jsonl", "a") as f:
+        f.write(json.dumps(row, default=str) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def stage_states(run: Path) -> dict[str | None, str]:
+    """The last state of every stage (key None: the run itself)."""
+    states: dict[str | None, str] = {}
+    path = run / "status.jsonl"
+    if not path.exists():
+        return states
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut short by a crash
+        states[row.get("stage")] = row.get("state")
+    return states
+
+
+def find_run(ref: str | None, results: Path) -> Path:
+    """A run directory from a path, an id under `results`, or (None) the newest run there."""
+    if ref:
+        for cand in (Path(ref), results / ref):
+            if (cand / "run.json").is_file():
+                return cand
+        raise RunDirError(f"no run {ref!r}: neither {ref} nor {results / ref} holds a run.json")
+    runs = sorted((p for p in results.glob("*/run.json")), key=lambda p: p.stat().st_mtime)
+    if not runs:
+        raise RunDirError(f"no runs under {results}: start one with `kit run`, or pass --results DIR")
+    return runs[-1].parent

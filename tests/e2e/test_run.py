@@ -1,0 +1,139 @@
+"""`kit run` end to end: the tiny case on two CPU ranks through real DeepSpeed ZeRO-2 and ZeRO-3."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+
+import pytest
+
+from .helpers import events, kit, only_run, start_kit, status_rows, steps, wait_for_step
+
+TINY = ("run", "llava1_5_7b", "--config", "tiny", "--synthetic", "--native")
+
+
+def test_run_directory_layout(tiny_run):
+    run = json.loads((tiny_run / "run.json").read_text())
+    assert run["case"] == "llava1_5_7b" and run["config"] == "tiny" and run["stages"] == ["pretrain", "finetune"]
+    env = json.loads((tiny_run / "environment.json").read_text())
+    assert env["case"]["versions"]["deepspeed"] and env["host"]["kit_version"]
+    for stage in ("pretrain", "finetune"):
+        assert (tiny_run / stage / "events.log").is_file()
+        assert (tiny_run / stage / "logs" / "rank0.log").is_file()
+        assert (tiny_run / stage / "logs" / "rank1.log").is_file()
+    assert (tiny_run / "pretrain" / "mm_projector.bin").is_file()
+    assert (tiny_run / "finetune" / "model" / "pytorch_model.bin").is_file()
+    states = [(r["stage"], r["state"]) for r in status_rows(tiny_run)]
+    assert states[-1] == (None, "finished")
+    assert ("pretrain", "finished") in states and ("finetune", "finished") in states
+    assert (tiny_run / "summary.json").is_file()
+
+
+def test_stages_use_the_reference_zero_stages_and_two_ranks(tiny_run):
+    for stage, zero in (("pretrain", 2), ("finetune", 3)):
+        facts = next(e["value"] for e in events(tiny_run / stage / "events.log") if e["key"] == "kit_facts")
+        assert facts["zero_stage"] == zero
+        assert facts["world_size"] == 2
+        assert facts["grad_accum"] * facts["micro_batch"] * 2 == facts["global_batch"]
+        done = steps(tiny_run / stage / "events.log")
+        assert [s["step"] for s in done] == list(range(1, facts["steps_planned"] + 1))
+        assert all(s["samples"] == facts["global_batch"] for s in done)
+
+
+@pytest.mark.parametrize("stage", ["pretrain", "finetune"])
+def test_loss_falls(tiny_run, stage):
+    losses = [s["loss"] for s in steps(tiny_run / stage / "events.log")]
+    assert len(losses) >= 20
+    head, tail = sum(losses[:4]) / 4, sum(losses[-4:]) / 4
+    assert tail < head * 0.9, losses
+
+
+def test_finetune_starts_from_the_pretrain_projector(tiny_run):
+    facts = next(e["value"] for e in events(tiny_run / "finetune" / "events.log") if e["key"] == "kit_facts")
+    projector = tiny_run / "pretrain" / "mm_projector.bin"
+    assert facts["init_projector"]["path"] == str(projector)
+    assert facts["init_projector"]["sha256"] == hashlib.sha256(projector.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("fmt", ["table", "json", "csv", "markdown"])
+def test_report_every_format(tiny_run, fmt):
+    r = kit("report", str(tiny_run), "--format", fmt)
+    assert r.returncode == 0, r.stderr
+    if fmt == "json":
+        summary = json.loads(r.stdout)
+        assert summary["stages"]["pretrain"]["steps"] > 0
+    else:
+        assert "pretrain" in r.stdout and "finetune" in r.stdout
+    assert (tiny_run / "plots" / "pretrain-loss.png").is_file()
+
+
+def test_interrupt_marks_the_run_and_resume_finishes_it(tmp_path):
+    """Ctrl-C stops every rank; the run is interrupted, reportable, and `kit resume` ends it as a full run."""
+    proc = start_kit(*TINY, "--results", str(tmp_path))
+    run = wait_for_step(tmp_path, "pretrain", 10, proc)  # past the checkpoint at step 8
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does to the foreground job
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out
+    assert "interrupted" in out and f"kit resume {run}" in out
+    rows = status_rows(run)
+    assert (rows[-2]["stage"], rows[-2]["state"]) == ("pretrain", "interrupted")
+    assert (rows[-1]["stage"], rows[-1]["state"]) == (None, "interrupted")
+    r = kit("report", str(run), "--format", "json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["stages"]["pretrain"]["state"] == "interrupted"
+
+    r = kit("resume", str(run))
+    assert r.returncode == 0, r.stdout + r.stderr
+    facts = [e["value"] for e in events(run / "pretrain" / "events.log") if e["key"] == "kit_facts"]
+    assert facts[-1]["resumed_from_step"] == 8
+    done = sorted({s["step"] for s in steps(run / "pretrain" / "events.log")})
+    assert done == list(range(1, facts[0]["steps_planned"] + 1))
+    assert status_rows(run)[-1]["state"] == "finished"
+
+
+def test_crashed_stage_resumes_to_the_same_step_count(tmp_path, tiny_run):
+    """A stage killed hard mid-run (every rank SIGKILLed) resumes from its checkpoint to the full count."""
+    proc = start_kit(*TINY, "--stage", "pretrain", "--results", str(tmp_path))
+    run = wait_for_step(tmp_path, "pretrain", 12, proc)
+    # Kill the stage's processes, not kit: kit must notice the dead stage and report it failed.
+    subprocess.run(["pkill", "-9", "-f", f"cases.llava1_5_7b.train --stage pretrain --run-dir {run}"], check=True)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 1, out
+    assert status_rows(run)[-1]["state"] == "failed"
+
+    r = kit("resume", str(run))
+    assert r.returncode == 0, r.stdout + r.stderr
+    resumed = sorted({s["step"] for s in steps(run / "pretrain" / "events.log")})
+    full = [s["step"] for s in steps(tiny_run / "pretrain" / "events.log")]
+    assert resumed == full
+
+
+def test_failing_rank_is_named(tmp_path):
+    r = kit(*TINY, "--stage", "pretrain", "--results", str(tmp_path), env={"KIT_INJECT_FAULT": "1:3"})
+    assert r.returncode == 1
+    out = r.stdout + r.stderr
+    assert "rank 1" in out and "injected fault" in out
+    run = only_run(tmp_path)
+    assert status_rows(run)[-1]["state"] == "failed"
+    failure = json.loads((run / "pretrain" / "failure-rank1.json").read_text())
+    assert failure["rank"] == 1 and "Traceback" in failure["traceback"]
+
+
+def test_bad_requests_are_refused_before_anything_is_created(tmp_path):
+    r = kit("run", "llava1_5_7b", "--config", "nosuch", "--synthetic", "--native", "--results", str(tmp_path))
+    assert r.returncode == 2 and "no config 'nosuch'" in r.stderr and "tiny" in r.stderr
+    r = kit("run", "llava1_5_7b", "--config", "tiny", "--gpus", "3", "--synthetic", "--native", "--results", str(tmp_path))
+    assert r.returncode == 2 and "global_batch 16 is not a multiple" in r.stderr
+    r = kit("run", "nosuchcase", "--synthetic", "--native", "--results", str(tmp_path))
+    assert r.returncode == 2 and "unknown case" in r.stderr
+    r = kit("run", "llava1_5_7b", "--config", "tiny", "--native", "--results", str(tmp_path))
+    assert r.returncode == 2 and "--data and --models needed" in r.stderr
+    assert not any(tmp_path.iterdir())
+
+
+def test_report_of_a_missing_run_says_what_to_do(tmp_path):
+    r = kit("report", "--results", str(tmp_path))
+    assert r.returncode == 2 and "no runs under" in r.stderr
