@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -54,19 +55,50 @@ def tail_lines(path: Path, n: int = 15) -> str:
         return ""
 
 
+def launcher_root_cause(log: Path) -> dict | None:
+    """The launcher's own verdict (torchrun's "Root Cause" block): the first rank that died, and how."""
+    lines = tail_lines(log, 200).splitlines()
+    for i, line in enumerate(lines):
+        if "Root Cause" in line:
+            block = "\n".join(lines[i : i + 10])
+            rank = re.search(r"rank\s*:\s*(\d+)", block)
+            code = re.search(r"exitcode\s*:\s*(.+)", block)
+            host = re.search(r"host\s*:\s*(\S+)", block)
+            if rank:
+                return {
+                    "rank": int(rank.group(1)),
+                    "exitcode": code.group(1).strip() if code else "?",
+                    "host": host.group(1) if host else "?",
+                }
+    return None
+
+
 def failure_message(stage: str, stage_dir: Path, returncode: int, failures: list[dict]) -> str:
-    """What failed, where, and where to read more."""
+    """What failed, where, and where to read more.
+
+    A rank that raised leaves a failure record; one killed by a signal or a native abort leaves none, and
+    then the launcher's root cause names it (the others' errors are usually consequences).
+    """
+    launcher = stage_dir / "logs" / "launcher.log"
+    root = launcher_root_cause(launcher)
+    by_rank = {str(f.get("rank")): f for f in failures}
+    if root is not None and str(root["rank"]) not in by_rank:
+        log = stage_dir / "logs" / f"rank{root['rank']}.log"
+        after = f"; then rank {', '.join(sorted(by_rank))} failed" if by_rank else ""
+        return (
+            f"stage {stage} failed: rank {root['rank']} on host {root['host']} died (exit code {root['exitcode']}) "
+            f"without a Python error{after}\nlast lines of {log}:\n{tail_lines(log)}"
+        )
     if failures:
-        first = failures[0]
+        first = by_rank[str(root["rank"])] if root is not None else failures[0]
         rank = first.get("rank")
-        others = sorted({str(f.get("rank")) for f in failures[1:]})
+        others = sorted(r for r in by_rank if r != str(rank))
         log = stage_dir / "logs" / f"rank{rank}.log"
         more = f" (then rank {', '.join(others)})" if others else ""
         return (
             f"stage {stage} failed on host {first.get('host', '?')}, rank {rank}{more}: {first.get('exception')}\n"
             f"last lines of {log}:\n{tail_lines(log)}"
         )
-    launcher = stage_dir / "logs" / "launcher.log"
     return (
         f"stage {stage} failed (launcher exit code {returncode}) before any rank reported an error\n"
         f"last lines of {launcher}:\n{tail_lines(launcher)}"

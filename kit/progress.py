@@ -10,11 +10,14 @@ from rich.console import Console
 from rich.progress import (
     BarColumn,
     Progress,
+    ProgressColumn,
     SpinnerColumn,
+    Task,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.text import Text
 
 PREFIX = ":::MLLOG "
 
@@ -49,6 +52,14 @@ class EventTail:
         return events
 
 
+class StepsColumn(ProgressColumn):
+    """`step/total`, with `?` until the stage has said how many steps it plans."""
+
+    def render(self, task: Task) -> Text:
+        total = "?" if task.total is None else f"{task.total:.0f}"
+        return Text(f"{task.completed:>5.0f}/{total:<5}")
+
+
 class StageProgress:
     """One progress line per stage: step of total, loss, throughput per GPU, elapsed and ETA."""
 
@@ -57,7 +68,7 @@ class StageProgress:
             SpinnerColumn(),
             TextColumn("[bold]{task.description:<9}"),
             BarColumn(bar_width=30),
-            TextColumn("{task.completed:>5.0f}/{task.total:<5.0f}"),
+            StepsColumn(),
             TextColumn("loss [cyan]{task.fields[loss]}"),
             TextColumn("[green]{task.fields[tps]}[/] tok/s/gpu"),
             TextColumn("{task.fields[note]}"),

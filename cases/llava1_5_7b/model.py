@@ -302,6 +302,11 @@ class LlavaForTraining(nn.Module):
                 e = torch.cat([e[:j], feat, e[j + 1:]])
                 ignore = lab.new_full((feat.shape[0],), IGNORE_INDEX)
                 lab = torch.cat([lab[:j], ignore, lab[j + 1:]])
+            elif image_features is not None:
+                # An empty slice of the features, as the reference splices: the projector stays in the graph
+                # and gets a (zero) gradient on every rank, since ZeRO reduces gradients in collectives that
+                # every rank must enter with the same parameters.
+                e = torch.cat([e, image_features[:0].reshape(0, e.shape[-1]).to(e.dtype)])
             rows_e.append(e[: self.cfg.max_length])
             rows_l.append(lab[: self.cfg.max_length])
 

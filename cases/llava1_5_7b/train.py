@@ -159,6 +159,10 @@ def library_versions() -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import warnings
+
+    # DeepSpeed calls torch.distributed's deprecated collective names on every step: one line each, thousands.
+    warnings.filterwarnings("ignore", message=r".*is deprecated. Please use `torch\.distributed\.", category=FutureWarning)
     args = parse_args(argv)
     rank = Rank()
     stage_dir = args.run_dir / args.stage

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.panel import Panel
+from rich.text import Text
 
 from .. import __version__, cases, rundir
 from ..launch import EXIT_ENVIRONMENT, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, NativeLauncher
@@ -121,7 +122,7 @@ def start(req: RunRequest, cfg, console: Console) -> tuple[Path, int]:
             "created": time.time(),
             "kit_version": __version__,
             **asdict(req),
-            "config": cfg.to_dict(),
+            "config": cfg.to_dict(),  # resolved: every value the run used, the name among them
             "config_path": cfg.path,
             "seed": cfg.train.seed,
         },
@@ -144,7 +145,8 @@ def execute(run: Path, console: Console, resumed: bool = False) -> int:
 def _execute(run: Path, console: Console, resumed: bool) -> int:
     meta = rundir.read_json(run / "run.json")
     case = cases.get(meta["case"])
-    req = RunRequest(**{k: meta[k] for k in RunRequest.__dataclass_fields__ if k in meta})
+    fields = {k: meta[k] for k in RunRequest.__dataclass_fields__ if k in meta}
+    req = RunRequest(**{**fields, "config": meta["config"]["name"]})
     launcher = NativeLauncher(case, python=req.python)
     states = rundir.stage_states(run)
     if resumed:
@@ -153,7 +155,8 @@ def _execute(run: Path, console: Console, resumed: bool) -> int:
     if not (run / "environment.json").exists():
         probe = launcher.run_module("env", [], run / "logs" / "probe.log")
         if probe.returncode != 0:
-            console.print(f"[red]the case cannot run with {req.python}:[/]\n" + rundir_tail(run / "logs" / "probe.log"))
+            console.print(f"[red]the case cannot run with {req.python}:[/]")
+            console.print(Text(rundir_tail(run / "logs" / "probe.log")))
             rundir.append_status(run, "failed", detail="environment probe failed")
             return EXIT_ENVIRONMENT
         rundir.write_json(run / "environment.json", {"host": host_facts(), "case": json.loads(probe.stdout)})
@@ -168,7 +171,8 @@ def _execute(run: Path, console: Console, resumed: bool) -> int:
                 args += ["--finetune-records", str(req.max_steps * cfg["finetune"]["global_batch"])]
             gen = launcher.run_module("synthetic", args, run / "logs" / "synthetic.log")
         if gen.returncode != 0:
-            console.print("[red]synthetic data generation failed:[/]\n" + rundir_tail(run / "logs" / "synthetic.log"))
+            console.print("[red]synthetic data generation failed:[/]")
+            console.print(Text(rundir_tail(run / "logs" / "synthetic.log")))
             rundir.append_status(run, "failed", detail="synthetic data generation failed")
             return EXIT_FAILED
 
@@ -193,7 +197,7 @@ def _execute(run: Path, console: Console, resumed: bool) -> int:
                 return EXIT_INTERRUPTED
             if result.state == "failed":
                 rundir.append_status(run, "failed", detail=f"stage {stage}")
-                console.print(Panel(result.message, title=f"{stage} failed", border_style="red"))
+                console.print(Panel(Text(result.message), title=f"{stage} failed", border_style="red"))
                 return EXIT_FAILED
     rundir.append_status(run, "finished")
     from .report import show

@@ -162,6 +162,11 @@ def test_text_only_batch_and_nothing_supervised():
     text = {k: v[1:2] for k, v in b.items() if k != "images"}
     loss = model(**text, images=None)
     assert torch.isfinite(loss) and loss > 0
+    # A text-only batch still gives the projector a (zero) gradient: under ZeRO every rank must reduce
+    # the gradients of the same parameters, whatever modality its micro-batch holds.
+    loss.backward()
+    assert all(p.grad is not None and not p.grad.any() for p in model.projector.parameters())
+    model.zero_grad(set_to_none=True)
     empty = {**b, "labels": torch.full_like(b["labels"], IGNORE_INDEX)}
     loss = model(**empty)
     assert loss.item() == 0.0
