@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from rich import box
 from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
@@ -218,7 +219,7 @@ def _reference_row(ref: dict[str, Any], kind: str) -> dict[str, Any]:
         "tokens_per_s": ref.get("tokens_per_s_per_gpu"), "loss": ref.get("loss"),
         "mem_used_gb": ref.get("mem_used_gb"), "mem_total_gb": ref.get("mem_total_gb"),
         "mem_used_fraction": _ratio(ref.get("mem_used_gb"), ref.get("mem_total_gb")),
-        "mmmu": ref.get("mmmu_acc"), "mfu": ref.get("mfu"), "state": "published",
+        "mmmu": ref.get("mmmu_acc"), "mfu": ref.get("mfu"), "state": "published", "ref": ref,
     }
 
 
@@ -303,19 +304,53 @@ def footnotes(summary: dict[str, Any], reference: list[dict[str, Any]] | None = 
     return list(dict.fromkeys(notes))  # the same peak for every stage is said once
 
 
+# The Rich tables: the seed's shape, then how it was measured; short headers so each fits 80 columns.
+MAIN = (("label", "config"), ("tokens_per_s", "token/p/s"), ("loss", "loss"), ("mem", "mem GB"),
+        ("mmmu", "MMMU"), ("mfu", "MFU"), ("mfu_exact", "exact\nMFU"))  # fmt: skip
+DETAIL = (("stage", "stage"), ("padded_tokens_per_s", "padded\ntok/p/s"),
+          ("ref_method_tokens_per_s", "ref-method\ntok/p/s"), ("ref_method_mfu", "ref-method\nMFU"),
+          ("startup_s", "start-up\ns"), ("padding_waste", "padding\nwaste"), ("steps", "steps"),
+          ("state", "state"))  # fmt: skip
+
+
+def _short_label(row: dict[str, Any], summary: dict[str, Any]) -> str:
+    if row["kind"] == "run":
+        return f"{summary.get('config') or 'run'} {row['stage']}"
+    if row["kind"] == "ratio":
+        return "  ratio run/seed"
+    return "  " + _ref_label(row["ref"]).removesuffix(f" {row['stage']}") if row.get("ref") else row["config"]
+
+
 def table_renderable(
     summary: dict[str, Any], reference: list[dict[str, Any]] | None = None, show_other: bool = False
 ) -> Group:
-    """The Rich table (reference-table shape plus the kit's columns) with its footnotes below."""
-    table = Table(title=f"{summary.get('run_id')}  ({summary.get('case')}, {summary.get('state')})")
-    for _, header in COLUMNS:
-        table.add_column(header, overflow="fold")
-    for row in build_rows(summary, reference, show_other):
-        cells = _cells(row)
+    """Two Rich tables (the reference table's shape; the measurement details) with footnotes below."""
+    rows = build_rows(summary, reference, show_other)
+    main = Table(
+        title=f"{summary.get('run_id')} ({summary.get('state')})", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True,
+        title_justify="left",
+    )  # fmt: skip
+    for k, header in MAIN:
+        main.add_column(header, justify="left" if k == "label" else "right", no_wrap=k != "label")
+    stage = None
+    for row in rows:
+        if stage is not None and row["kind"] == "run":
+            main.add_section()
+        stage = row.get("stage")
+        cells = {**_cells(row), "label": _short_label(row, summary)}
         style = {"reference": "dim", "other": "dim italic", "ratio": "cyan"}.get(row["kind"])
-        table.add_row(*(cells.get(k, "") for k, _ in COLUMNS), style=style)
-    notes = Text("\n".join(f"{i}. {n}" for i, n in enumerate(footnotes(summary, reference), 1)))
-    return Group(table, notes)
+        main.add_row(*(cells.get(k, "") for k, _ in MAIN), style=style)
+    detail = Table(
+        title="how it was measured", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True, title_justify="left"
+    )
+    for k, header in DETAIL:
+        detail.add_column(header, justify="left" if k in ("stage", "state") else "right", no_wrap=True)
+    for row in rows:
+        if row["kind"] in ("run", "ratio"):
+            cells = {**_cells(row), "stage": row["stage"] if row["kind"] == "run" else "  ratio"}
+            detail.add_row(*(cells.get(k, "") for k, _ in DETAIL), style="cyan" if row["kind"] == "ratio" else None)
+    notes = Text("\n".join(f"{i}. {n}" for i, n in enumerate(footnotes(summary, reference), 1)), style="dim")
+    return Group(main, detail, notes)
 
 
 def render_text(
