@@ -93,8 +93,9 @@ def resume(
     run_ref: str = typer.Argument(None, metavar="RUN", help="Run directory or id (default: the newest)."),
     results: Path = typer.Option(Path("runs"), help="Where run directories are."),
 ) -> None:
-    """Continue an interrupted or failed run: finished stages are kept, the others restart from
-    their last checkpoint.
+    """Continue an interrupted or failed run from its stages' last checkpoints.
+
+    Finished stages are kept; the others resume from their newest checkpoint into the same run directory.
 
     Example:
 
