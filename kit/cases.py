@@ -41,8 +41,12 @@ def get(name: str) -> Case:
         raise UnknownCase(name) from None
 
 
-def load_config(case: Case, name: str):
-    """The case's config through its own schema (standard library only: no torch on the host)."""
+def config_module(case: Case):
+    """The case's config schema (standard library only: no torch on the host)."""
     import importlib
 
-    return importlib.import_module(case.module("config")).load(name)
+    return importlib.import_module(case.module("config"))
+
+
+def load_config(case: Case, name: str, overrides: list[str] | tuple[str, ...] = ()):
+    return config_module(case).load(name, overrides)

@@ -63,6 +63,9 @@ def run(
     native: bool = typer.Option(False, help="Run on this host with torchrun instead of in containers."),
     save: bool = typer.Option(True, help="Save each stage's output (projector, 16-bit model)."),
     python: str = typer.Option(sys.executable, help="Python that runs the case with --native."),
+    set_: list[str] = typer.Option(
+        None, "--set", metavar="KEY=VALUE", help="Override a config value, e.g. --set finetune.micro_batch=8."
+    ),
 ) -> None:
     """Run a case's stages into a new run directory, with live progress.
 
@@ -73,6 +76,8 @@ def run(
       kit run llava1_5_7b --nodes 1 --gpus 8 --data /data/llava --models /models
 
       kit run llava1_5_7b --config H200x1x1 --synthetic --native --max-steps 30 --no-save
+
+      kit run llava1_5_7b --config tiny --synthetic --native --set pretrain.micro_batch=2
     """
     from .cases import UnknownCase
     from .commands import run as run_cmd
@@ -80,7 +85,8 @@ def run(
 
     try:
         req, cfg = run_cmd.plan(
-            case, config, stage, nodes, gpus, results, data, models, synthetic, max_steps, native, save, python
+            case, config, stage, nodes, gpus, results, data, models, synthetic, max_steps, native, save, python,
+            set_ or [],
         )
         _, code = run_cmd.start(req, cfg, console)
     except (run_cmd.UsageError, UnknownCase, ValueError, RunDirError) as e:

@@ -6,6 +6,7 @@ Standard library only, so the host side (`kit`) can validate a config before it 
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -248,8 +249,8 @@ def parse(data: dict[str, Any], path: str, name: str) -> CaseConfig:
     return cfg
 
 
-def load(name_or_path: str | Path) -> CaseConfig:
-    """Load a config by name (a file in configs/) or by path."""
+def load(name_or_path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> CaseConfig:
+    """Load a config by name (a file in configs/) or by path, with `KEY=VALUE` overrides applied first."""
     p = Path(name_or_path)
     if p.suffix != ".toml":
         p = CONFIG_DIR / f"{name_or_path}.toml"
@@ -260,7 +261,49 @@ def load(name_or_path: str | Path) -> CaseConfig:
         data = tomllib.loads(p.read_text())
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{p}: not valid TOML: {e}") from None
-    return parse(data, str(p), p.stem)
+    where = str(p) + (f" with --set {' '.join(overrides)}" if overrides else "")
+    apply_overrides(data, overrides, where)
+    return dataclasses.replace(parse(data, where, p.stem), path=str(p))
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...], where: str) -> None:
+    """`finetune.micro_batch=8`: the value is read as TOML (8, 1e-3, true, "x"), a bare word as a string."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. finetune.micro_batch=8")
+        try:
+            value = tomllib.loads(f"v = {raw.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw.strip()
+        node = data
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{where}: --set {item!r}: {part} is a value, not a table")
+        node[parts[-1]] = value
+
+
+def dumps(cfg: CaseConfig) -> str:
+    """The resolved config as TOML (what a run used, loadable again with `load`)."""
+
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            return repr(v)
+        return json.dumps(v)
+
+    def table(prefix: str, d: dict[str, Any]) -> list[str]:
+        lines = [f"{k} = {value(v)}" for k, v in d.items() if not isinstance(v, dict) and k != "path"]
+        for k, v in d.items():
+            if isinstance(v, dict):
+                name = f"{prefix}.{k}" if prefix else k
+                lines += ["", f"[{name}]", *table(name, v)]
+        return lines
+
+    return "\n".join(table("", cfg.to_dict())) + "\n"
 
 
 def available() -> list[str]:

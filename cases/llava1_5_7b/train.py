@@ -252,8 +252,8 @@ def train(args: argparse.Namespace, rank: Rank, stage_dir: Path) -> None:
         vocab_size=tokenizer.vocab_size,
         device=device,
     )
-    if args.stage == "finetune":
-        projector = args.run_dir / "pretrain" / "mm_projector.bin"
+    projector = args.run_dir / "pretrain" / "mm_projector.bin"
+    if args.stage == "finetune" and (projector.is_file() or not args.synthetic):
         if not projector.is_file():
             raise FileNotFoundError(
                 f"{projector} is missing: finetune starts from the pretrain projector; run --stage pretrain first"

@@ -39,16 +39,19 @@ class RunRequest:
     native: bool = True
     save: bool = True
     python: str = sys.executable
+    overrides: list[str] = field(default_factory=list)
     command: list[str] = field(default_factory=list)
 
 
 def plan(
     case_name: str, config: str, stage: str, nodes: int, gpus: int | None, results: Path, data: Path | None,
     models: Path | None, synthetic: bool, max_steps: int, native: bool, save: bool, python: str,
+    overrides: list[str] | None = None,
 ) -> tuple[RunRequest, object]:
     """Check the request before anything is written, so a bad one leaves no half-made run behind."""
     case = cases.get(case_name)
-    cfg = cases.load_config(case, config)
+    overrides = list(overrides or [])
+    cfg = cases.load_config(case, config, overrides)
     if stage == "all":
         stages = list(case.stages)
     elif stage in case.stages:
@@ -73,14 +76,17 @@ def plan(
         for name, p in (("--data", data), ("--models", models)):
             if not p.is_dir():
                 raise UsageError(f"{name} {p}: no such directory")
-    if stages == ["finetune"]:
-        raise UsageError("finetune alone needs the pretrain projector: run --stage all, or resume a run with `kit resume`")
+    if stages == ["finetune"] and not synthetic:
+        raise UsageError(
+            "finetune alone needs the pretrain projector: run --stage all (with --synthetic, finetune alone "
+            "starts from a random projector)"
+        )
     if max_steps < 0:
         raise UsageError("--max-steps must be 0 (a full epoch) or positive")
     req = RunRequest(
         case=case.name, config=cfg.name, stages=stages, nodes=nodes, gpus=gpus, results=str(results),
         data=str(data) if data else None, models=str(models) if models else None, synthetic=synthetic,
-        max_steps=max_steps, native=native, save=save, python=python, command=sys.argv,
+        max_steps=max_steps, native=native, save=save, python=python, overrides=overrides, command=sys.argv,
     )  # fmt: skip
     return req, cfg
 
@@ -115,6 +121,9 @@ def host_facts() -> dict:
 def start(req: RunRequest, cfg, console: Console) -> tuple[Path, int]:
     """Create the run directory and run every stage; returns (run, exit code)."""
     run = rundir.new_run_dir(Path(req.results), req.case, req.config)
+    # The resolved config (overrides applied) is what every process of the run reads.
+    resolved = run / "config.toml"
+    resolved.write_text(cases.config_module(cases.get(req.case)).dumps(cfg))
     rundir.write_json(
         run / "run.json",
         {
@@ -123,7 +132,7 @@ def start(req: RunRequest, cfg, console: Console) -> tuple[Path, int]:
             "kit_version": __version__,
             **asdict(req),
             "config": cfg.to_dict(),  # resolved: every value the run used, the name among them
-            "config_path": cfg.path,
+            "config_path": str(resolved),
             "seed": cfg.train.seed,
         },
     )

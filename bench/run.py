@@ -1,0 +1,114 @@
+"""Benchmark runner: each configuration of a plan through `kit run`, one JSON result per configuration.
+
+    python bench/run.py bench/plans/h200.toml [--only NAME ...] [--out bench/results] [--results runs/bench]
+
+A plan is TOML: one [[run]] table per configuration with name, config, stage, gpus, max_steps, the
+`--set` overrides, and `expect` (the gain expected before measuring, kept beside the figure). Every
+figure comes from the run's own summary (kit report's formulas); a run that fails (out of memory, say)
+is recorded as failed with its error, not dropped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from kit import __version__  # noqa: E402
+from kit.events import load_stage  # noqa: E402
+from kit.launch import rank_failures  # noqa: E402
+from kit.report import write_summary  # noqa: E402
+
+FIELDS = ("tokens_per_s_per_gpu", "padded_tokens_per_s_per_gpu", "reference_method_tokens_per_s_per_gpu",
+          "mfu_reference", "mfu_exact", "padding_waste", "startup_s", "loss_tail_mean", "steady_steps")  # fmt: skip
+
+
+def run_one(spec: dict, results: Path) -> dict:
+    stage = spec["stage"]
+    cmd = [
+        sys.executable, "-m", "kit.cli", "run", spec.get("case", "llava1_5_7b"),
+        "--config", spec["config"], "--stage", stage, "--gpus", str(spec.get("gpus", 1)),
+        "--synthetic", "--native", "--no-save", "--max-steps", str(spec["max_steps"]),
+        "--results", str(results),
+    ]  # fmt: skip
+    for item in spec.get("set", []):
+        cmd += ["--set", item]
+    before = set(results.glob("*/run.json")) if results.exists() else set()
+    t0 = time.time()
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    runs = sorted(set(results.glob("*/run.json")) - before)
+    out = {
+        "name": spec["name"], "stage": stage, "config": spec["config"], "overrides": spec.get("set", []),
+        "gpus": spec.get("gpus", 1), "max_steps": spec["max_steps"], "expect": spec.get("expect", ""),
+        "command": " ".join(cmd[2:]), "exit_code": proc.returncode, "wall_s": time.time() - t0,
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "kit_version": __version__,
+    }  # fmt: skip
+    if not runs:
+        return {**out, "state": "failed", "error": (proc.stdout + proc.stderr)[-3000:]}
+    run = runs[0].parent
+    summary = write_summary(run, plots=False)
+    st = summary["stages"].get(stage, {})
+    facts = load_stage(run / stage).facts
+    out.update(
+        {
+            "run_id": run.name,
+            "state": st.get("state"),
+            "device": facts.get("device_name"),
+            "versions": facts.get("versions"),
+            "attn_implementation": facts.get("attn_implementation"),
+            "micro_batch": facts.get("micro_batch"),
+            "grad_accum": facts.get("grad_accum"),
+            "global_batch": facts.get("global_batch"),
+            "steps_done": st.get("steps_done"),
+            "peak_mem_gib": st.get("mem_used_peak_gib"),
+            "mem_total_gib": st.get("mem_total_gib"),
+            "mem_reserved_peak_gib": st.get("mem_reserved_peak_gib"),
+            **{k: st.get(k) for k in FIELDS},
+        }
+    )
+    if proc.returncode != 0:
+        failures = rank_failures(run / stage)
+        out["error"] = failures[0]["exception"] if failures else (proc.stdout + proc.stderr)[-3000:]
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("plan", type=Path)
+    ap.add_argument("--only", nargs="*", help="names of the plan's runs to do (default: all)")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    ap.add_argument("--results", type=Path, default=ROOT / "runs" / "bench")
+    args = ap.parse_args()
+    plan = tomllib.loads(args.plan.read_text())
+    specs = [s for s in plan["run"] if not args.only or s["name"] in args.only]
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for spec in specs:
+        print(f"== {spec['name']}: {spec.get('expect', '')}", flush=True)
+        res = run_one(spec, args.results)
+        (args.out / f"{spec['name']}.json").write_text(json.dumps(res, indent=2) + "\n")
+        rows.append(res)
+        print(json.dumps({k: res.get(k) for k in ("state", "tokens_per_s_per_gpu", "mfu_reference", "mfu_exact",
+                                                   "padding_waste", "peak_mem_gib", "error")}), flush=True)  # fmt: skip
+    print(f"\n{'name':34} {'state':9} {'tok/s/gpu':>9} {'refMFU':>7} {'exMFU':>7} {'waste':>6} {'GiB':>6}")
+    for r in rows:
+        f = lambda k, s="{:.1%}": "-" if r.get(k) is None else s.format(r[k])  # noqa: E731
+        print(f"{r['name']:34} {str(r.get('state')):9} {f('tokens_per_s_per_gpu', '{:.0f}'):>9} "
+              f"{f('mfu_reference'):>7} {f('mfu_exact'):>7} {f('padding_waste'):>6} {f('peak_mem_gib', '{:.1f}'):>6}")  # fmt: skip
+    return 0 if all(r.get("state") == "finished" for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
