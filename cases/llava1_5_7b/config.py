@@ -214,7 +214,7 @@ def _validate(cfg: CaseConfig) -> None:
         positive[f"{stage}.checkpoint_every"] = s.checkpoint_every
         if not 0.0 <= s.offload_optimizer <= 1.0:
             raise ConfigError(f"{p}: {stage}.offload_optimizer = {s.offload_optimizer} must lie between 0 and 1")
-        if s.offload_optimizer and s.zero_stage < 2 and s.offload_optimizer < 1:
+        if 0 < s.offload_optimizer < 1 and s.zero_stage != 3:
             raise ConfigError(f"{p}: {stage}.offload_optimizer: partial offload needs zero_stage 3")
         if s.lr <= 0:
             raise ConfigError(f"{p}: {stage}.lr must be positive, got {s.lr}")
