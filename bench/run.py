@@ -84,6 +84,10 @@ def run_one(spec: dict, results: Path) -> dict:
     return out
 
 
+def _fmt(row: dict, key: str, spec: str = "{:.1%}") -> str:
+    return "-" if row.get(key) is None else spec.format(row[key])
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("plan", type=Path)
@@ -104,9 +108,9 @@ def main() -> int:
                                                    "padding_waste", "peak_mem_gib", "error")}), flush=True)  # fmt: skip
     print(f"\n{'name':34} {'state':9} {'tok/s/gpu':>9} {'refMFU':>7} {'exMFU':>7} {'waste':>6} {'GiB':>6}")
     for r in rows:
-        f = lambda k, s="{:.1%}": "-" if r.get(k) is None else s.format(r[k])  # noqa: E731
-        print(f"{r['name']:34} {str(r.get('state')):9} {f('tokens_per_s_per_gpu', '{:.0f}'):>9} "
-              f"{f('mfu_reference'):>7} {f('mfu_exact'):>7} {f('padding_waste'):>6} {f('peak_mem_gib', '{:.1f}'):>6}")  # fmt: skip
+        print(f"{r['name']:34} {str(r.get('state')):9} {_fmt(r, 'tokens_per_s_per_gpu', '{:.0f}'):>9} "
+              f"{_fmt(r, 'mfu_reference'):>7} {_fmt(r, 'mfu_exact'):>7} {_fmt(r, 'padding_waste'):>6} "
+              f"{_fmt(r, 'peak_mem_gib', '{:.1f}'):>6}")  # fmt: skip
     return 0 if all(r.get("state") == "finished" for r in rows) else 1
 
 

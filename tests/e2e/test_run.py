@@ -71,7 +71,11 @@ def test_report_every_format(tiny_run, fmt):
     assert (tiny_run / "plots" / "pretrain-loss.png").is_file()
 
 
-def test_interrupt_marks_the_run_and_resume_finishes_it(tmp_path):
+def losses_by_step(path) -> dict[int, float]:
+    return {s["step"]: s["loss"] for s in steps(path)}  # a resumed attempt's steps replace the first's
+
+
+def test_interrupt_marks_the_run_and_resume_finishes_it(tmp_path, tiny_run):
     """Ctrl-C stops every rank; the run is interrupted, reportable, and `kit resume` ends it as a full run."""
     proc = start_kit(*TINY, "--results", str(tmp_path))
     run = wait_for_step(tmp_path, "pretrain", 10, proc)  # past the checkpoint at step 8
@@ -90,26 +94,35 @@ def test_interrupt_marks_the_run_and_resume_finishes_it(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     facts = [e["value"] for e in events(run / "pretrain" / "events.log") if e["key"] == "kit_facts"]
     assert facts[-1]["resumed_from_step"] == 8
-    done = sorted({s["step"] for s in steps(run / "pretrain" / "events.log")})
-    assert done == list(range(1, facts[0]["steps_planned"] + 1))
+    assert sorted(losses_by_step(run / "pretrain" / "events.log")) == list(range(1, facts[0]["steps_planned"] + 1))
     assert status_rows(run)[-1]["state"] == "finished"
+    # Resumed from the checkpoint, the run retraces the uninterrupted one: same data order, same state.
+    assert losses_by_step(run / "pretrain" / "events.log") == pytest.approx(
+        losses_by_step(tiny_run / "pretrain" / "events.log"), rel=1e-4
+    )
 
 
-def test_crashed_stage_resumes_to_the_same_step_count(tmp_path, tiny_run):
-    """A stage killed hard mid-run (every rank SIGKILLed) resumes from its checkpoint to the full count."""
-    proc = start_kit(*TINY, "--stage", "pretrain", "--results", str(tmp_path))
-    run = wait_for_step(tmp_path, "pretrain", 12, proc)
+def test_crashed_zero3_stage_resumes_to_the_same_step_count(tmp_path, tiny_run):
+    """Finetune (ZeRO-3) killed hard mid-run (SIGKILL to its processes) resumes from its checkpoint."""
+    proc = start_kit(*TINY, "--results", str(tmp_path))
+    run = wait_for_step(tmp_path, "finetune", 12, proc)
     # Kill the stage's processes, not kit: kit must notice the dead stage and report it failed.
-    subprocess.run(["pkill", "-9", "-f", f"cases.llava1_5_7b.train --stage pretrain --run-dir {run}"], check=True)
+    subprocess.run(["pkill", "-9", "-f", f"cases.llava1_5_7b.train --stage finetune --run-dir {run}"], check=True)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 1, out
+    assert "finetune failed" in out
     assert status_rows(run)[-1]["state"] == "failed"
 
     r = kit("resume", str(run))
     assert r.returncode == 0, r.stdout + r.stderr
-    resumed = sorted({s["step"] for s in steps(run / "pretrain" / "events.log")})
-    full = [s["step"] for s in steps(tiny_run / "pretrain" / "events.log")]
-    assert resumed == full
+    facts = [e["value"] for e in events(run / "finetune" / "events.log") if e["key"] == "kit_facts"]
+    assert len(facts) == 2 and facts[-1]["resumed_from_step"] == 8
+    resumed = losses_by_step(run / "finetune" / "events.log")
+    full = losses_by_step(tiny_run / "finetune" / "events.log")
+    assert sorted(resumed) == sorted(full)
+    assert resumed == pytest.approx(full, rel=1e-4)
+    pretrain_launches = [r for r in status_rows(run) if r["stage"] == "pretrain" and r["state"] == "launched"]
+    assert len(pretrain_launches) == 1  # the finished stage was kept, not rerun
 
 
 def test_failing_rank_is_named(tmp_path):
