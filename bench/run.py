@@ -71,6 +71,7 @@ def run_one(spec: dict, results: Path) -> dict:
             "micro_batch": facts.get("micro_batch"),
             "grad_accum": facts.get("grad_accum"),
             "global_batch": facts.get("global_batch"),
+            "stage_config": json.loads((run / "run.json").read_text())["config"].get(stage),
             "steps_done": st.get("steps_done"),
             "peak_mem_gib": st.get("mem_used_peak_gib"),
             "mem_total_gib": st.get("mem_total_gib"),

@@ -1,0 +1,50 @@
+"""The README's performance table, built from bench/results/*.json (every figure from a result file).
+
+    python bench/table.py [bench/results]
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+# The seed's A800 rows (cases/llava1_5_7b/reference.toml), for comparison.
+REFERENCE = [
+    ("seed: A800 1x8 (reference)", "pretrain", "ZeRO-2, micro 32, GAS 1", 4013, 0.1801, 74),
+    ("seed: A800 1x8 (reference)", "finetune", "ZeRO-3, micro 16, GAS 1", 2937, 0.3957, 78),
+]
+
+
+def pct(v: float | None) -> str:
+    return "-" if v is None else f"{v * 100:.1f}%"
+
+
+def rows(results: Path) -> list[str]:
+    out = [
+        "| run | stage | setup | token/p/s | MFU (ref formula) | exact MFU | padding waste | peak GiB | result file |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, stage, setup, tps, mfu, mem in REFERENCE:
+        out.append(f"| {name} | {stage} | {setup} | {tps} | {pct(mfu)} | - | - | {mem} (GB, nvidia-smi) | - |")
+    for p in sorted(results.glob("*.json")):
+        r = json.loads(p.read_text())
+        setup = f"{r.get('config')}, micro {r.get('micro_batch')} x GAS {r.get('grad_accum')}"
+        if r.get("overrides"):
+            setup += ", " + ", ".join(f"`{o}`" for o in r["overrides"])
+        device = f"{r.get('device') or '?'} x{r.get('gpus')}"
+        if r.get("state") != "finished":
+            out.append(f"| {device} | {r['stage']} | {setup} | {r.get('state')}: see file | | | | | `{p.name}` |")
+            continue
+        tps = r.get("tokens_per_s_per_gpu")
+        mem = r.get("peak_mem_gib")
+        out.append(
+            f"| {device} | {r['stage']} | {setup} | {tps:,.0f} | {pct(r.get('mfu_reference'))} | "
+            f"{pct(r.get('mfu_exact'))} | {pct(r.get('padding_waste'))} | {mem:.0f} | `{p.name}` |"
+        )
+    return out
+
+
+if __name__ == "__main__":
+    print("\n".join(rows(Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "bench" / "results")))
