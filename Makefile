@@ -8,7 +8,7 @@ DEEPSPEED ?= deepspeed==0.19.8
 RESULTS ?= runs
 CONFIG  ?= A800x1x8
 
-.PHONY: demo test lint reproduce image clean-venv
+.PHONY: demo test test-pins lint reproduce image clean-venv
 
 # The CPU environment: torch first, DeepSpeed built against it (no build isolation), then the rest and kit.
 $(VENV)/.installed: pyproject.toml env/requirements-dev.txt
@@ -19,6 +19,30 @@ $(VENV)/.installed: pyproject.toml env/requirements-dev.txt
 	$(PY) -m pip install -q --no-build-isolation "$(DEEPSPEED)"
 	$(PY) -m pip install -q --no-deps -e .
 	touch $@
+
+# The image's pins (torch 2.1.2, transformers 4.37.2, DeepSpeed 0.13.1: env/requirements-pins.txt) in .venv-pins,
+# built like $(VENV): torch first, the rest, DeepSpeed without build isolation (DS_BUILD_OPS=0), then kit.
+# torch 2.1.2 from PyPI is the CUDA build (about 2.5 GB with its nvidia-* wheels); it runs on a CPU all the same.
+PINS      ?= env/requirements-pins.txt
+PINS_VENV ?= .venv-pins
+PINS_PY   := $(PINS_VENV)/bin/python
+
+$(PINS_VENV)/.installed: pyproject.toml $(PINS)
+	$(PYTHON) -m venv $(PINS_VENV)
+	$(PINS_PY) -m pip install -q --upgrade pip
+	$(PINS_PY) -m pip install -q "$$(grep -E '^torch==' $(PINS))"
+	grep -v -E '^deepspeed==' $(PINS) > $(PINS_VENV)/requirements-no-deepspeed.txt
+	$(PINS_PY) -m pip install -q -r $(PINS_VENV)/requirements-no-deepspeed.txt
+	DS_BUILD_OPS=0 $(PINS_PY) -m pip install -q --no-build-isolation "$$(grep -E '^deepspeed==' $(PINS))"
+	$(PINS_PY) -m pip install -q --no-deps -e .
+	touch $@
+
+# The whole tests/case directory under the pins: the case's config, data, tokenizer, model and synthetic tests
+# (all pass there unchanged) plus tests/case/test_pins.py (marker `pins`: the slow LlamaTokenizer equivalence and
+# the DeepSpeed config checks, which also run under .venv). DeepSpeed 0.13.1 cannot train on a CPU (its CPU
+# accelerator needs intel_extension_for_pytorch), so tests/e2e is not part of it.
+test-pins: $(PINS_VENV)/.installed  ## the case tests under the container image's library pins
+	$(PINS_PY) -m pytest -q tests/case
 
 demo: $(VENV)/.installed  ## a tiny synthetic run on this CPU (two ranks, real DeepSpeed), ending in the result table
 	$(KIT) run llava1_5_7b --config tiny --synthetic --native --results $(RESULTS)

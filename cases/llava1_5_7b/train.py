@@ -107,9 +107,38 @@ def cosine_with_warmup(warmup: int, total: int):
     return factor
 
 
-def deepspeed_config(cfg: config_mod.CaseConfig, stage: str, gas: int, world: int, bf16: bool) -> dict:
-    """The reference's ZeRO settings (case facts, section 3), with bucket sizes scaled by the LLM width."""
+def deepspeed_features() -> dict:
+    """Which of the kit's optional DeepSpeed config keys the installed DeepSpeed's config parser knows.
+
+    Read from DeepSpeed's own config classes (not from a version table), so a backport or a removal is seen:
+    `offload_optimizer.ratio` is the partial optimizer offload of ZeRO-3, `zero_force_ds_cpu_optimizer` the
+    switch that lets a client optimizer run with ZeRO-Offload. Both are known to 0.13.1 and 0.19.8.
+    """
+    import deepspeed
+    from deepspeed.runtime import constants
+    from deepspeed.runtime.zero.offload_config import DeepSpeedZeroOffloadOptimizerConfig
+
+    # pydantic 2 models list their fields in model_fields, DeepSpeed's pydantic-1 models (<= 0.14) in __fields__.
+    fields = getattr(DeepSpeedZeroOffloadOptimizerConfig, "model_fields", None)
+    if not isinstance(fields, dict):
+        fields = getattr(DeepSpeedZeroOffloadOptimizerConfig, "__fields__", {})
+    return {
+        "version": deepspeed.__version__,
+        "offload_optimizer.ratio": "ratio" in fields,
+        "zero_force_ds_cpu_optimizer": hasattr(constants, "ZERO_FORCE_DS_CPU_OPTIMIZER"),
+    }
+
+
+def deepspeed_config(
+    cfg: config_mod.CaseConfig, stage: str, gas: int, world: int, bf16: bool, features: dict | None = None
+) -> dict:
+    """The reference's ZeRO settings (case facts, section 3), with bucket sizes scaled by the LLM width.
+
+    Emits only keys that the installed DeepSpeed knows (`features`, default `deepspeed_features()`); a config
+    that asks for a feature the installed DeepSpeed lacks is refused with a ConfigError, never dropped.
+    """
     s = cfg.stage(stage)
+    ds = deepspeed_features() if features is None else features
     h2 = cfg.model.llm.hidden**2
     zero: dict = {
         "stage": s.zero_stage,
@@ -131,8 +160,15 @@ def deepspeed_config(cfg: config_mod.CaseConfig, stage: str, gas: int, world: in
     if s.offload_optimizer > 0:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
         if s.offload_optimizer < 1:
+            if not ds.get("offload_optimizer.ratio"):
+                raise config_mod.ConfigError(
+                    f"{cfg.path or cfg.name}: [{stage}] offload_optimizer = {s.offload_optimizer} asks for DeepSpeed's "
+                    f"partial optimizer offload (zero_optimization.offload_optimizer.ratio), which the installed "
+                    f"DeepSpeed {ds.get('version')} does not know; set offload_optimizer to 1.0 (all optimizer state "
+                    f"on the CPU) or 0 (none), or install a DeepSpeed that has offload_optimizer.ratio"
+                )
             zero["offload_optimizer"]["ratio"] = s.offload_optimizer
-    return {
+    out = {
         "train_micro_batch_size_per_gpu": s.micro_batch,
         "gradient_accumulation_steps": gas,
         "train_batch_size": s.micro_batch * gas * world,
@@ -140,10 +176,13 @@ def deepspeed_config(cfg: config_mod.CaseConfig, stage: str, gas: int, world: in
         "bf16": {"enabled": bf16},
         "zero_optimization": zero,
         "zero_allow_untested_optimizer": True,
-        "zero_force_ds_cpu_optimizer": False,
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
+    if ds.get("zero_force_ds_cpu_optimizer"):
+        # Only a DeepSpeed that knows the key also refuses a client optimizer under offload; without it, nothing to lift.
+        out["zero_force_ds_cpu_optimizer"] = False
+    return out
 
 
 def library_versions() -> dict:
