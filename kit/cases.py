@@ -13,6 +13,7 @@ class Case:
     name: str
     package: str  # importable inside the container (or natively)
     stages: tuple[str, ...]  # the order of `--stage all`
+    entry: tuple[tuple[str, str], ...]  # stage -> the case module that runs it under torchrun
 
     @property
     def dir(self) -> Path:
@@ -25,8 +26,18 @@ class Case:
     def module(self, name: str) -> str:
         return f"{self.package}.{name}"
 
+    def stage_module(self, stage: str) -> str:
+        return self.module(dict(self.entry)[stage])
 
-CASES = {"llava1_5_7b": Case("llava1_5_7b", "cases.llava1_5_7b", ("pretrain", "finetune"))}
+
+CASES = {
+    "llava1_5_7b": Case(
+        "llava1_5_7b",
+        "cases.llava1_5_7b",
+        ("pretrain", "finetune", "eval"),
+        (("pretrain", "train"), ("finetune", "train"), ("eval", "evaluate")),
+    )
+}
 
 
 class UnknownCase(KeyError):

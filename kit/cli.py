@@ -53,7 +53,7 @@ def run(
     case: str = typer.Argument(..., help="The case to run, e.g. llava1_5_7b."),
     nodes: int = typer.Option(1, help="Nodes (one container each)."),
     gpus: int = typer.Option(None, help="GPUs per node (ranks per node on CPU); default: the config's."),
-    stage: str = typer.Option("all", help="pretrain, finetune or all."),
+    stage: str = typer.Option("all", help="all, train (pretrain + finetune), pretrain, finetune or eval."),
     config: str = typer.Option("A800x1x8", help="Config name (cases/CASE/configs/NAME.toml) or a .toml path."),
     data: Path = typer.Option(None, help="Data root in the real layout (not needed with --synthetic)."),
     models: Path = typer.Option(None, help="Directory with the LLM and CLIP checkpoint directories."),
@@ -66,6 +66,10 @@ def run(
     set_: list[str] = typer.Option(
         None, "--set", metavar="KEY=VALUE", help="Override a config value, e.g. --set finetune.micro_batch=8."
     ),
+    mmmu: Path = typer.Option(None, help="MMMU validation (local copy of MMMU/MMMU); default DATA/MMMU."),
+    model_dir: Path = typer.Option(None, help="With --stage eval alone: the finetuned model (a run's finetune/model)."),
+    mmmu_decoding: str = typer.Option("greedy", help="greedy (deterministic) or reference (5 beams, sampling)."),
+    eval_limit: int = typer.Option(0, help="Evaluate only the first K MMMU questions (0: all 900)."),
 ) -> None:
     """Run a case's stages into a new run directory, with live progress.
 
@@ -78,6 +82,8 @@ def run(
       kit run llava1_5_7b --config H200x1x1 --synthetic --native --max-steps 30 --no-save
 
       kit run llava1_5_7b --config tiny --synthetic --native --set pretrain.micro_batch=2
+
+      kit run llava1_5_7b --stage eval --model-dir runs/RUN/finetune/model --models /models --mmmu /data/MMMU
     """
     from .cases import UnknownCase
     from .commands import run as run_cmd
@@ -85,8 +91,9 @@ def run(
 
     try:
         req, cfg = run_cmd.plan(
-            case, config, stage, nodes, gpus, results, data, models, synthetic, max_steps, native, save, python,
-            set_ or [],
+            case, config, stage, nodes=nodes, gpus=gpus, results=results, data=data, models=models,
+            synthetic=synthetic, max_steps=max_steps, native=native, save=save, python=python, overrides=set_ or [],
+            mmmu=mmmu, model_dir=model_dir, mmmu_decoding=mmmu_decoding, eval_limit=eval_limit,
         )
         _, code = run_cmd.start(req, cfg, console)
     except (run_cmd.UsageError, UnknownCase, ValueError, RunDirError) as e:
@@ -176,6 +183,17 @@ def configs(case: str = typer.Argument("llava1_5_7b", help="The case.")) -> None
             f"{p.zero_stage}, {p.micro_batch}/{p.global_batch}", f"{f.zero_stage}, {f.micro_batch}/{f.global_batch}",
         )  # fmt: skip
     console.print(table)
+
+
+def _register_subcommands() -> None:
+    from .commands import check_host, env, mmmu
+
+    app.command("check-host")(check_host.check_host)
+    app.command("env")(env.env)
+    app.add_typer(mmmu.app, name="mmmu", help="MMMU validation: score raw responses with the official rules.")
+
+
+_register_subcommands()
 
 
 def main() -> None:

@@ -113,13 +113,13 @@ class NativeLauncher:
         self.python = python
         self.env = {**os.environ, **(env or {})}
 
-    def command(self, gpus: int, port: int, case_args: list[str]) -> list[str]:
+    def command(self, module: str, gpus: int, port: int, case_args: list[str]) -> list[str]:
         return [
             self.python, "-m", "torch.distributed.run",
             "--nnodes=1", f"--nproc-per-node={gpus}",
             "--master-addr=127.0.0.1", f"--master-port={port}",
             "--max-restarts=0",
-            "-m", self.case.module("train"), *case_args,
+            "-m", module, *case_args,
         ]  # fmt: skip
 
     def run_module(self, module: str, args: list[str], log: Path) -> subprocess.CompletedProcess:
@@ -136,7 +136,9 @@ class NativeLauncher:
     ) -> StageResult:
         stage_dir = run / stage
         (stage_dir / "logs").mkdir(parents=True, exist_ok=True)
-        cmd = self.command(gpus, free_port(), ["--stage", stage, "--run-dir", str(run), *case_args])
+        cmd = self.command(
+            self.case.stage_module(stage), gpus, free_port(), ["--stage", stage, "--run-dir", str(run), *case_args]
+        )
         with open(stage_dir / "logs" / "launcher.log", "ab") as log:
             log.write(("$ " + " ".join(cmd) + "\n").encode())
             log.flush()

@@ -282,6 +282,23 @@ def mmmu_accuracy(run_dir: str | Path) -> float | None:
     return v / 100 if v > 1 else float(v)
 
 
+def eval_summary(run_dir: Path, status: RunStatus) -> dict[str, Any] | None:
+    """The eval stage at a glance: its state, questions, decoding and wall time (None when it never ran)."""
+    st = status.stages.get("eval")
+    events = load_stage(run_dir / "eval")
+    if st is None and not events.facts:
+        return None
+    scored = _read_json(run_dir / "eval" / "mmmu" / "summary.json")
+    wall = (st.end_t - st.launched_t) if st is not None and st.end_t and st.launched_t else None
+    return {
+        "state": st.state if st is not None else "unknown",
+        "questions": scored.get("num") if isinstance(scored, dict) else events.facts.get("questions"),
+        "decoding": events.facts.get("decoding"),
+        "wall_s": wall,
+        "overall": mmmu_accuracy(run_dir),
+    }
+
+
 def _finite(v: Any) -> Any:
     """JSON has no NaN/inf: they become None (the notes say so where it matters)."""
     return None if isinstance(v, float) and not math.isfinite(v) else v
@@ -460,7 +477,8 @@ def run_summary(run_dir: str | Path, peak_flops: float | None = None) -> dict[st
     status = read_status(rd)
     cfg = info.get("config") if isinstance(info.get("config"), dict) else {}
     mmmu = mmmu_accuracy(rd)
-    names = _stage_names(rd, info, status)
+    # Training stages are the table's rows; the eval stage feeds the MMMU column and has a section of its own.
+    names = [n for n in _stage_names(rd, info, status) if n != "eval"]
     stages = {
         n: summarize_stage(
             load_stage(rd / n), status.stages.get(n), status, info, peak_flops, mmmu if n == "finetune" else None
@@ -490,6 +508,7 @@ def run_summary(run_dir: str | Path, peak_flops: float | None = None) -> dict[st
         "stage_order": names,
         "stages": stages,
         "mmmu_acc": mmmu,
+        "eval": eval_summary(rd, status),
         "rules": {"steady_state": STEADY_RULE, "loss": LOSS_RULE},
         "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "kit_version": __version__,

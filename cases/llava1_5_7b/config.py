@@ -83,6 +83,8 @@ class SyntheticConfig:
     image_min_side: int = 200
     image_max_side: int = 640
     tokenizer_vocab: int = 4000
+    # Questions per subject of a generated MMMU validation split (the real one has 30).
+    mmmu_questions: int = 30
     seed: int = 1234
 
 

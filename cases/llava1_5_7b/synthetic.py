@@ -11,6 +11,7 @@ marker, written last, tells a finished directory from an interrupted one.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import shutil
@@ -359,6 +360,113 @@ def _tokenizer_corpus(pre: list, ft: list, limit_words: int = 400_000) -> list[s
     return texts
 
 
+MMMU_OPEN_SHARE = 53 / 900  # the real validation split: 847 multiple-choice, 53 open questions
+MMMU_DIFFICULTY = ("Easy", "Medium", "Hard")
+MMMU_IMG_TYPES = ("['Diagrams']", "['Photographs']", "['Tables']", "['Plots and Charts']")
+
+
+def _mmmu_question(w: _Writer, scene: dict[str, Any], open_question: bool) -> tuple[str, list[str], str]:
+    """A question about the drawn scene, with its "<image 1>" reference inline as MMMU writes them."""
+    q, a = w.qa(scene)
+    q = q.replace("the image", "<image 1>") if "the image" in q else f"{q} Refer to <image 1>."
+    if open_question:
+        return q, [], a
+    if a in ("Yes", "No"):
+        pool = ["Yes", "No"]
+    elif a.isdigit():
+        pool = [str(k) for k in range(1, 6)]
+    elif a.lower() in COLOURS:
+        pool = [c.capitalize() for c in COLOURS]
+    else:
+        pool = [p.capitalize() for p in POSITIONS]
+    others = [x for x in pool if x != a]
+    k = min(len(others), int(w.rng.integers(1, 5)))
+    options = [a, *(others[int(i)] for i in w.rng.choice(len(others), size=k, replace=False))]
+    order = w.rng.permutation(len(options))
+    options = [options[int(i)] for i in order]
+    return q, options, chr(ord("A") + options.index(a))
+
+
+def generate_mmmu(
+    out_dir: str | os.PathLike[str],
+    questions_per_subject: int = 30,
+    seed: int = 1234,
+    *,
+    image_min_side: int = 48,
+    image_max_side: int = 160,
+) -> dict[str, Any]:
+    """Write a synthetic MMMU validation split in the Hugging Face layout of `MMMU/MMMU`.
+
+    One folder per subject with `validation-00000-of-00001.parquet` (written through `datasets`, so the parquet
+    schema carries the Image features as the real files do); ids `validation_<Subject>_<n>`, options as the
+    string of a Python list, image_1 = {"bytes": PNG, "path": name}, image_2..7 None, and about the real split's
+    847:53 multiple-choice to open ratio. A directory completed earlier with the same parameters is reused.
+    """
+    import datasets
+
+    from .mmmu import FIELDS, IMAGE_FIELDS, SUBJECTS
+
+    out = Path(out_dir)
+    params = {"questions_per_subject": questions_per_subject, "seed": seed, "image_min_side": image_min_side,
+              "image_max_side": image_max_side, "format_version": FORMAT_VERSION}
+    marker = out / ".complete"
+    if marker.is_file():
+        done = json.loads(marker.read_text())
+        if done.get("params") == params:
+            return {**done, "out_dir": str(out), "reused": True}
+    if questions_per_subject < 1:
+        raise ValueError("questions_per_subject must be at least 1")
+    t0 = time.monotonic()
+    out.mkdir(parents=True, exist_ok=True)
+    marker.unlink(missing_ok=True)
+    text_rng, pix = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
+    w = _Writer(text_rng, 2048, 4000)
+    total = questions_per_subject * len(SUBJECTS)
+    n_open = max(1, int(round(total * MMMU_OPEN_SHARE)))
+    is_open = np.zeros(total, bool)
+    is_open[text_rng.choice(total, size=n_open, replace=False)] = True
+    noise = pix.integers(-18, 19, size=(image_max_side + 64, image_max_side + 64, 3), dtype=np.int16)
+    features = datasets.Features(
+        {f: (datasets.Image() if f in IMAGE_FIELDS else datasets.Value("string")) for f in FIELDS}
+    )
+    k = 0
+    for subject in SUBJECTS:
+        rows: dict[str, list[Any]] = {f: [] for f in FIELDS}
+        for n in range(1, questions_per_subject + 1):
+            qid = f"validation_{subject}_{n}"
+            scene = w.scene()
+            question, options, answer = _mmmu_question(w, scene, bool(is_open[k]))
+            k += 1
+            side_w, side_h = (int(v) for v in pix.integers(image_min_side, image_max_side + 1, size=2))
+            buf = io.BytesIO()
+            _image(pix, scene, side_w, side_h, noise).save(buf, "PNG")
+            row = {
+                "id": qid,
+                "question": question,
+                "options": str(options),
+                "explanation": "",
+                "image_1": {"bytes": buf.getvalue(), "path": f"{qid}_1.png"},
+                "img_type": w.pick(MMMU_IMG_TYPES),
+                "answer": answer,
+                "topic_difficulty": w.pick(MMMU_DIFFICULTY),
+                "question_type": "open" if options == [] else "multiple-choice",
+                "subfield": f"Synthetic {subject.replace('_', ' ')}",
+            }
+            for f in IMAGE_FIELDS[1:]:
+                row[f] = None
+            for f in FIELDS:
+                rows[f].append(row[f])
+        path = out / subject / "validation-00000-of-00001.parquet"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+        datasets.Dataset.from_dict(rows, features=features).to_parquet(str(tmp))
+        os.replace(tmp, path)
+    summary = {"out_dir": str(out), "subjects": len(SUBJECTS), "questions": total, "open": n_open,
+               "multiple_choice": total - n_open, "seconds": round(time.monotonic() - t0, 3), "params": params}
+    _write_json(marker, summary)
+    return {**summary, "reused": False}
+
+
 def main(argv: list[str] | None = None) -> int:
     from .config import ConfigError, load
 
@@ -367,9 +475,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", required=True, help="output directory (created; reused when complete and identical)")
     ap.add_argument("--pretrain-records", type=int, default=None)
     ap.add_argument("--finetune-records", type=int, default=None)
+    ap.add_argument("--mmmu", action="store_true", help="write a synthetic MMMU validation split (HF layout) into --out instead")
+    ap.add_argument("--mmmu-questions", type=int, default=None,
+                    help="questions per subject with --mmmu (default: the config's synthetic.mmmu_questions)")
     args = ap.parse_args(argv)
     try:
         cfg = load(args.config)
+        if args.mmmu:
+            per_subject = args.mmmu_questions or getattr(cfg.synthetic, "mmmu_questions", 30)
+            print(json.dumps(generate_mmmu(args.out, per_subject, cfg.synthetic.seed), indent=2))
+            return 0
         summary = generate(args.out, cfg.synthetic, pretrain_records=args.pretrain_records,
                            finetune_records=args.finetune_records, max_length=cfg.model.max_length)
     except (ConfigError, FileExistsError) as e:

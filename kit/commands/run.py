@@ -16,7 +16,7 @@ from rich.panel import Panel
 from rich.text import Text
 
 from .. import __version__, cases, rundir
-from ..launch import EXIT_ENVIRONMENT, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, NativeLauncher
+from ..launch import EXIT_ENVIRONMENT, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, NativeLauncher, StageResult
 from ..progress import StageProgress
 
 
@@ -40,13 +40,22 @@ class RunRequest:
     save: bool = True
     python: str = sys.executable
     overrides: list[str] = field(default_factory=list)
+    mmmu: str | None = None
+    model_dir: str | None = None
+    mmmu_decoding: str = "greedy"
+    eval_limit: int = 0
     command: list[str] = field(default_factory=list)
 
 
+TRAIN_STAGES = ("pretrain", "finetune")
+
+
 def plan(
-    case_name: str, config: str, stage: str, nodes: int, gpus: int | None, results: Path, data: Path | None,
-    models: Path | None, synthetic: bool, max_steps: int, native: bool, save: bool, python: str,
-    overrides: list[str] | None = None,
+    case_name: str, config: str, stage: str, *, nodes: int = 1, gpus: int | None = None,
+    results: Path = Path("runs"), data: Path | None = None, models: Path | None = None, synthetic: bool = False,
+    max_steps: int = 0, native: bool = False, save: bool = True, python: str = sys.executable,
+    overrides: list[str] | None = None, mmmu: Path | None = None, model_dir: Path | None = None,
+    mmmu_decoding: str = "greedy", eval_limit: int = 0,
 ) -> tuple[RunRequest, object]:
     """Check the request before anything is written, so a bad one leaves no half-made run behind."""
     case = cases.get(case_name)
@@ -54,10 +63,12 @@ def plan(
     cfg = cases.load_config(case, config, overrides)
     if stage == "all":
         stages = list(case.stages)
+    elif stage == "train":
+        stages = [s for s in case.stages if s in TRAIN_STAGES]
     elif stage in case.stages:
         stages = [stage]
     else:
-        raise UsageError(f"--stage {stage!r}: expected all or one of {', '.join(case.stages)}")
+        raise UsageError(f"--stage {stage!r}: expected all, train or one of {', '.join(case.stages)}")
     gpus = gpus or cfg.gpus_per_node
     if nodes < 1 or gpus < 1:
         raise UsageError("--nodes and --gpus must be at least 1")
@@ -68,42 +79,92 @@ def plan(
     if nodes > 1:
         raise UsageError("--native runs on this host only (--nodes 1); several nodes run in containers")
     for s in stages:
-        cfg.grad_accum(s, nodes * gpus)  # raises with the fix when the global batch does not divide
+        if s in TRAIN_STAGES:
+            cfg.grad_accum(s, nodes * gpus)  # raises with the fix when the global batch does not divide
+    training = [s for s in stages if s in TRAIN_STAGES]
     if not synthetic:
-        missing = [name for name, v in (("--data", data), ("--models", models)) if v is None]
+        needed = [("--data", data)] if training else []
+        needed += [("--models", models)]
+        missing = [name for name, v in needed if v is None]
         if missing:
             raise UsageError(f"{' and '.join(missing)} needed for a run on real data and weights (or pass --synthetic)")
-        for name, p in (("--data", data), ("--models", models)):
+        for name, p in needed:
             if not p.is_dir():
                 raise UsageError(f"{name} {p}: no such directory")
     if stages == ["finetune"] and not synthetic:
         raise UsageError(
-            "finetune alone needs the pretrain projector: run --stage all (with --synthetic, finetune alone "
+            "finetune alone needs the pretrain projector: run --stage train (with --synthetic, finetune alone "
             "starts from a random projector)"
         )
-    if max_steps < 0:
-        raise UsageError("--max-steps must be 0 (a full epoch) or positive")
+    if max_steps < 0 or eval_limit < 0:
+        raise UsageError("--max-steps and --eval-limit must be 0 (everything) or positive")
+    if mmmu_decoding not in ("greedy", "reference"):
+        raise UsageError(f"--mmmu-decoding {mmmu_decoding!r}: expected greedy or reference")
+    if "eval" in stages:
+        if mmmu is None and data is not None and not synthetic:
+            mmmu = data / "MMMU"
+        if not synthetic and (mmmu is None or not mmmu.is_dir()):
+            raise UsageError(
+                f"the eval stage needs MMMU validation data: {mmmu or '--mmmu DIR'} is not a directory; pass --mmmu "
+                "DIR (a local copy of the MMMU/MMMU dataset, one folder of parquet files per subject), or --stage "
+                "train to skip the evaluation"
+            )
+        if "finetune" not in stages:
+            if model_dir is None or not (model_dir / "pytorch_model.bin").is_file():
+                raise UsageError(
+                    f"--stage eval alone needs a finetuned model: --model-dir DIR holding pytorch_model.bin "
+                    f"(a run's finetune/model){'' if model_dir is None else f'; {model_dir} has none'}"
+                )
+        elif not save:
+            raise UsageError("--no-save leaves no finetuned model for the eval stage: use --stage train with --no-save")
     req = RunRequest(
         case=case.name, config=cfg.name, stages=stages, nodes=nodes, gpus=gpus, results=str(results),
         data=str(data) if data else None, models=str(models) if models else None, synthetic=synthetic,
-        max_steps=max_steps, native=native, save=save, python=python, overrides=overrides, command=sys.argv,
+        max_steps=max_steps, native=native, save=save, python=python, overrides=overrides,
+        mmmu=str(mmmu) if mmmu else None, model_dir=str(model_dir) if model_dir else None,
+        mmmu_decoding=mmmu_decoding, eval_limit=eval_limit, command=sys.argv,
     )  # fmt: skip
     return req, cfg
 
 
-def case_args(req: RunRequest, cfg_path: str) -> list[str]:
+def case_args(req: RunRequest, cfg_path: str, stage: str, synthetic_mmmu_questions: int) -> list[str]:
+    """The case entry's arguments for one stage (train.py for training, evaluate.py for eval)."""
     args = ["--config", cfg_path]
     if req.synthetic:
         args.append("--synthetic")
-    if req.data:
-        args += ["--data", req.data]
     if req.models:
         args += ["--models", req.models]
+    if stage == "eval":
+        if req.mmmu:
+            args += ["--mmmu", req.mmmu]
+        elif req.synthetic:
+            args += ["--synthetic-questions", str(synthetic_mmmu_questions)]
+        if req.model_dir:
+            args += ["--model-dir", req.model_dir]
+        args += ["--decoding", req.mmmu_decoding]
+        if req.eval_limit:
+            args += ["--limit", str(req.eval_limit)]
+        return args
+    if req.data:
+        args += ["--data", req.data]
     if req.max_steps:
         args += ["--max-steps", str(req.max_steps)]
     if not req.save:
         args.append("--no-save")
     return args
+
+
+def score_eval(run: Path) -> str | None:
+    """Score the eval stage's raw responses on the host (kit.mmmu); None, or what went wrong."""
+    from .. import mmmu
+
+    responses = run / "eval" / "responses.json"
+    try:
+        result = mmmu.score(mmmu.load_predictions(responses))
+        mmmu.write_outputs(run / "eval" / "mmmu", result, protect=(responses,))
+    except (mmmu.MMMUError, OSError) as e:
+        return f"scoring {responses} failed: {e}"
+    return None
 
 
 def host_facts() -> dict:
@@ -171,7 +232,7 @@ def _execute(run: Path, console: Console, resumed: bool) -> int:
         rundir.write_json(run / "environment.json", {"host": host_facts(), "case": json.loads(probe.stdout)})
 
     cfg_path = meta["config_path"]
-    if req.synthetic and not (run / "synthetic" / ".complete").exists():
+    if req.synthetic and not (run / "synthetic" / ".complete").exists():  # eval alone needs its tokenizer too
         with console.status("generating synthetic data (real formats and layout) and training its tokenizer"):
             args = ["--config", cfg_path, "--out", str(run / "synthetic")]
             if req.max_steps:
@@ -185,14 +246,17 @@ def _execute(run: Path, console: Console, resumed: bool) -> int:
             rundir.append_status(run, "failed", detail="synthetic data generation failed")
             return EXIT_FAILED
 
-    extra = case_args(req, cfg_path)
+    mmmu_questions = meta["config"]["synthetic"].get("mmmu_questions", 30)
     with StageProgress(console) as display:
         for stage in req.stages:
             if states.get(stage) == "finished":
                 continue
             display.start(stage)
             rundir.append_status(run, "launched", stage, {"gpus": req.gpus, "nodes": req.nodes})
-            result = launcher.run_stage(run, stage, req.nodes * req.gpus, extra, display)
+            args = case_args(req, cfg_path, stage, mmmu_questions)
+            result = launcher.run_stage(run, stage, req.nodes * req.gpus, args, display)
+            if result.state == "finished" and stage == "eval" and (problem := score_eval(run)):
+                result = StageResult(stage, "failed", EXIT_FAILED, message=problem)
             rundir.append_status(run, result.state, stage, result.message or None)
             display.finish(result.state)
             if result.state == "interrupted":

@@ -17,7 +17,8 @@ TINY = ("run", "llava1_5_7b", "--config", "tiny", "--synthetic", "--native")
 
 def test_run_directory_layout(tiny_run):
     run = json.loads((tiny_run / "run.json").read_text())
-    assert run["case"] == "llava1_5_7b" and run["config"]["name"] == "tiny" and run["stages"] == ["pretrain", "finetune"]
+    assert run["case"] == "llava1_5_7b" and run["config"]["name"] == "tiny"
+    assert run["stages"] == ["pretrain", "finetune", "eval"]
     env = json.loads((tiny_run / "environment.json").read_text())
     assert env["case"]["versions"]["deepspeed"] and env["host"]["kit_version"]
     for stage in ("pretrain", "finetune"):
@@ -28,7 +29,11 @@ def test_run_directory_layout(tiny_run):
     assert (tiny_run / "finetune" / "model" / "pytorch_model.bin").is_file()
     states = [(r["stage"], r["state"]) for r in status_rows(tiny_run)]
     assert states[-1] == (None, "finished")
-    assert ("pretrain", "finished") in states and ("finetune", "finished") in states
+    for stage in ("pretrain", "finetune", "eval"):
+        assert (stage, "finished") in states
+    assert (tiny_run / "eval" / "responses.json").is_file()
+    for name in ("summary.json", "judgements.jsonl", "predictions.jsonl", "disciplines.md"):
+        assert (tiny_run / "eval" / "mmmu" / name).is_file()
     assert (tiny_run / "summary.json").is_file()
 
 
@@ -73,6 +78,35 @@ def test_report_every_format(tiny_run, fmt):
 
 def losses_by_step(path) -> dict[int, float]:
     return {s["step"]: s["loss"] for s in steps(path)}  # a resumed attempt's steps replace the first's
+
+
+def test_eval_responses_are_scored_on_the_host(tiny_run):
+    """The eval stage writes raw responses; the host scores them, and `kit mmmu score` agrees."""
+    responses = json.loads((tiny_run / "eval" / "responses.json").read_text())
+    assert len(responses) == 60  # tiny: 2 questions in each of the 30 subjects
+    assert responses[0]["id"] == "validation_Accounting_1" and responses[-1]["subject"] == "Sociology"
+    scored = json.loads((tiny_run / "eval" / "mmmu" / "summary.json").read_text())
+    r = kit("mmmu", "score", str(tiny_run / "eval" / "responses.json"), "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["overall"] == scored["overall"]
+    r = kit("report", str(tiny_run), "--format", "json")
+    summary = json.loads(r.stdout)
+    assert summary["mmmu_acc"] == scored["overall"]
+    assert summary["stages"]["finetune"]["mmmu_acc"] == scored["overall"]
+    assert summary["eval"]["questions"] == 60 and summary["eval"]["decoding"] == "greedy"
+
+
+def test_eval_alone_on_a_finetuned_model(tmp_path, tiny_run):
+    model = tiny_run / "finetune" / "model"
+    r = kit(*TINY, "--stage", "eval", "--results", str(tmp_path), "--model-dir", str(model), "--eval-limit", "6")
+    assert r.returncode == 0, r.stdout + r.stderr
+    run = only_run(tmp_path)
+    responses = json.loads((run / "eval" / "responses.json").read_text())
+    assert [x["id"] for x in responses] == [x["id"] for x in json.loads(
+        (tiny_run / "eval" / "responses.json").read_text())][:6]  # fmt: skip
+    # The same model, tokenizer and greedy decoding give the same answers as in the full run.
+    full = {x["id"]: x["response"] for x in json.loads((tiny_run / "eval" / "responses.json").read_text())}
+    assert all(full[x["id"]] == x["response"] for x in responses)
 
 
 def test_interrupt_marks_the_run_and_resume_finishes_it(tmp_path, tiny_run):
@@ -145,6 +179,10 @@ def test_bad_requests_are_refused_before_anything_is_created(tmp_path):
     assert r.returncode == 2 and "unknown case" in r.stderr
     r = kit("run", "llava1_5_7b", "--config", "tiny", "--native", "--results", str(tmp_path))
     assert r.returncode == 2 and "--data and --models needed" in r.stderr
+    r = kit(*TINY, "--stage", "eval", "--results", str(tmp_path))
+    assert r.returncode == 2 and "--stage eval alone needs a finetuned model: --model-dir DIR" in r.stderr
+    r = kit(*TINY, "--no-save", "--results", str(tmp_path))
+    assert r.returncode == 2 and "--no-save leaves no finetuned model for the eval stage" in r.stderr
     assert not any(tmp_path.iterdir())
 
 

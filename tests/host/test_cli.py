@@ -19,9 +19,9 @@ def test_version():
     assert r.exit_code == 0 and r.output.strip() == f"kit {__version__}"
 
 
-@pytest.mark.parametrize("command", ["run", "resume", "report", "configs"])
+@pytest.mark.parametrize("command", ["run", "resume", "report", "configs", "mmmu score", "check-host", "env"])
 def test_every_command_has_help_with_examples(command):
-    r = runner.invoke(app, [command, "--help"], env={"COLUMNS": "200"})
+    r = runner.invoke(app, [*command.split(), "--help"], env={"COLUMNS": "200"})
     assert r.exit_code == 0
     assert "Example" in r.output and f"kit {command}" in r.output
 
@@ -29,7 +29,8 @@ def test_every_command_has_help_with_examples(command):
 def test_host_side_never_imports_the_training_stack():
     code = (
         "import sys, kit.cli, kit.commands.run, kit.commands.report, kit.launch, kit.progress, kit.report, "
-        "kit.metrics, kit.rundir, kit.cases\n"
+        "kit.metrics, kit.rundir, kit.cases, kit.mmmu, kit.commands.mmmu, kit.nvml, "
+        "kit.commands.check_host, kit.commands.env, kit.checks.docker, kit.checks.remote\n"
         "from kit import cases\n"
         "cases.load_config(cases.get('llava1_5_7b'), 'A800x1x8')\n"
         "bad = sorted(m for m in ('torch', 'deepspeed', 'transformers', 'mlperf_logging') if m in sys.modules)\n"

@@ -1,0 +1,146 @@
+"""Data and weights in the layout the case reads (README "Real data"), checked before a run is launched.
+
+A missing file found here costs seconds; found by the training job, it costs a container start, a model load
+and a confusing traceback. Record counts are compared with the reference data sets so a truncated download
+or a different version shows before hours of training.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from . import Check
+
+# The reference data sets (LLaVA-1.5): LAION-CC-SBU 558K captions, the mix665k instructions.
+REFERENCE_RECORDS = {"pretrain": 558_128, "finetune": 665_298}
+# The finetune images' folders under the data root (README "Real data"; cases/llava1_5_7b/synthetic.py).
+FINETUNE_FOLDERS = ("coco/train2017", "gqa/images", "ocr_vqa/images", "textvqa/train_images", "vg/VG_100K", "vg/VG_100K_2")
+WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json")
+MMMU_SUBJECTS = 30
+SYNTHETIC_HINT = "or run with --synthetic, which needs no data and no weights"
+
+
+def count_records(path: Path, chunk: int = 1 << 24) -> int:
+    """Records of a LLaVA JSON file without parsing it (665K records are ~1 GB): each has one
+    "conversations" key, and inside string values that text would be escaped (\\"conversations\\")."""
+    needle = b'"conversations"'
+    n, tail = 0, b""
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            buf = tail + block
+            n += buf.count(needle)
+            tail = buf[-(len(needle) - 1):]  # too short to hold a whole needle: nothing counts twice
+    return n
+
+
+def _json_check(name: str, path: Path, stage: str, deep: bool, images_root: Path) -> list[Check]:
+    ref = REFERENCE_RECORDS[stage]
+    if not path.is_file():
+        return [Check("data", name, "fail", f"missing: {path}", f"download it to {path} ({SYNTHETIC_HINT})", {"path": str(path)})]
+    checks = []
+    if deep:
+        try:
+            records = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            return [Check("data", name, "fail", f"{path}: not valid JSON ({e})", "download the file again", {"path": str(path)})]
+        n = len(records)
+    else:
+        records, n = None, count_records(path)
+    data = {"path": str(path), "records": n, "reference": ref}
+    if n == ref:
+        checks.append(Check("data", name, "ok", f"{n:,} records, as the reference", data=data))
+    else:
+        diff = n - ref
+        checks.append(Check(
+            "data", name, "warn",
+            f"{n:,} records, {abs(diff):,} {'more' if diff > 0 else 'fewer'} than the reference's {ref:,} "
+            f"({diff / ref:+.2%}): results will not compare one to one",
+            "download the reference version of the file (a truncated download is the usual cause)", data,
+        ))  # fmt: skip
+    if records is not None:
+        missing = [r["image"] for r in records if isinstance(r, dict) and r.get("image") and not (images_root / r["image"]).is_file()]
+        if missing:
+            checks.append(Check(
+                "data", f"{name} images", "fail",
+                f"{len(missing):,} of {n:,} records name an image that is not under {images_root} (first: {missing[0]})",
+                f"download the missing images into {images_root}", {"missing": len(missing), "first": missing[:5]},
+            ))  # fmt: skip
+        else:
+            checks.append(Check("data", f"{name} images", "ok", f"every image of {n:,} records is present"))
+    return checks
+
+
+def _dir_check(name: str, path: Path) -> Check:
+    if not path.is_dir():
+        return Check("data", name, "fail", f"missing folder: {path}", f"download and unpack the images into {path} ({SYNTHETIC_HINT})",
+                     {"path": str(path)})
+    return Check("data", name, "ok", str(path), data={"path": str(path)})
+
+
+def data_checks(cfg: Any, data: Path | None, deep: bool = False) -> list[Check]:
+    """Both JSON files with their record counts, and the image folders; MMMU when its folder exists."""
+    if data is None:
+        return [Check("data", "data", "skip", f"--data not given; pass --data DIR to check the data ({SYNTHETIC_HINT})")]
+    root = Path(data)
+    if not root.is_dir():
+        return [Check("data", "data", "fail", f"--data {root}: no such directory",
+                      f"pass the directory that holds {cfg.data.pretrain_json} and {cfg.data.finetune_json}")]
+    ft_images = root / cfg.data.finetune_images
+    checks = [
+        *_json_check("pretrain JSON", root / cfg.data.pretrain_json, "pretrain", deep, root / cfg.data.pretrain_images),
+        _dir_check("pretrain images", root / cfg.data.pretrain_images),
+        *_json_check("finetune JSON", root / cfg.data.finetune_json, "finetune", deep, ft_images),
+    ]
+    missing = [f for f in FINETUNE_FOLDERS if not (ft_images / f).is_dir()]
+    if missing:
+        checks.append(Check(
+            "data", "finetune images", "fail", f"missing under {ft_images}: {', '.join(missing)}",
+            f"download and unpack them into {ft_images} ({SYNTHETIC_HINT})", {"missing": missing},
+        ))  # fmt: skip
+    else:
+        checks.append(Check("data", "finetune images", "ok", f"{len(FINETUNE_FOLDERS)} folders under {ft_images}"))
+    if (root / "MMMU").is_dir():
+        checks.append(mmmu_check(root / "MMMU"))
+    return checks
+
+
+def mmmu_check(path: Path) -> Check:
+    """MMMU validation data: one folder per subject holding parquet files."""
+    subjects = sorted(d.name for d in path.iterdir() if d.is_dir() and any(d.rglob("*.parquet")))
+    data = {"path": str(path), "subjects": len(subjects)}
+    if len(subjects) == MMMU_SUBJECTS:
+        return Check("data", "MMMU", "ok", f"{len(subjects)} subjects with parquet files", data=data)
+    return Check(
+        "data", "MMMU", "warn" if subjects else "fail",
+        f"{len(subjects)} of {MMMU_SUBJECTS} subjects with parquet files under {path}",
+        f"download MMMU (all {MMMU_SUBJECTS} subjects, validation split) into {path}, one folder per subject", data,
+    )  # fmt: skip
+
+
+def model_checks(cfg: Any, models: Path | None) -> list[Check]:
+    """The LLM and CLIP checkpoint directories: config.json, weights, and the LLM's tokenizer.model."""
+    if models is None:
+        return [Check("data", "weights", "skip", f"--models not given; pass --models DIR to check the weights ({SYNTHETIC_HINT})")]
+    root = Path(models)
+    if not root.is_dir():
+        return [Check("data", "weights", "fail", f"--models {root}: no such directory",
+                      f"pass the directory that holds {cfg.model.llm_dir}/ and {cfg.model.vision_dir}/ ({SYNTHETIC_HINT})")]
+    checks = []
+    for name, sub, tokenizer in (("LLM weights", cfg.model.llm_dir, True), ("CLIP weights", cfg.model.vision_dir, False)):
+        d = root / sub
+        need = ["config.json", *(["tokenizer.model"] if tokenizer else [])]
+        missing = [f for f in need if not (d / f).is_file()]
+        weights = sorted({p.name for pat in WEIGHT_PATTERNS for p in d.glob(pat)}) if d.is_dir() else []
+        if not weights:
+            missing.append("weights (*.safetensors or *.bin)")
+        if not d.is_dir():
+            checks.append(Check("data", name, "fail", f"missing folder: {d}",
+                                f"download the Hugging Face checkpoint into {d} ({SYNTHETIC_HINT})", {"path": str(d)}))
+        elif missing:
+            checks.append(Check("data", name, "fail", f"{d}: missing {', '.join(missing)}",
+                                f"download the complete Hugging Face checkpoint into {d}", {"path": str(d), "missing": missing}))
+        else:
+            checks.append(Check("data", name, "ok", f"{d} ({len(weights)} weight files)", data={"path": str(d), "weights": weights}))
+    return checks

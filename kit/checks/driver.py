@@ -1,0 +1,164 @@
+"""Driver verdicts: which CUDA the driver fully supports, and whether each image variant runs on it.
+
+The most common reason a reproduction kit fails on a user's host is a driver too old for the image's CUDA.
+The table of minimum drivers is data (`env/cuda-drivers.toml`, from the CUDA release notes); this module
+only compares versions. A variant runs
+
+- fully: the driver supports its toolkit (the driver's own CUDA version, as NVML reports it, is at least the
+  variant's, or the driver is at least the table's minimum);
+- only through minor-version compatibility: the driver is at or above the floor of the variant's major
+  version (11.x: 450.80.02, 12.x: 525.60.13). Limited: no PTX JIT, so every kernel must ship SASS for the GPU,
+  and APIs newer than the driver fail;
+- not at all.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from . import Check
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+CUDA_DRIVERS_TOML = Path(__file__).resolve().parents[2] / "env" / "cuda-drivers.toml"
+COMPAT_LIMITS = "no PTX JIT: every kernel must ship SASS for this GPU; APIs newer than the driver fail"
+
+Support = Literal["full", "compat", "none"]
+
+
+def parse_version(text: str) -> tuple[int, ...]:
+    """'470.141.10' -> (470, 141, 10); '455.32' -> (455, 32, 0), so that versions compare as tuples."""
+    parts = text.strip().split(".")
+    if not parts or not all(p.isdigit() for p in parts):
+        raise ValueError(f"not a driver version: {text!r} (expected digits and dots, e.g. 535.104.05)")
+    nums = tuple(int(p) for p in parts)
+    return nums + (0,) * (3 - len(nums))
+
+
+def cuda_from_nvml(value: int | None) -> str | None:
+    """nvmlSystemGetCudaDriverVersion's integer (13000, 12020) as '13.0', '12.2'."""
+    if value is None:
+        return None
+    return f"{value // 1000}.{(value % 1000) // 10}"
+
+
+def _cuda_key(cuda: str) -> tuple[int, int]:
+    major, minor = cuda.split(".")[:2]
+    return int(major), int(minor)
+
+
+@functools.lru_cache(maxsize=4)
+def load_table(path: Path = CUDA_DRIVERS_TOML) -> dict[str, Any]:
+    """env/cuda-drivers.toml as {'toolkits': [...], 'compat': {major: floor}, 'variants': [...]}."""
+    data = tomllib.loads(Path(path).read_text())
+    toolkits = sorted(data["toolkit"], key=lambda t: _cuda_key(t["cuda"]))
+    return {"toolkits": toolkits, "compat": dict(data["minor_version_compatibility"]), "variants": data["variant"]}
+
+
+@dataclass
+class VariantVerdict:
+    cuda: str
+    support: Support
+    detail: str
+    fix: str = ""
+
+
+@dataclass
+class DriverVerdict:
+    driver: str
+    cuda_reported: str | None  # what the driver says it supports (NVML), None when not asked
+    newest_full: str | None  # the newest toolkit this driver fully supports
+    compat_majors: list[str]  # major versions reachable through minor-version compatibility
+    variants: list[VariantVerdict] = field(default_factory=list)
+
+
+def assess(driver: str, cuda_reported: int | None = None, table: dict[str, Any] | None = None) -> DriverVerdict:
+    """Compare a driver version (and the CUDA version NVML reports for it) with the table."""
+    table = table or load_table()
+    d = parse_version(driver)
+    reported = cuda_from_nvml(cuda_reported)
+
+    def full_driver(t: dict[str, str]) -> tuple[int, ...]:
+        return parse_version(t.get("ga_driver", t["min_driver"]))
+
+    full = [t["cuda"] for t in table["toolkits"] if d >= full_driver(t)]
+    newest = full[-1] if full else None
+    if reported and (newest is None or _cuda_key(reported) > _cuda_key(newest)):
+        newest = reported  # a driver newer than the table: trust what it says it supports
+    compat = sorted((m for m, floor in table["compat"].items() if d >= parse_version(floor)), key=int)
+    by_cuda = {t["cuda"]: t for t in table["toolkits"]}
+    verdicts = [_variant(d, driver, v, by_cuda.get(v["cuda"]), newest, table) for v in table["variants"]]
+    return DriverVerdict(driver, reported, newest, compat, verdicts)
+
+
+def _variant(
+    d: tuple[int, ...], driver: str, variant: dict[str, str], row: dict[str, str] | None, newest: str | None,
+    table: dict[str, Any],
+) -> VariantVerdict:
+    cuda = variant["cuda"]
+    need = row["min_driver"] if row else "?"
+    floor = table["compat"].get(cuda.split(".")[0])
+    fully = (newest is not None and _cuda_key(newest) >= _cuda_key(cuda)) or (row is not None and d >= parse_version(need))
+    if fully:
+        return VariantVerdict(cuda, "full", f"CUDA {cuda} image runs fully on driver {driver}")
+    if floor and d >= parse_version(floor):
+        return VariantVerdict(
+            cuda, "compat",
+            f"CUDA {cuda} image runs only through minor-version compatibility on driver {driver} ({COMPAT_LIMITS})",
+            f"upgrade the NVIDIA driver to >= {need} for full CUDA {cuda} support",
+        )  # fmt: skip
+    reach = f" (>= {floor} runs it through minor-version compatibility)" if floor else ""
+    return VariantVerdict(
+        cuda, "none", f"CUDA {cuda} image cannot run on driver {driver}: it needs >= {need}{reach}",
+        f"upgrade the NVIDIA driver to >= {need}{reach}",
+    )  # fmt: skip
+
+
+def driver_checks(driver: str, cuda_reported: int | None = None) -> list[Check]:
+    """The driver's verdict and one check per image variant. A variant that cannot run fails the host only
+    when no variant can: the host is ready if one of the kit's images runs on it."""
+    try:
+        v = assess(driver, cuda_reported)
+    except ValueError as e:
+        return [Check("driver", "driver", "fail", str(e), "reinstall the NVIDIA driver (nvidia-smi must print its version)")]
+    reach = ", ".join(f"{m}.x (>= {load_table()['compat'][m]})" for m in v.compat_majors) or "none"
+    data = {"driver": driver, "cuda_reported": v.cuda_reported, "newest_full": v.newest_full, "compat": v.compat_majors}
+    checks = [
+        Check(
+            "driver", "driver",
+            "ok" if v.newest_full else "fail",
+            f"{driver}: full support up to CUDA {v.newest_full or 'none'}; minor-version compatibility: {reach}",
+            "" if v.newest_full else f"upgrade the NVIDIA driver to >= {load_table()['toolkits'][0]['min_driver']}",
+            data,
+        )  # fmt: skip
+    ]
+    runnable = [x for x in v.variants if x.support != "none"]
+    builds = {b["cuda"]: b["build"] for b in load_table()["variants"]}
+    best = next((x for x in v.variants if x.support == "full"), runnable[0] if runnable else None)
+    best_build = builds.get(best.cuda) if best else None
+    for x in v.variants:
+        status = {"full": "ok", "compat": "warn", "none": "warn" if runnable else "fail"}[x.support]
+        fix = x.fix
+        if x.support == "none" and best_build:
+            fix = f"{fix}; or use an image variant that runs here: {best_build}"
+        checks.append(
+            Check("driver", f"image CUDA {x.cuda}", status, x.detail, fix, {"cuda": x.cuda, "support": x.support})
+        )
+    return checks
+
+
+def nvml_driver_checks(nvml: Any) -> list[Check]:
+    """driver_checks from NVML's readings (nvmlSystemGetDriverVersion, nvmlSystemGetCudaDriverVersion)."""
+    driver = nvml.nvmlSystemGetDriverVersion()
+    driver = driver.decode() if isinstance(driver, bytes) else driver
+    try:
+        cuda = nvml.nvmlSystemGetCudaDriverVersion()
+    except nvml.NVMLError:
+        cuda = None
+    return driver_checks(driver, cuda)

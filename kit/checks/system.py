@@ -1,0 +1,380 @@
+"""Host checks outside the GPU: /dev/shm, locked-memory and stack limits, disk, CPU, memory, OS, InfiniBand.
+
+Every reader takes `root` (default "/") and reads files under it (`root/proc/mounts`, `root/proc/self/limits`,
+`root/sys/class/infiniband/...`), so tests build a real fake tree in a temporary directory and the same code
+could read a host's tree mounted elsewhere. The thresholds are derived from the config; each check says the
+numbers it used and where they come from.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import Check
+
+GB = 1000**3
+GIB = 1024**3
+MIB = 1024**2
+
+# cases/llava1_5_7b/train.py builds its DataLoader with prefetch_factor=4: each worker keeps 4 batches in flight.
+PREFETCH_FACTOR = 4
+# NVIDIA's containers recommend these (NGC "--ulimit memlock=-1 --ulimit stack=67108864").
+STACK_RECOMMENDED = 64 * MIB
+STACK_FLOOR = 8 * MIB  # the Linux default; PyTorch trains with it
+# An upper bound per synthetic JPEG (sides 200-640 px, quality 85), for the run directory's synthetic data.
+SYNTHETIC_JPEG_BYTES = 200_000
+DOCKER_ULIMITS = "--ulimit memlock=-1 --ulimit stack=67108864"
+
+
+def _path(root: str | Path, p: str) -> Path:
+    return Path(root) / p.lstrip("/")
+
+
+def _read(root: str | Path, p: str) -> str | None:
+    try:
+        return _path(root, p).read_text()
+    except OSError:
+        return None
+
+
+def human(n: float) -> str:
+    """Bytes as GB (decimal) above 1 GB, else MiB: the units `df -h --si` and docker's --shm-size show."""
+    return f"{n / GB:.1f} GB" if n >= GB else f"{n / MIB:.0f} MiB"
+
+
+# ---------------------------------------------------------------- model sizes (for disk and memory needs)
+
+
+@dataclass
+class Sizes:
+    llm: int
+    vision: int
+    projector: int
+
+    @property
+    def trainable_finetune(self) -> int:  # the LLM and the projector; CLIP stays frozen
+        return self.llm + self.projector
+
+
+def model_sizes(cfg: Any) -> Sizes:
+    """Parameter counts from the config's shape (7B: LLM 6.74e9, CLIP 0.30e9, projector 21e6)."""
+    m, v = cfg.model.llm, cfg.model.vision
+    head = m.hidden // m.heads
+    layer = 2 * m.hidden * m.hidden + 2 * m.hidden * m.kv_heads * head + 3 * m.hidden * m.ffn + 2 * m.hidden
+    llm = 2 * m.vocab * m.hidden + m.layers * layer + m.hidden
+    positions = (v.image_size // v.patch) ** 2 + 1
+    vlayer = 4 * v.hidden * v.hidden + 4 * v.hidden + 2 * v.hidden * v.ffn + v.ffn + v.hidden + 4 * v.hidden
+    vision = v.layers * vlayer + 3 * v.patch * v.patch * v.hidden + positions * v.hidden
+    projector = v.hidden * m.hidden + m.hidden * m.hidden + 2 * m.hidden
+    return Sizes(llm, vision, projector)
+
+
+# ---------------------------------------------------------------- /dev/shm
+
+
+def shm_need(cfg: Any) -> tuple[int, str]:
+    """Bytes of /dev/shm the DataLoader workers of one node hold at once, and how that was computed.
+
+    Workers hand batches to the rank through shared memory: gpus x workers x prefetch batches are in flight,
+    each micro batch x (one fp32 image 3xSxS + input ids, labels and mask of max_length tokens)."""
+    w = cfg.data.num_workers
+    micro = max(cfg.pretrain.micro_batch, cfg.finetune.micro_batch)
+    s = cfg.model.vision.image_size
+    per_sample = 3 * s * s * 4 + cfg.model.max_length * (8 + 8 + 1)
+    need = cfg.gpus_per_node * w * PREFETCH_FACTOR * micro * per_sample
+    how = (
+        f"{cfg.gpus_per_node} GPUs x {w} DataLoader workers x {PREFETCH_FACTOR} prefetched batches x micro batch "
+        f"{micro} x {per_sample / MIB:.2f} MiB per sample (fp32 {s}x{s} image + tokens)"
+    )
+    return need, how
+
+
+def shm_size(root: str | Path = "/") -> int | None:
+    """/dev/shm's size: the tmpfs `size=` in root/proc/mounts (what docker's --shm-size sets), else statvfs."""
+    mounts = _read(root, "/proc/mounts") or ""
+    for line in mounts.splitlines():
+        parts = line.split()
+        if len(parts) >= 4 and parts[1] == "/dev/shm":
+            for opt in parts[3].split(","):
+                if opt.startswith("size="):
+                    return _parse_size(opt[5:])
+    try:
+        st = os.statvfs(_path(root, "/dev/shm"))
+    except OSError:
+        return None
+    return st.f_blocks * st.f_frsize
+
+
+def _parse_size(text: str) -> int:
+    units = {"k": 1024, "m": MIB, "g": GIB, "t": 1024 * GIB}
+    t = text.strip().lower()
+    if t and t[-1] in units:
+        return int(float(t[:-1]) * units[t[-1]])
+    return int(t)
+
+
+def shm_check(cfg: Any, root: str | Path = "/") -> Check:
+    need, how = shm_need(cfg)
+    size = shm_size(root)
+    data = {"size_bytes": size, "need_bytes": need}
+    fix = (
+        f"in a container: `docker run --ipc=host` (or `--shm-size={max(1, -(-2 * need // GIB))}g`); on the host: "
+        f"`sudo mount -o remount,size={max(1, -(-2 * need // GIB))}G /dev/shm`"
+    )
+    if size is None:
+        return Check("system", "/dev/shm", "fail", "no /dev/shm mounted: DataLoader workers cannot share batches", fix, data)
+    detail = f"{human(size)}; DataLoader workers need ~{human(need)} ({how})"
+    if need == 0:
+        return Check("system", "/dev/shm", "ok", f"{human(size)} (no DataLoader workers in this config)", data=data)
+    if size < need:
+        return Check(
+            "system", "/dev/shm", "fail",
+            f"{detail}: too small, workers die with 'bus error' / 'DataLoader worker killed' once it fills", fix, data,
+        )  # fmt: skip
+    if size < 2 * need:
+        return Check("system", "/dev/shm", "warn", f"{detail}: under 2x, little room for NCCL's shared-memory buffers", fix, data)
+    return Check("system", "/dev/shm", "ok", detail, data=data)
+
+
+# ---------------------------------------------------------------- limits
+
+
+def read_limits(root: str | Path = "/") -> dict[str, int | None]:
+    """Soft memlock and stack limits in bytes (None: unlimited) from root/proc/self/limits, else getrlimit."""
+    text = _read(root, "/proc/self/limits")
+    out: dict[str, int | None] = {}
+    if text:
+        for line in text.splitlines():
+            for key, label in (("memlock", "Max locked memory"), ("stack", "Max stack size")):
+                if line.startswith(label):
+                    soft = line[len(label):].split()[0]
+                    out[key] = None if soft == "unlimited" else int(soft)
+    if len(out) < 2 and str(root) == "/":
+        import resource
+
+        for key, res in (("memlock", resource.RLIMIT_MEMLOCK), ("stack", resource.RLIMIT_STACK)):
+            soft = resource.getrlimit(res)[0]
+            out.setdefault(key, None if soft == resource.RLIM_INFINITY else soft)
+    return out
+
+
+def limits_checks(nodes: int, ib_present: bool, root: str | Path = "/") -> list[Check]:
+    lim = read_limits(root)
+    checks = []
+    memlock = lim.get("memlock", -1)
+    limits_fix = (
+        "in /etc/security/limits.conf: `* soft memlock unlimited` and `* hard memlock unlimited` (log in again); "
+        f"in a container: `docker run {DOCKER_ULIMITS}`"
+    )
+    shown = "unlimited" if memlock is None else "not readable" if memlock == -1 else human(memlock)
+    if memlock is None:
+        checks.append(Check("system", "memlock limit", "ok", shown, data={"memlock": None}))
+    elif not ib_present:
+        # Pinned host memory (cudaHostAlloc) is not charged to RLIMIT_MEMLOCK; InfiniBand verbs are.
+        checks.append(Check("system", "memlock limit", "ok", f"{shown} (matters only with InfiniBand)",
+                            data={"memlock": memlock}))
+    elif nodes > 1:
+        checks.append(Check("system", "memlock limit", "fail",
+                            f"{shown}: NCCL cannot register its InfiniBand buffers across {nodes} nodes", limits_fix,
+                            {"memlock": memlock}))
+    else:
+        checks.append(Check("system", "memlock limit", "warn",
+                            f"{shown}: this host has InfiniBand; a multi-node run needs it unlimited", limits_fix,
+                            {"memlock": memlock}))
+    stack = lim.get("stack", -1)
+    stack_fix = (
+        "in /etc/security/limits.conf: `* soft stack 65536` (KiB); in a container: "
+        f"`docker run {DOCKER_ULIMITS}`"
+    )
+    if stack is None or (stack != -1 and stack >= STACK_FLOOR):
+        shown = "unlimited" if stack is None else human(stack)
+        note = "" if stack is None or stack >= STACK_RECOMMENDED else " (NVIDIA's containers use 64 MiB)"
+        checks.append(Check("system", "stack limit", "ok", shown + note, data={"stack": stack}))
+    else:
+        shown = "not readable" if stack == -1 else human(stack)
+        checks.append(
+            Check("system", "stack limit", "warn", f"{shown}: under the Linux default of 8 MiB; deep call stacks crash",
+                  stack_fix, {"stack": stack})
+        )
+    return checks
+
+
+# ---------------------------------------------------------------- disk
+
+
+def free_bytes(path: str | Path) -> tuple[Path, int]:
+    """Free bytes for an unprivileged writer at `path`, or at its nearest existing parent (results may not exist yet)."""
+    p = Path(path).absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    st = os.statvfs(p)
+    return p, st.f_bavail * st.f_frsize
+
+
+def results_need(cfg: Any, synthetic: bool = True) -> tuple[int, int, str]:
+    """(bytes for a full run, bytes to save anything, how): checkpoints, the 16-bit model, synthetic data.
+
+    Finetune checkpoints hold the trainable parameters (LLM + projector) as bf16 weights + fp32 master
+    weights + two fp32 Adam moments = 14 bytes each; train.py keeps the newest two and writes a third before
+    deleting the oldest. Pretrain trains only the projector. The finetune output is the 16-bit model."""
+    sz = model_sizes(cfg)
+    ckpt_ft = 14 * sz.trainable_finetune
+    ckpt_pt = 14 * sz.projector
+    model16 = 2 * (sz.llm + sz.vision + sz.projector)
+    synth = (cfg.synthetic.pretrain_records + cfg.synthetic.finetune_records) * SYNTHETIC_JPEG_BYTES if synthetic else 0
+    full = 3 * (ckpt_ft + ckpt_pt) + model16 + synth
+    minimum = ckpt_ft + ckpt_pt + model16
+    how = (
+        f"finetune checkpoint {human(ckpt_ft)} (14 B x {sz.trainable_finetune / 1e9:.2f}e9 trainable params) x 3 "
+        f"in flight, 16-bit model {human(model16)}, synthetic data <= {human(synth)}"
+    )
+    return full, minimum, how
+
+
+def disk_checks(cfg: Any, data: Path | None, results: Path) -> list[Check]:
+    checks = []
+    full, minimum, how = results_need(cfg)
+    where, free = free_bytes(results)
+    data_ = {"path": str(where), "free_bytes": free, "need_bytes": full, "min_bytes": minimum}
+    fix = f"free space at {where} or pass `--results DIR` on a larger disk (need {human(full)})"
+    detail = f"{human(free)} free at {where}; a full run needs ~{human(full)} ({how})"
+    if free < minimum:
+        checks.append(Check("system", "disk (results)", "fail", f"{detail}: not even one checkpoint and the model fit", fix, data_))
+    elif free < full:
+        checks.append(Check("system", "disk (results)", "warn", f"{detail}: a long run stops at a checkpoint", fix, data_))
+    else:
+        checks.append(Check("system", "disk (results)", "ok", detail, data=data_))
+    if data is not None:
+        if Path(data).exists():
+            w, f = free_bytes(data)
+            checks.append(
+                Check("system", "disk (data)", "ok", f"{human(f)} free at {w} (the kit only reads --data)",
+                      data={"path": str(w), "free_bytes": f})
+            )
+        else:
+            checks.append(Check("system", "disk (data)", "skip", f"{data} does not exist (see the data checks)"))
+    return checks
+
+
+# ---------------------------------------------------------------- CPU, memory, OS
+
+
+def cpu_info(root: str | Path = "/") -> tuple[str, int]:
+    text = _read(root, "/proc/cpuinfo") or ""
+    model = next((ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("model name")), "unknown")
+    cores = sum(1 for ln in text.splitlines() if ln.startswith("processor"))
+    if str(root) == "/" and hasattr(os, "sched_getaffinity"):
+        cores = len(os.sched_getaffinity(0))  # what this process may use (containers and taskset limit it)
+    return model, cores
+
+
+def mem_total(root: str | Path = "/") -> int | None:
+    for ln in (_read(root, "/proc/meminfo") or "").splitlines():
+        if ln.startswith("MemTotal:"):
+            return int(ln.split()[1]) * 1024
+    return None
+
+
+def os_info(root: str | Path = "/") -> tuple[str, str]:
+    pretty = "unknown"
+    for ln in (_read(root, "/etc/os-release") or "").splitlines():
+        if ln.startswith("PRETTY_NAME="):
+            pretty = ln.split("=", 1)[1].strip().strip('"')
+    kernel = (_read(root, "/proc/sys/kernel/osrelease") or "unknown").strip()
+    return pretty, kernel
+
+
+def host_checks(cfg: Any, root: str | Path = "/") -> list[Check]:
+    model, cores = cpu_info(root)
+    gpus, w = cfg.gpus_per_node, cfg.data.num_workers
+    want = gpus * (w + 1)
+    checks = []
+    detail = f"{model}, {cores} cores; {gpus} ranks x ({w} DataLoader workers + 1) want {want}"
+    if cores < 2 * gpus:
+        checks.append(Check("system", "CPU", "warn", f"{detail}: under 2 per GPU, image decoding starves the GPUs",
+                            f"use a host with >= {want} cores or lower data.num_workers (`--set data.num_workers=1`)",
+                            {"model": model, "cores": cores}))
+    elif cores < want:
+        checks.append(Check("system", "CPU", "warn", f"{detail}: workers share cores",
+                            f"`--set data.num_workers={max(1, cores // gpus - 1)}` to match the cores",
+                            {"model": model, "cores": cores}))
+    else:
+        checks.append(Check("system", "CPU", "ok", detail, data={"model": model, "cores": cores}))
+
+    sz = model_sizes(cfg)
+    offload = max(cfg.pretrain.offload_optimizer, cfg.finetune.offload_optimizer)
+    need = 2 * sz.llm + int(offload * 16 * sz.trainable_finetune)
+    mem = mem_total(root)
+    how = f"the 16-bit LLM ({human(2 * sz.llm)}) while loading" + (
+        f" + {offload:.0%} of the optimizer on the CPU (16 B per param: fp32 weights, gradients, 2 Adam moments)"
+        if offload else ""
+    )
+    if mem is None:
+        checks.append(Check("system", "memory", "warn", "MemTotal not readable", "check /proc/meminfo"))
+    elif mem < need:
+        checks.append(Check("system", "memory", "warn", f"{human(mem)}; needs at least ~{human(need)} ({how})",
+                            "use a host with more memory or lower finetune.offload_optimizer", {"total_bytes": mem}))
+    else:
+        checks.append(Check("system", "memory", "ok", f"{human(mem)} (at least ~{human(need)}: {how})",
+                            data={"total_bytes": mem, "need_bytes": need}))
+    pretty, kernel = os_info(root)
+    checks.append(Check("system", "OS", "ok", f"{pretty}, kernel {kernel}", data={"os": pretty, "kernel": kernel}))
+    return checks
+
+
+# ---------------------------------------------------------------- InfiniBand
+
+
+def ib_ports(root: str | Path = "/") -> list[dict[str, str]]:
+    """Every port under root/sys/class/infiniband: device, port, state, rate, link layer."""
+    base = _path(root, "/sys/class/infiniband")
+    out = []
+    if not base.is_dir():
+        return out
+    for dev in sorted(base.iterdir()):
+        ports = dev / "ports"
+        for port in sorted(ports.iterdir()) if ports.is_dir() else []:
+            def field(name: str, port: Path = port) -> str:
+                try:
+                    return (port / name).read_text().strip()
+                except OSError:
+                    return "?"
+
+            out.append({"device": dev.name, "port": port.name, "state": field("state"), "rate": field("rate"),
+                        "link_layer": field("link_layer")})
+    return out
+
+
+def ib_check(nodes: int, root: str | Path = "/") -> Check:
+    ports = ib_ports(root)
+    active = [p for p in ports if "ACTIVE" in p["state"].upper()]
+    shown = ", ".join(f"{p['device']}/{p['port']} {p['state'].split(':')[-1].strip()} {p['rate']} {p['link_layer']}" for p in ports)
+    data = {"ports": ports, "nodes": nodes}
+    fix = (
+        "bring a port up (`ibstat`; check the cable, the subnet manager `opensm`, and the driver `mlx5_core`); "
+        "without InfiniBand NCCL falls back to TCP sockets, much slower across nodes"
+    )
+    if active:
+        return Check("network", "InfiniBand", "ok", f"{len(active)} of {len(ports)} ports active: {shown}", data=data)
+    if nodes <= 1:
+        what = f"no active port ({shown})" if ports else "no InfiniBand devices"
+        return Check("network", "InfiniBand", "skip", f"{what}; not needed on a single node", data=data)
+    what = f"no active port ({shown})" if ports else "no InfiniBand devices in /sys/class/infiniband"
+    return Check("network", "InfiniBand", "warn", f"{what}, and {nodes} nodes are asked for", fix, data)
+
+
+def system_checks(
+    cfg: Any, nodes: int, data: Path | None, results: Path, root: str | Path = "/"
+) -> list[Check]:
+    """Every non-GPU check of this module, in the order the table shows them."""
+    ib = ib_check(nodes, root)
+    return [
+        shm_check(cfg, root),
+        *limits_checks(nodes, any("ACTIVE" in p["state"].upper() for p in ib.data["ports"]), root),
+        *disk_checks(cfg, data, results),
+        *host_checks(cfg, root),
+        ib,
+    ]
