@@ -23,16 +23,20 @@ def pct(v: float | None) -> str:
 
 def rows(results: Path) -> list[str]:
     out = [
-        "| run | stage | setup | token/p/s | MFU (ref formula) | exact MFU | padding waste | peak GiB | result file |",
+        "| device | stage | setup | token/p/s | MFU (ref formula) | exact MFU | padding waste | peak GiB | result file |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, stage, setup, tps, mfu, mem in REFERENCE:
         out.append(f"| {name} | {stage} | {setup} | {tps} | {pct(mfu)} | - | - | {mem} (GB, nvidia-smi) | - |")
-    for p in sorted(results.glob("*.json")):
+    for p in sorted(results.glob("*.json"), key=lambda q: (json.loads(q.read_text()).get("stage"), q.name)):
         r = json.loads(p.read_text())
-        setup = f"{r.get('config')}, micro {r.get('micro_batch')} x GAS {r.get('grad_accum')}"
-        if r.get("overrides"):
-            setup += ", " + ", ".join(f"`{o}`" for o in r["overrides"])
+        lv = r.get("levers", {})
+        setup = (
+            f"micro {r.get('micro_batch')} x GAS {r.get('grad_accum')}, "
+            f"{'checkpointing' if lv.get('gradient_checkpointing') else 'no checkpointing'}, "
+            f"kernels {lv.get('kernels')}, micro-batches {lv.get('micro_batch_order')}, "
+            f"offload {lv.get('offload_optimizer')}"
+        )
         device = f"{r.get('device') or '?'} x{r.get('gpus')}"
         if r.get("state") != "finished":
             out.append(f"| {device} | {r['stage']} | {setup} | {r.get('state')}: see file | | | | | `{p.name}` |")

@@ -58,6 +58,8 @@ class ModelConfig:
     max_length: int = 2048
     # auto: flash_attention_2 when flash-attn imports, else sdpa.
     attn: Literal["auto", "flash_attention_2", "sdpa", "eager"] = "auto"
+    # Fused kernels for the LLM's RoPE, RMSNorm and SwiGLU: none (the reference) or liger (liger-kernel, GPU).
+    kernels: Literal["none", "liger"] = "none"
     # Directory names under --models for real checkpoints (Hugging Face format).
     llm_dir: str = "vicuna-7b-v1.5"
     vision_dir: str = "clip-vit-large-patch14-336"
@@ -98,6 +100,9 @@ class StageConfig:
     image_mode: Literal["crop", "pad"]
     sampler: Literal["random", "modality_length"]
     gradient_checkpointing: bool = True
+    # How a step's samples are cut into micro-batches: as sampled (the reference), or sorted by length so each
+    # micro-batch pads little; every step still trains on the same samples either way.
+    micro_batch_order: Literal["sampled", "by_length"] = "sampled"
     # Fraction of the optimizer state kept on the CPU (0 = none, 1 = all; between: DeepSpeed's partial offload).
     offload_optimizer: float = 0.0
     checkpoint_every: int = 500

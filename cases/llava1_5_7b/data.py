@@ -392,6 +392,8 @@ class StepBatchSampler(torch.utils.data.Sampler[list[int]]):
         kind: str,
         seed: int,
         start_step: int = 0,
+        micro_batch_order: str = "sampled",
+        image_tokens: int = 576,
     ) -> None:
         n = len(lengths)
         if n == 0:
@@ -416,9 +418,33 @@ class StepBatchSampler(torch.utils.data.Sampler[list[int]]):
             raise ValueError(f"unknown sampler {kind!r}: expected 'random' or 'modality_length'")
         total = self.steps * self.global_batch
         order = (order * (-(-total // n)))[:total]
+        if micro_batch_order == "by_length":
+            # Estimated sequence length: text words, plus the spliced image features for image samples.
+            est = [abs(v) + (image_tokens if v > 0 else 0) for v in lengths]
+            order = [i for s in range(self.steps) for i in self._by_length(order[s * self.global_batch :][: self.global_batch], est)]
+        elif micro_batch_order != "sampled":
+            raise ValueError(f"unknown micro_batch_order {micro_batch_order!r}: expected 'sampled' or 'by_length'")
         micro = [order[b : b + micro_batch] for b in range(0, total, micro_batch)]
         mine = micro[rank::world_size]
         self._batches = mine[start_step * grad_accum :]
+
+    def _by_length(self, step: list[int], est: list[int]) -> list[int]:
+        """One step's samples re-cut into micro-batches of similar length, spread so ranks get similar loads.
+
+        The step trains on the same samples; only which of them share a micro-batch changes, so little padding
+        is computed. Each micro-batch's cost is its padded size (size x longest); the costliest goes to the
+        least-loaded rank that still has a free micro-step. The result is laid out as the sampler's usual
+        order: micro-batch b of the step belongs to rank b % world_size.
+        """
+        ranked = sorted(step, key=lambda i: -est[i])
+        micro = [ranked[b : b + self.micro_batch] for b in range(0, len(ranked), self.micro_batch)]
+        load = [0] * self.world_size
+        slots: list[list[list[int]]] = [[] for _ in range(self.world_size)]
+        for mb in micro:  # longest first (the list is sorted)
+            r = min((r for r in range(self.world_size) if len(slots[r]) < self.grad_accum), key=lambda r: load[r])
+            slots[r].append(mb)
+            load[r] += len(mb) * max(est[i] for i in mb)
+        return [i for a in range(self.grad_accum) for r in range(self.world_size) for i in slots[r][a]]
 
     def __iter__(self):
         return iter(self._batches)

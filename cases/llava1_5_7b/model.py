@@ -136,6 +136,28 @@ class Spliced:
     lengths: list[int]  # real length of each sample after splicing and truncation
 
 
+def apply_kernels(llm: torch.nn.Module, kernels: str) -> str:
+    """Swap the LLM's RoPE, RMSNorm and SwiGLU for liger-kernel's fused Triton kernels (same math, fewer passes).
+
+    Only on request (config `model.kernels = "liger"`): the reference ran stock modules. The loss stays the
+    kit's own (lm_head on supervised positions only), so liger's cross-entropy kernels are not used.
+    """
+    if kernels == "none":
+        return "none"
+    if not torch.cuda.is_available():
+        raise RuntimeError(f"model.kernels = {kernels!r} needs a CUDA GPU (Triton kernels); use kernels = 'none' on CPU")
+    try:
+        from liger_kernel.transformers import apply_liger_kernel_to_llama
+    except ImportError:
+        raise RuntimeError(
+            "model.kernels = 'liger' needs the liger-kernel package: pip install liger-kernel (or set kernels = 'none')"
+        ) from None
+    apply_liger_kernel_to_llama(
+        rope=True, rms_norm=True, swiglu=True, cross_entropy=False, fused_linear_cross_entropy=False, model=llm
+    )
+    return "liger"
+
+
 class LlavaForTraining(nn.Module):
     """LLaVA-1.5 with a loss-only forward: what the benchmark trains, nothing it does not need."""
 
@@ -169,6 +191,7 @@ class LlavaForTraining(nn.Module):
             )
         self.llm = self._build_llm(llm_dir, dtype, device, vocab_size)
         self.llm.config.use_cache = False
+        self.kernels = apply_kernels(self.llm, cfg.kernels)
         self.vision.requires_grad_(False)
         self.vision.eval()
         self.stage: str | None = None
@@ -443,6 +466,7 @@ class LlavaForTraining(nn.Module):
             "trainable_llm": any(p.requires_grad for p in self.llm.parameters()),
             "trainable_projector": any(p.requires_grad for p in self.projector.parameters()),
             "trainable_vision": any(p.requires_grad for p in self.vision.parameters()),
+            "kernels": self.kernels,
             "total_params": sum(_numel(p) for p in params),
             "trainable_params": sum(_numel(p) for p in params if p.requires_grad),
         }

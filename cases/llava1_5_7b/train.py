@@ -344,6 +344,8 @@ def train(args: argparse.Namespace, rank: Rank, stage_dir: Path) -> None:
         kind=stage_cfg.sampler,
         seed=cfg.train.seed,
         start_step=start_step,
+        micro_batch_order=stage_cfg.micro_batch_order,
+        image_tokens=image_tokens,
     )
     loader = DataLoader(
         dataset,
@@ -373,6 +375,7 @@ def train(args: argparse.Namespace, rank: Rank, stage_dir: Path) -> None:
             "zero_stage": stage_cfg.zero_stage,
             "offload_optimizer": stage_cfg.offload_optimizer,
             "gradient_checkpointing": stage_cfg.gradient_checkpointing,
+            "micro_batch_order": stage_cfg.micro_batch_order,
             "attn_implementation": attn,
             "dtype": str(dtype).removeprefix("torch."),
             "device_type": device.type,
