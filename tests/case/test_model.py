@@ -325,7 +325,7 @@ def test_facts_tiny_by_hand():
         "vocab": vocab, "llm_body_matmul_params": body, "lm_head_params": vocab * h, "embed_params": vocab * h,
         "vision_layers_run": 2, "vision_hidden": vh, "vision_tokens": 17, "vision_matmul_params_run": vision_run,
         "projector_params": vh * h + h * h, "image_tokens": 16,
-        "trainable_llm": False, "trainable_projector": True, "trainable_vision": False,
+        "trainable_llm": False, "trainable_projector": True, "trainable_vision": False, "kernels": "none",
         "total_params": llm_total + projector_total + vision_total, "trainable_params": projector_total,
     }
     assert make_model(vocab_size=1000).facts()["vocab"] == 1000  # a larger tokenizer widens the tables
