@@ -21,12 +21,11 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
-import traceback  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 from . import config as config_mod  # noqa: E402
-from .train import Rank, library_versions, redirect_output, write_failure  # noqa: E402
+from .train import Rank, library_versions, redirect_output, run_as_rank  # noqa: E402
 
 STAGE = "eval"
 MODEL_FILE = "pytorch_model.bin"
@@ -64,17 +63,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    rank = Rank()
-    stage_dir = args.run_dir / STAGE
-    redirect_output(stage_dir / "logs" / f"rank{rank.rank}.log")
-    print(f"rank {rank.rank}/{rank.world} on {rank.host}, pid {os.getpid()}, args {vars(args)}", flush=True)
-    try:
-        evaluate(args, rank, stage_dir)
-    except BaseException as exc:  # noqa: BLE001 - every failure must name its rank, Ctrl-C included
-        traceback.print_exc()
-        write_failure(stage_dir, rank, exc)
-        return 130 if isinstance(exc, KeyboardInterrupt) else 1
-    return 0
+    return run_as_rank(args, args.run_dir / STAGE, evaluate, redirect=redirect_output)
 
 
 # ---------------------------------------------------------------------------------------------- helpers

@@ -197,23 +197,27 @@ def library_versions() -> dict:
     return out
 
 
+def run_as_rank(args: argparse.Namespace, stage_dir: Path, body, redirect=redirect_output) -> int:
+    """A stage entry's common frame: this rank's own log, the body, and a failure record naming the rank."""
+    rank = Rank()
+    redirect(stage_dir / "logs" / f"rank{rank.rank}.log")
+    print(f"rank {rank.rank}/{rank.world} on {rank.host}, pid {os.getpid()}, args {vars(args)}", flush=True)
+    try:
+        body(args, rank, stage_dir)
+    except BaseException as exc:  # noqa: BLE001 - every failure must name its rank, Ctrl-C included
+        traceback.print_exc()
+        write_failure(stage_dir, rank, exc)
+        return 130 if isinstance(exc, KeyboardInterrupt) else 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     import warnings
 
     # DeepSpeed calls torch.distributed's deprecated collective names on every step: one line each, thousands.
     warnings.filterwarnings("ignore", message=r".*is deprecated. Please use `torch\.distributed\.", category=FutureWarning)
     args = parse_args(argv)
-    rank = Rank()
-    stage_dir = args.run_dir / args.stage
-    redirect_output(stage_dir / "logs" / f"rank{rank.rank}.log")
-    print(f"rank {rank.rank}/{rank.world} on {rank.host}, pid {os.getpid()}, args {vars(args)}", flush=True)
-    try:
-        train(args, rank, stage_dir)
-    except BaseException as exc:  # noqa: BLE001 - every failure must name its rank, Ctrl-C included
-        traceback.print_exc()
-        write_failure(stage_dir, rank, exc)
-        return 130 if isinstance(exc, KeyboardInterrupt) else 1
-    return 0
+    return run_as_rank(args, args.run_dir / args.stage, train)
 
 
 def train(args: argparse.Namespace, rank: Rank, stage_dir: Path) -> None:
