@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
-PREFIX = ":::MLLOG "
+from .events import parse_mllog_line
 
 
 class EventTail:
@@ -41,15 +40,8 @@ class EventTail:
         data = self.partial + chunk
         lines = data.split(b"\n")
         self.partial = lines.pop()
-        events = []
-        for line in lines:
-            text = line.decode("utf-8", "replace")
-            if text.startswith(PREFIX):
-                try:
-                    events.append(json.loads(text[len(PREFIX) :]))
-                except json.JSONDecodeError:
-                    continue
-        return events
+        events = (parse_mllog_line(line.decode("utf-8", "replace")) for line in lines)
+        return [e for e in events if e is not None]
 
 
 class StepsColumn(ProgressColumn):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import getpass
 import json
+import os
 import platform
 import socket
 import sys
@@ -16,7 +17,15 @@ from rich.panel import Panel
 from rich.text import Text
 
 from .. import __version__, cases, rundir
-from ..launch import EXIT_ENVIRONMENT, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, NativeLauncher, StageResult
+from ..launch import (
+    EXIT_ENVIRONMENT,
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    NativeLauncher,
+    StageResult,
+    tail_lines,
+)
 from ..progress import StageProgress
 
 
@@ -174,7 +183,7 @@ def host_facts() -> dict:
         "os": platform.platform(),
         "python": sys.version.split()[0],
         "cpu": platform.processor() or platform.machine(),
-        "cpus": __import__("os").cpu_count(),
+        "cpus": os.cpu_count(),
         "kit_version": __version__,
     }
 
@@ -226,7 +235,7 @@ def _execute(run: Path, console: Console, resumed: bool) -> int:
         probe = launcher.run_module("env", [], run / "logs" / "probe.log")
         if probe.returncode != 0:
             console.print(f"[red]the case cannot run with {req.python}:[/]")
-            console.print(Text(rundir_tail(run / "logs" / "probe.log")))
+            console.print(Text(tail_lines(run / "logs" / "probe.log", 20)))
             rundir.append_status(run, "failed", detail="environment probe failed")
             return EXIT_ENVIRONMENT
         rundir.write_json(run / "environment.json", {"host": host_facts(), "case": json.loads(probe.stdout)})
@@ -242,7 +251,7 @@ def _execute(run: Path, console: Console, resumed: bool) -> int:
             gen = launcher.run_module("synthetic", args, run / "logs" / "synthetic.log")
         if gen.returncode != 0:
             console.print("[red]synthetic data generation failed:[/]")
-            console.print(Text(rundir_tail(run / "logs" / "synthetic.log")))
+            console.print(Text(tail_lines(run / "logs" / "synthetic.log", 20)))
             rundir.append_status(run, "failed", detail="synthetic data generation failed")
             return EXIT_FAILED
 
@@ -277,9 +286,3 @@ def _execute(run: Path, console: Console, resumed: bool) -> int:
 
     show(run, console)
     return EXIT_OK
-
-
-def rundir_tail(path: Path, n: int = 20) -> str:
-    from ..launch import tail_lines
-
-    return tail_lines(path, n)
