@@ -25,7 +25,7 @@ from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 from . import config as config_mod  # noqa: E402
-from .train import Rank, library_versions, redirect_output, run_as_rank  # noqa: E402
+from .train import Rank, device_facts, library_versions, redirect_output, run_as_rank  # noqa: E402
 
 STAGE = "eval"
 MODEL_FILE = "pytorch_model.bin"
@@ -228,8 +228,6 @@ def evaluate(args: argparse.Namespace, rank: Rank, stage_dir: Path) -> None:
     load_seconds = time.time() - t0
     processor = ImageProcessor(cfg.model.vision.image_size, "crop")  # MMMU: no padding to square
 
-    mem_total = torch.cuda.get_device_properties(device).total_memory if use_cuda else (
-        os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
     versions = library_versions()
     for name in ("datasets", "pyarrow"):
         try:
@@ -259,10 +257,7 @@ def evaluate(args: argparse.Namespace, rank: Rank, stage_dir: Path) -> None:
             "image_mode": "crop",
             "attn_implementation": attn,
             "dtype": str(dtype).removeprefix("torch."),
-            "device_type": device.type,
-            "device_name": torch.cuda.get_device_name(device) if use_cuda else "cpu",
-            "device_count": rank.world,
-            "device_mem_total_bytes": mem_total,
+            **device_facts(device, rank.world),
             "seed": REFERENCE_SEED if args.decoding == "reference" else None,
             "versions": versions,
             "model": model.facts(),

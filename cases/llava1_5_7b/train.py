@@ -361,7 +361,8 @@ def train(args: argparse.Namespace, rank: Rank, stage_dir: Path) -> None:
         prefetch_factor=4 if d.num_workers else None,
     )
 
-    mem_total = torch.cuda.get_device_properties(device).total_memory if use_cuda else _host_memory()
+    device_info = device_facts(device, rank.world)
+    mem_total = device_info["device_mem_total_bytes"]
     log.point(
         "kit_facts",
         {
@@ -382,10 +383,7 @@ def train(args: argparse.Namespace, rank: Rank, stage_dir: Path) -> None:
             "micro_batch_order": stage_cfg.micro_batch_order,
             "attn_implementation": attn,
             "dtype": str(dtype).removeprefix("torch."),
-            "device_type": device.type,
-            "device_name": torch.cuda.get_device_name(device) if use_cuda else "cpu",
-            "device_count": rank.world,
-            "device_mem_total_bytes": mem_total,
+            **device_info,
             "resumed_from_step": start_step,
             "synthetic": args.synthetic,
             "init_projector": init_projector,
@@ -512,6 +510,19 @@ def _memory(device, use_cuda: bool) -> list[float]:
 
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return [rss, rss, rss]
+
+
+def device_facts(device, world: int) -> dict:
+    """What the stage ran on, for kit_facts: the device kind and name, how many, and its memory."""
+    import torch
+
+    cuda = device.type == "cuda"
+    return {
+        "device_type": device.type,
+        "device_name": torch.cuda.get_device_name(device) if cuda else "cpu",
+        "device_count": world,
+        "device_mem_total_bytes": torch.cuda.get_device_properties(device).total_memory if cuda else _host_memory(),
+    }
 
 
 def _host_memory() -> int:

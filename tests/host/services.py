@@ -35,3 +35,19 @@ def services_env() -> dict[str, str]:
             key, _, value = w.partition("=")
             env[key] = value
     return env
+
+
+def docker_engine_env() -> dict[str, str]:
+    """The services' env after checking that the engine answers and holds the test image."""
+    import docker
+
+    env = services_env()
+    url = env.get("KIT_TEST_DOCKER_HOST", "unix:///var/run/docker.sock")
+    try:
+        client = docker.DockerClient(base_url=url, timeout=5)
+        client.ping()
+        client.images.get(env["KIT_TEST_DOCKER_IMAGE"])
+        client.close()
+    except Exception as e:  # noqa: BLE001 - any failure means the engine cannot serve the tests
+        unavailable(f"the Docker engine at {url} or the test image does not answer ({e})")
+    return env

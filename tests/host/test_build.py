@@ -22,7 +22,7 @@ from kit import build as b
 from kit.commands.build import build as build_command
 from kit.nvml import open_nvml
 
-from .services import services_env, unavailable
+from .services import docker_engine_env
 
 REPO = Path(__file__).resolve().parents[2]
 RECORDING = REPO / "tests" / "fixtures" / "hosts" / "nvml-h200x2.json"
@@ -224,16 +224,7 @@ LABEL kit.cuda="${CUDA_VARIANT}" kit.version="${KIT_VERSION}" kit.lock.sha256="$
 
 @pytest.fixture(scope="module")
 def engine() -> dict[str, str]:
-    env = services_env()
-    url = env.get("KIT_TEST_DOCKER_HOST", "unix:///var/run/docker.sock")
-    try:
-        client = docker.DockerClient(base_url=url, timeout=5)
-        client.ping()
-        client.images.get(env["KIT_TEST_DOCKER_IMAGE"])
-        client.close()
-    except Exception as e:  # noqa: BLE001
-        unavailable(f"the Docker engine at {url} or the test image does not answer ({e})")
-    return env
+    return docker_engine_env()
 
 
 @pytest.fixture

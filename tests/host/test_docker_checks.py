@@ -9,7 +9,7 @@ import pytest
 from kit.checks import docker as dc
 from kit.checks import worst
 
-from .services import services_env, unavailable
+from .services import docker_engine_env
 
 docker = pytest.importorskip("docker")
 LABEL = "=".join(dc.DEEP_LABEL)
@@ -17,16 +17,7 @@ LABEL = "=".join(dc.DEEP_LABEL)
 
 @pytest.fixture(scope="module")
 def engine() -> dict[str, str]:
-    env = services_env()
-    url = env.get("KIT_TEST_DOCKER_HOST", dc.DEFAULT_SOCKET)
-    try:
-        client = docker.DockerClient(base_url=url, timeout=5)
-        client.ping()
-        client.images.get(env["KIT_TEST_DOCKER_IMAGE"])
-        client.close()
-    except Exception as e:  # noqa: BLE001
-        unavailable(f"the Docker engine at {url} or the test image does not answer ({e})")
-    return env
+    return docker_engine_env()
 
 
 def by_name(checks):
