@@ -300,6 +300,12 @@ def footnotes(summary: dict[str, Any], reference: list[dict[str, Any]] | None = 
             notes.append(f"peak: {st['peak_flops'] / 1e12:g} TFLOP/s dense bf16 ({st.get('peak_source')})")
     for name, st in summary.get("stages", {}).items():
         notes += [f"[{name}] {n}" for n in st.get("notes", [])]
+    ev = summary.get("eval")
+    if ev and ev.get("overall") is not None:
+        notes.append(
+            f"MMMU: {ev.get('questions')} questions of MMMU validation, {ev.get('decoding') or '?'} decoding, "
+            "scored on the host with the official rules (eval/mmmu/: per subject and discipline)."
+        )
     notes += summary.get("notes", [])
     return list(dict.fromkeys(notes))  # the same peak for every stage is said once
 
