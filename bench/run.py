@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -35,7 +36,7 @@ FIELDS = ("tokens_per_s_per_gpu", "padded_tokens_per_s_per_gpu", "reference_meth
           "mfu_reference", "mfu_exact", "padding_waste", "startup_s", "loss_tail_mean", "steady_steps")  # fmt: skip
 
 
-def run_one(spec: dict, results: Path) -> dict:
+def run_one(spec: dict, results: Path, phase_times: bool = False) -> dict:
     stage = spec["stage"]
     cmd = [
         sys.executable, "-m", "kit.cli", "run", spec.get("case", "llava1_5_7b"),
@@ -47,7 +48,11 @@ def run_one(spec: dict, results: Path) -> dict:
         cmd += ["--set", item]
     before = set(results.glob("*/run.json")) if results.exists() else set()
     t0 = time.time()
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    env = dict(os.environ)
+    if phase_times:  # bench/phase_timer/sitecustomize.py times the engine's forward, backward and step
+        env["KIT_PHASE_TIMES"] = "1"
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "bench" / "phase_timer"), env.get("PYTHONPATH")]))
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
     runs = sorted(set(results.glob("*/run.json")) - before)
     out = {
         "name": spec["name"], "stage": stage, "config": spec["config"], "overrides": spec.get("set", []),
@@ -77,6 +82,8 @@ def run_one(spec: dict, results: Path) -> dict:
                 "kernels": resolved["model"].get("kernels", "none"),
                 "micro_batch_order": resolved[stage].get("micro_batch_order", "sampled"),
                 "offload_optimizer": resolved[stage]["offload_optimizer"],
+                "param_persistence": resolved[stage].get("param_persistence"),
+                "reduce_bucket": resolved[stage].get("reduce_bucket"),
             },
             "steps_done": st.get("steps_done"),
             "peak_mem_gib": st.get("mem_used_peak_gib"),
@@ -85,6 +92,12 @@ def run_one(spec: dict, results: Path) -> dict:
             **{k: st.get(k) for k in FIELDS},
         }
     )
+    if phase_times:
+        from phase_times import parse  # noqa: E402 - bench/ is this script's directory
+
+        log = run / stage / "logs" / "rank0.log"
+        out["phase_times_s"] = parse(log.read_text(errors="replace")) if log.exists() else []
+        out["phase_times_source"] = "bench/phase_timer (bench/run.py --phase-times), rank-0 log"
     if proc.returncode != 0:
         failures = rank_failures(run / stage)
         out["error"] = failures[0]["exception"] if failures else (proc.stdout + proc.stderr)[-3000:]
@@ -101,6 +114,7 @@ def main() -> int:
     ap.add_argument("--only", nargs="*", help="names of the plan's runs to do (default: all)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     ap.add_argument("--results", type=Path, default=ROOT / "runs" / "bench")
+    ap.add_argument("--phase-times", action="store_true", help="time forward/backward/step per step (phase_timer/)")
     args = ap.parse_args()
     plan = tomllib.loads(args.plan.read_text())
     specs = [s for s in plan["run"] if not args.only or s["name"] in args.only]
@@ -108,7 +122,7 @@ def main() -> int:
     rows = []
     for spec in specs:
         print(f"== {spec['name']}: {spec.get('expect', '')}", flush=True)
-        res = run_one(spec, args.results)
+        res = run_one(spec, args.results, args.phase_times)
         (args.out / f"{spec['name']}.json").write_text(json.dumps(res, indent=2) + "\n")
         rows.append(res)
         print(json.dumps({k: res.get(k) for k in ("state", "tokens_per_s_per_gpu", "mfu_reference", "mfu_exact",

@@ -37,6 +37,11 @@ def rows(results: Path) -> list[str]:
             f"kernels {lv.get('kernels')}, micro-batches {lv.get('micro_batch_order')}, "
             f"offload {lv.get('offload_optimizer')}"
         )
+        sc = r.get("stage_config", {})
+        if sc.get("zero_stage") == 3 and sc.get("param_persistence", 10) >= 1e4:
+            setup += ", all parameters resident"
+        if sc.get("reduce_bucket", 1.0) != 1.0:
+            setup += f", reduce bucket {sc['reduce_bucket']:g} x hidden^2"
         device = f"{r.get('device') or '?'} x{r.get('gpus')}"
         if r.get("state") != "finished":
             out.append(f"| {device} | {r['stage']} | {setup} | {r.get('state')}: see file | | | | | `{p.name}` |")

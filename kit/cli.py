@@ -70,14 +70,32 @@ def run(
     model_dir: Path = typer.Option(None, help="With --stage eval alone: the finetuned model (a run's finetune/model)."),
     mmmu_decoding: str = typer.Option("greedy", help="greedy (deterministic) or reference (5 beams, sampling)."),
     eval_limit: int = typer.Option(0, help="Evaluate only the first K MMMU questions (0: all 900)."),
+    image: str = typer.Option(None, help="Container image (default: the newest `kit build` recorded under RESULTS)."),
+    hosts: str = typer.Option(
+        None, help="One Docker host per node, node 0 first: local, user@host[:port] (ssh://), or a base URL."
+    ),
+    ssh_option: list[str] = typer.Option(None, "--ssh-option", help="Extra ssh option for ssh:// hosts, e.g. '-i KEY'."),
+    master_addr: str = typer.Option(None, help="Rendezvous address of node 0 as the others reach it (several nodes)."),
+    master_port: int = typer.Option(None, help="Rendezvous port (default: a free one on node 0, or 29500 remotely)."),
+    env: list[str] = typer.Option(
+        None, "--env", metavar="KEY=VALUE", help="Set in every container (NCCL_*/GLOO_* of this shell pass on anyway)."
+    ),
+    ulimit: list[str] = typer.Option(
+        None, "--ulimit", metavar="NAME=SOFT[:HARD]", help="Container limit over kit's (memlock=-1, stack=64 MiB)."
+    ),
+    dry_run: bool = typer.Option(False, help="Print the plan (containers, mounts, commands) and start nothing."),
 ) -> None:
     """Run a case's stages into a new run directory, with live progress.
+
+    By default each stage runs in containers of the kit's image (one per node); --native runs on this host.
 
     Examples:
 
       kit run llava1_5_7b --config tiny --synthetic --native
 
       kit run llava1_5_7b --nodes 1 --gpus 8 --data /data/llava --models /models
+
+      kit run llava1_5_7b --nodes 2 --gpus 8 --hosts gpu1,gpu2 --data /shared/llava --models /shared/models --dry-run
 
       kit run llava1_5_7b --config H200x1x1 --synthetic --native --max-steps 30 --no-save
 
@@ -87,15 +105,23 @@ def run(
     """
     from .cases import UnknownCase
     from .commands import run as run_cmd
+    from .containers import ContainerError
     from .rundir import RunDirError
 
     try:
         req, cfg = run_cmd.plan(
             case, config, stage, nodes=nodes, gpus=gpus, results=results, data=data, models=models,
             synthetic=synthetic, max_steps=max_steps, native=native, save=save, python=python, overrides=set_ or [],
-            mmmu=mmmu, model_dir=model_dir, mmmu_decoding=mmmu_decoding, eval_limit=eval_limit,
+            mmmu=mmmu, model_dir=model_dir, mmmu_decoding=mmmu_decoding, eval_limit=eval_limit, image=image,
+            hosts=hosts, ssh_options=ssh_option or [], master_addr=master_addr, master_port=master_port, env=env or [],
+            ulimits=ulimit or [],
         )
-        _, code = run_cmd.start(req, cfg, console)
+        if dry_run:
+            code = run_cmd.dry_run(req, cfg, console)
+        else:
+            _, code = run_cmd.start(req, cfg, console)
+    except ContainerError as e:
+        fail(str(e), 3)
     except (run_cmd.UsageError, UnknownCase, ValueError, RunDirError) as e:
         fail(str(e))
     raise typer.Exit(code)
@@ -115,6 +141,7 @@ def resume(
       kit resume runs/20261129-101500-llava1_5_7b-tiny-1a2b
     """
     from .commands import run as run_cmd
+    from .containers import ContainerError
     from .rundir import RunDirError, find_run, stage_states
 
     try:
@@ -122,6 +149,8 @@ def resume(
         if stage_states(run_dir).get(None) == "finished":
             fail(f"{run_dir} has finished; nothing to resume (start a new run with `kit run`)")
         code = run_cmd.execute(run_dir, console, resumed=True)
+    except ContainerError as e:
+        fail(str(e), 3)
     except RunDirError as e:
         fail(str(e))
     raise typer.Exit(code)

@@ -9,6 +9,7 @@ import platform
 import socket
 import sys
 import time
+import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -54,6 +55,14 @@ class RunRequest:
     mmmu_decoding: str = "greedy"
     eval_limit: int = 0
     command: list[str] = field(default_factory=list)
+    # The container path (ignored with --native).
+    image: str | None = None
+    hosts: list[str] = field(default_factory=list)
+    ssh_options: list[str] = field(default_factory=list)
+    master_addr: str | None = None
+    master_port: int | None = None
+    env: list[str] = field(default_factory=list)
+    ulimits: list[str] = field(default_factory=list)
 
 
 TRAIN_STAGES = ("pretrain", "finetune")
@@ -64,7 +73,9 @@ def plan(
     results: Path = Path("runs"), data: Path | None = None, models: Path | None = None, synthetic: bool = False,
     max_steps: int = 0, native: bool = False, save: bool = True, python: str = sys.executable,
     overrides: list[str] | None = None, mmmu: Path | None = None, model_dir: Path | None = None,
-    mmmu_decoding: str = "greedy", eval_limit: int = 0,
+    mmmu_decoding: str = "greedy", eval_limit: int = 0, image: str | None = None, hosts: str | None = None,
+    ssh_options: list[str] | None = None, master_addr: str | None = None, master_port: int | None = None,
+    env: list[str] | None = None, ulimits: list[str] | None = None,
 ) -> tuple[RunRequest, object]:
     """Check the request before anything is written, so a bad one leaves no half-made run behind."""
     case = cases.get(case_name)
@@ -81,12 +92,25 @@ def plan(
     gpus = gpus or cfg.gpus_per_node
     if nodes < 1 or gpus < 1:
         raise UsageError("--nodes and --gpus must be at least 1")
-    if not native:
-        raise UsageError(
-            "the container path is not available in this version of kit: pass --native to run on this host"
-        )
-    if nodes > 1:
-        raise UsageError("--native runs on this host only (--nodes 1); several nodes run in containers")
+    if native:
+        if nodes > 1:
+            raise UsageError("--native runs on this host only (--nodes 1); several nodes run in containers")
+        given = [o for o, v in (("--image", image), ("--hosts", hosts), ("--master-addr", master_addr),
+                                ("--master-port", master_port), ("--env", env), ("--ulimit", ulimits)) if v]  # fmt: skip
+        if given:
+            raise UsageError(f"{', '.join(given)} belong(s) to the container path; drop --native to use it")
+        host_list: list[str] = []
+    else:
+        from ..containers import forwarded_env, parse_hosts, parse_ulimits
+
+        try:
+            host_list = parse_hosts(hosts, nodes)
+            forwarded_env(env)
+            parse_ulimits(ulimits)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+        if master_port is not None and not 1024 <= master_port <= 65535:
+            raise UsageError(f"--master-port {master_port}: expected a port from 1024 to 65535")
     for s in stages:
         if s in TRAIN_STAGES:
             cfg.grad_accum(s, nodes * gpus)  # raises with the fix when the global batch does not divide
@@ -126,14 +150,64 @@ def plan(
                 )
         elif not save:
             raise UsageError("--no-save leaves no finetuned model for the eval stage: use --stage train with --no-save")
+    if not native:  # the containers see every directory at its absolute host path
+        results, data, models, mmmu, model_dir = (
+            p.resolve() if p is not None else None for p in (results, data, models, mmmu, model_dir)
+        )
     req = RunRequest(
         case=case.name, config=cfg.name, stages=stages, nodes=nodes, gpus=gpus, results=str(results),
         data=str(data) if data else None, models=str(models) if models else None, synthetic=synthetic,
         max_steps=max_steps, native=native, save=save, python=python, overrides=overrides,
         mmmu=str(mmmu) if mmmu else None, model_dir=str(model_dir) if model_dir else None,
-        mmmu_decoding=mmmu_decoding, eval_limit=eval_limit, command=sys.argv,
+        mmmu_decoding=mmmu_decoding, eval_limit=eval_limit, command=sys.argv, image=image, hosts=host_list,
+        ssh_options=list(ssh_options or []), master_addr=master_addr, master_port=master_port, env=list(env or []),
+        ulimits=list(ulimits or []),
     )  # fmt: skip
     return req, cfg
+
+
+def container_plan(req: RunRequest, cfg, run_tag: str):
+    """Reach the nodes' engines and fix the containers' shape (raises ContainerError, exit 3)."""
+    from .. import containers
+
+    read_only = [Path(p) for p in (req.data, req.models, req.mmmu, req.model_dir) if p]
+    return containers.plan(
+        hosts=req.hosts, image=req.image, results=Path(req.results).resolve(), read_only=read_only,
+        gpus_per_node=req.gpus, use_gpus=cfg.device != "cpu", env=containers.forwarded_env(req.env),
+        ssh_options=req.ssh_options, master_addr=req.master_addr, master_port=req.master_port, run_tag=run_tag,
+        ulimits=containers.parse_ulimits(req.ulimits),
+    )  # fmt: skip
+
+
+def dry_run(req: RunRequest, cfg, console: Console) -> int:
+    """Print what `kit run` would do, start nothing, write nothing."""
+    console.print(f"[bold]dry run[/]: {req.case} config {req.config}, stages {', '.join(req.stages)}, "
+                  f"{req.nodes} node(s) x {req.gpus}; results under {Path(req.results).resolve()}")  # fmt: skip
+    run = Path(req.results).resolve() / "<run id>"
+    mmmu_q = cfg.to_dict()["synthetic"].get("mmmu_questions", 30)
+    cmds = {}
+    for stage in req.stages:
+        args = ["--stage", stage, "--run-dir", str(run), *case_args(req, str(run / "config.toml"), stage, mmmu_q)]
+        cmds[stage] = args
+    if req.native:
+        console.print("native: torchrun on this host with " + req.python)
+        for stage, args in cmds.items():
+            case = cases.get(req.case)
+            cmd = NativeLauncher(case, python=req.python).command(case.stage_module(stage), req.gpus, 0, args)
+            console.print(f"{stage}: {' '.join(cmd)}".replace("--master-port=0", "--master-port=<free port>"))
+        return EXIT_OK
+    from .. import containers
+
+    with containers.SshPolicy(req.ssh_options):
+        p = container_plan(req, cfg, "<run id>")
+    case = cases.get(req.case)
+    for node in p.nodes:
+        for stage, args in cmds.items():
+            cmds_node = p.torchrun(node, case.stage_module(stage), args)
+            console.print(Text(f"{stage}, {node.where}: {' '.join(cmds_node)}"))
+    for line in containers.describe(p):
+        console.print(Text(line))
+    return EXIT_OK
 
 
 def case_args(req: RunRequest, cfg_path: str, stage: str, synthetic_mmmu_questions: int) -> list[str]:
@@ -189,44 +263,94 @@ def host_facts() -> dict:
 
 
 def start(req: RunRequest, cfg, console: Console) -> tuple[Path, int]:
-    """Create the run directory and run every stage; returns (run, exit code)."""
-    run = rundir.new_run_dir(Path(req.results), req.case, req.config)
-    # The resolved config (overrides applied) is what every process of the run reads.
-    resolved = run / "config.toml"
-    resolved.write_text(cases.config_module(cases.get(req.case)).dumps(cfg))
-    rundir.write_json(
-        run / "run.json",
-        {
-            "run_id": run.name,
-            "created": time.time(),
-            "kit_version": __version__,
-            **asdict(req),
-            "config": cfg.to_dict(),  # resolved: every value the run used, the name among them
-            "config_path": str(resolved),
-            "seed": cfg.train.seed,
-        },
-    )
-    rundir.append_status(run, "created")
-    console.print(f"run directory [bold]{run}[/]")
-    return run, execute(run, console)
+    """Create the run directory and run every stage; returns (run, exit code).
+
+    On the container path the nodes' engines are reached and the image pinned first, so an unreachable node
+    or a missing image leaves no run directory behind (ContainerError, exit 3).
+    """
+    from .. import containers
+
+    with containers.SshPolicy(req.ssh_options if not req.native else []):
+        plan_ = None if req.native else container_plan(req, cfg, uuid.uuid4().hex[:8])
+        if plan_ is not None and not plan_.own_network and len(plan_.nodes) > 1:
+            with console.status("checking the nodes: shared results, rendezvous port, reachability"):
+                containers.preflight(plan_, Path(req.results))
+        run = rundir.new_run_dir(Path(req.results), req.case, req.config)
+        # The resolved config (overrides applied) is what every process of the run reads.
+        resolved = run / "config.toml"
+        resolved.write_text(cases.config_module(cases.get(req.case)).dumps(cfg))
+        rundir.write_json(
+            run / "run.json",
+            {
+                "run_id": run.name,
+                "created": time.time(),
+                "kit_version": __version__,
+                **asdict(req),
+                "config": cfg.to_dict(),  # resolved: every value the run used, the name among them
+                "config_path": str(resolved.resolve()),
+                "seed": cfg.train.seed,
+                "containers": plan_.to_dict() if plan_ else None,
+            },
+        )
+        rundir.append_status(run, "created")
+        console.print(f"run directory [bold]{run}[/]")
+        if plan_ is not None:
+            for line in containers.describe(plan_):
+                console.print(Text(line, style="dim"))
+        return run, execute(run, console, plan_=plan_)
 
 
-def execute(run: Path, console: Console, resumed: bool = False) -> int:
+def execute(run: Path, console: Console, resumed: bool = False, plan_=None) -> int:
     """Run (or continue) the stages of a run directory; finished stages are skipped."""
+    from .. import containers
+
+    meta = rundir.read_json(run / "run.json")
+    launcher = None
     try:
-        return _execute(run, console, resumed)
+        with containers.SshPolicy(meta.get("ssh_options") or []):
+            if meta.get("native", True):
+                launcher = NativeLauncher(cases.get(meta["case"]), python=meta.get("python", sys.executable))
+            else:
+                launcher = containers.ContainerLauncher(cases.get(meta["case"]), plan_ or replan(meta), run.name)
+            return _execute(run, console, resumed, launcher)
     except KeyboardInterrupt:  # outside a stage (probe, data generation): nothing runs on, just mark it
         rundir.append_status(run, "interrupted")
         console.print(f"[yellow]interrupted[/]; continue with: kit resume {run}")
         return EXIT_INTERRUPTED
+    finally:
+        if launcher is not None and hasattr(launcher, "close"):
+            launcher.close()
 
 
-def _execute(run: Path, console: Console, resumed: bool) -> int:
-    meta = rundir.read_json(run / "run.json")
+def replan(meta: dict):
+    """The container plan of a run being resumed: the same hosts, and the same image (by id), or ContainerError."""
+    from .. import containers
+
+    stored = meta["containers"]
+    fields = {k: meta[k] for k in RunRequest.__dataclass_fields__ if k in meta}
+    req = RunRequest(**{**fields, "config": meta["config"]["name"], "image": stored["image"]})
     case = cases.get(meta["case"])
+    cfg = cases.load_config(case, meta["config_path"], [])
+    tag = stored["network"].removeprefix("kit-") if stored["network"] != "host" else uuid.uuid4().hex[:8]
+    if stored["network"] == "host" and req.nodes == 1:
+        req.master_port = None  # a fresh free port: the old one may be taken now
+    p = container_plan(req, cfg, tag)
+    if not p.own_network and len(p.nodes) > 1:
+        containers.preflight(p, Path(req.results))
+    if p.image_id != stored["image_id"]:
+        raise containers.ContainerError(
+            f"the image {stored['image']} is now {p.image_id[:19]}, but the run started with {stored['image_id'][:19]}: "
+            "a resumed run must use the image it started with",
+            f"tag the original image again (`docker tag {stored['image_id'][:19]} {stored['image']}`) and resume, "
+            "or start a new run",
+        )
+    return p
+
+
+def _execute(run: Path, console: Console, resumed: bool, launcher) -> int:
+    meta = rundir.read_json(run / "run.json")
     fields = {k: meta[k] for k in RunRequest.__dataclass_fields__ if k in meta}
     req = RunRequest(**{**fields, "config": meta["config"]["name"]})
-    launcher = NativeLauncher(case, python=req.python)
     states = rundir.stage_states(run)
     if resumed:
         rundir.append_status(run, "resumed")
@@ -234,11 +358,15 @@ def _execute(run: Path, console: Console, resumed: bool) -> int:
     if not (run / "environment.json").exists():
         probe = launcher.run_module("env", [], run / "logs" / "probe.log")
         if probe.returncode != 0:
-            console.print(f"[red]the case cannot run with {req.python}:[/]")
+            where = req.python if req.native else f"the image {meta['containers']['image']}"
+            console.print(f"[red]the case cannot run with {where}:[/]")
             console.print(Text(tail_lines(run / "logs" / "probe.log", 20)))
             rundir.append_status(run, "failed", detail="environment probe failed")
             return EXIT_ENVIRONMENT
-        rundir.write_json(run / "environment.json", {"host": host_facts(), "case": json.loads(probe.stdout)})
+        env = {"host": host_facts(), "case": json.loads(probe.stdout)}
+        if not req.native:
+            env["containers"] = meta["containers"]
+        rundir.write_json(run / "environment.json", env)
 
     cfg_path = meta["config_path"]
     if req.synthetic and not (run / "synthetic" / ".complete").exists():  # eval alone needs its tokenizer too

@@ -264,10 +264,14 @@ def test_deepspeed_accepts_every_shipped_config(ds, name: str, stage: str, world
 
 
 def test_partial_offload_is_used_and_known(ds) -> None:
-    """H200x1x1's finetune keeps 30% of the optimizer state on the CPU: the installed DeepSpeed must know ratio."""
-    from cases.llava1_5_7b.train import deepspeed_features
+    """Partial offload (H200x1x1 with `--set finetune.offload_optimizer=0.3`, its default before the whole optimizer
+    state moved onto the GPU) needs `ratio`: the installed DeepSpeed must know it."""
+    from cases.llava1_5_7b.train import deepspeed_config, deepspeed_features
 
-    assert case_config.load("H200x1x1").finetune.offload_optimizer == pytest.approx(0.3)
+    cfg = case_config.load("H200x1x1", ["finetune.offload_optimizer=0.3"])
+    assert cfg.finetune.offload_optimizer == pytest.approx(0.3)
+    zero = deepspeed_config(cfg, "finetune", cfg.grad_accum("finetune", 1), 1, True)["zero_optimization"]
+    assert zero["offload_optimizer"] == {"device": "cpu", "pin_memory": True, "ratio": 0.3}
     f = deepspeed_features()
     assert f["version"] == ds.__version__
     assert f["offload_optimizer.ratio"] is True  # 0.13.1 has it (ZeRO-3 only), and so has 0.19.8
@@ -277,7 +281,7 @@ def test_partial_offload_is_used_and_known(ds) -> None:
 def test_missing_partial_offload_is_refused_not_dropped(ds) -> None:
     from cases.llava1_5_7b.train import deepspeed_config, deepspeed_features
 
-    cfg = case_config.load("H200x1x1")
+    cfg = case_config.load("H200x1x1", ["finetune.offload_optimizer=0.3"])
     lacking = {**deepspeed_features(), "offload_optimizer.ratio": False}
     with pytest.raises(case_config.ConfigError) as e:
         deepspeed_config(cfg, "finetune", cfg.grad_accum("finetune", 1), 1, True, features=lacking)

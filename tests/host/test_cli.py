@@ -61,6 +61,11 @@ def test_bad_set_override_is_refused(tmp_path):
     assert not any(tmp_path.iterdir())
 
 
-def test_container_path_says_it_is_not_there_yet(tmp_path):
-    r = runner.invoke(app, ["run", "llava1_5_7b", "--config", "tiny", "--synthetic", "--results", str(tmp_path)])
-    assert r.exit_code == 2 and "pass --native" in r.output
+def test_container_path_without_an_engine(tmp_path, monkeypatch):
+    """The default (container) path reaches the engine before anything is created: exit 3 with the fix."""
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/absent.sock")
+    r = runner.invoke(app, ["run", "llava1_5_7b", "--config", "tiny", "--synthetic", "--results", str(tmp_path / "runs")])
+    assert r.exit_code == 3, r.output
+    out = "".join(r.output.split())  # Rich wraps long paths anywhere
+    assert f"node0(local):cannotreachtheDockerengineatunix://{tmp_path}/absent.sock" in out and "fix:" in out
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())

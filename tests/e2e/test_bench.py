@@ -1,0 +1,39 @@
+"""bench/run.py as the performance work uses it, on the tiny config: one result file per configuration with the
+issue's fields, the phase timer's per-step times, and bench/table.py's row for it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from .helpers import ROOT
+
+FIELDS = ("device", "gpus", "stage", "config", "versions", "tokens_per_s_per_gpu", "mfu_reference", "mfu_exact",
+          "padding_waste", "peak_mem_gib")  # fmt: skip
+
+
+def test_plan_to_result_files_with_phase_times(tmp_path):
+    plan = tmp_path / "plan.toml"
+    plan.write_text(
+        '[[run]]\nname = "tiny-pretrain"\nconfig = "tiny"\nstage = "pretrain"\ngpus = 2\nmax_steps = 3\n'
+        'set = ["pretrain.micro_batch=2"]\nexpect = "a smoke run"\n'
+    )
+    out, runs = tmp_path / "results", tmp_path / "runs"
+    r = subprocess.run(
+        [sys.executable, "bench/run.py", str(plan), "--out", str(out), "--results", str(runs), "--phase-times"],
+        cwd=ROOT, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
+    res = json.loads((out / "tiny-pretrain.json").read_text())
+    assert res["state"] == "finished" and res["overrides"] == ["pretrain.micro_batch=2"]
+    for key in FIELDS:
+        assert key in res, key
+    assert res["tokens_per_s_per_gpu"] > 0 and 0 <= res["padding_waste"] < 1
+    assert res["versions"]["deepspeed"] and res["levers"]["gradient_checkpointing"] in (True, False)
+    times = res["phase_times_s"]
+    assert len(times) == 3  # one line per optimizer step
+    for step in times:
+        assert step["forward_cpu"] > 0 and step["backward_cpu"] > 0 and "optimizer_cpu" in step
+    table = subprocess.run([sys.executable, "bench/table.py", str(out)], cwd=ROOT, capture_output=True, text=True)
+    assert "`tiny-pretrain.json`" in table.stdout and "seed: A800 1x8" in table.stdout
