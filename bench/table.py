@@ -42,6 +42,8 @@ def rows(results: Path) -> list[str]:
             setup += ", all parameters resident"
         if sc.get("reduce_bucket", 1.0) != 1.0:
             setup += f", reduce bucket {sc['reduce_bucket']:g} x hidden^2"
+        if r.get("note"):
+            setup += " (see the file's note)"
         device = f"{r.get('device') or '?'} x{r.get('gpus')}"
         if r.get("state") != "finished":
             out.append(f"| {device} | {r['stage']} | {setup} | {r.get('state')}: see file | | | | | `{p.name}` |")

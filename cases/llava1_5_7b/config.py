@@ -100,9 +100,10 @@ class StageConfig:
     image_mode: Literal["crop", "pad"]
     sampler: Literal["random", "modality_length"]
     gradient_checkpointing: bool = True
-    # How a step's samples are cut into micro-batches: as sampled (the reference), or sorted by length so each
-    # micro-batch pads little; every step still trains on the same samples either way.
-    micro_batch_order: Literal["sampled", "by_length"] = "sampled"
+    # How a step's samples are cut into micro-batches: as sampled (the reference); sorted by length into equal-size
+    # micro-batches (by_length); or sorted by length into as many micro-batches of unequal size and about equal
+    # padded tokens, none larger than by_length's largest (by_tokens). Every step trains on the same samples.
+    micro_batch_order: Literal["sampled", "by_length", "by_tokens"] = "sampled"
     # Fraction of the optimizer state kept on the CPU (0 = none, 1 = all; between: DeepSpeed's partial offload).
     offload_optimizer: float = 0.0
     checkpoint_every: int = 500

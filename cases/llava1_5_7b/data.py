@@ -394,6 +394,7 @@ class StepBatchSampler(torch.utils.data.Sampler[list[int]]):
         start_step: int = 0,
         micro_batch_order: str = "sampled",
         image_tokens: int = 576,
+        max_length: int | None = None,
     ) -> None:
         n = len(lengths)
         if n == 0:
@@ -418,15 +419,25 @@ class StepBatchSampler(torch.utils.data.Sampler[list[int]]):
             raise ValueError(f"unknown sampler {kind!r}: expected 'random' or 'modality_length'")
         total = self.steps * self.global_batch
         order = (order * (-(-total // n)))[:total]
-        if micro_batch_order == "by_length":
-            # Estimated sequence length: text words, plus the spliced image features for image samples.
-            est = [abs(v) + (image_tokens if v > 0 else 0) for v in lengths]
-            order = [i for s in range(self.steps) for i in self._by_length(order[s * self.global_batch :][: self.global_batch], est)]
-        elif micro_batch_order != "sampled":
-            raise ValueError(f"unknown micro_batch_order {micro_batch_order!r}: expected 'sampled' or 'by_length'")
-        micro = [order[b : b + micro_batch] for b in range(0, total, micro_batch)]
-        mine = micro[rank::world_size]
-        self._batches = mine[start_step * grad_accum :]
+        # Estimated sequence length: text words, plus the spliced image features for image samples (at most
+        # max_length: longer samples are truncated to it).
+        cap = max_length or 1 << 62
+        self._est = [min(cap, abs(v) + (image_tokens if v > 0 else 0)) for v in lengths]
+        self._order = order
+        self.micro_batch_order = micro_batch_order
+        if micro_batch_order not in ("sampled", "by_length", "by_tokens"):
+            raise ValueError(
+                f"unknown micro_batch_order {micro_batch_order!r}: expected 'sampled', 'by_length' or 'by_tokens'"
+            )
+
+    def _step_micro_batches(self, s: int) -> list[list[int]]:
+        """Step s's micro-batches of every rank, laid out as the sampler's usual order (b belongs to rank b % W)."""
+        step = self._order[s * self.global_batch :][: self.global_batch]
+        if self.micro_batch_order == "by_length":
+            step = self._by_length(step, self._est)
+        elif self.micro_batch_order == "by_tokens":
+            return self._by_tokens(step, self._est)
+        return [step[b : b + self.micro_batch] for b in range(0, len(step), self.micro_batch)]
 
     def _by_length(self, step: list[int], est: list[int]) -> list[int]:
         """One step's samples re-cut into micro-batches of similar length, spread so ranks get similar loads.
@@ -446,11 +457,81 @@ class StepBatchSampler(torch.utils.data.Sampler[list[int]]):
             load[r] += len(mb) * max(est[i] for i in mb)
         return [i for a in range(self.grad_accum) for r in range(self.world_size) for i in slots[r][a]]
 
+    def _by_tokens(self, step: list[int], est: list[int]) -> list[list[int]]:
+        """One step's samples cut into micro-batches of unequal size and about equal padded tokens.
+
+        Sorted by length, the step is split into W x G contiguous groups (the same number of micro-batches as
+        always, so gradient accumulation is unchanged). First the smallest cap on a group's padded tokens
+        (size x longest) that W x G groups can keep is found (binary search over the possible costs, a greedy
+        count for each); then, under that cap, the cut with the least padding (dynamic programming). Many short
+        samples then share one micro-batch and a few long ones another; the largest micro-batch is never larger
+        than the equal-size cut's (`by_length`), so peak memory does not grow.
+
+        Balance matters more than padding alone: cutting for the least padding without it gave micro-batches of
+        1 to 39 samples, and the small ones left the GPU waiting on the host's fixed work per forward call (24%
+        slower on an H200, bench/results/h200x1-finetune-bytokens.json). Groups go to ranks as in `_by_length`.
+        """
+        k = self.world_size * self.grad_accum
+        ranked = sorted(step, key=lambda i: -est[i])
+        n = len(ranked)
+        size = [est[i] for i in ranked]
+        cap = max(len(ranked[b : b + self.micro_batch]) * size[b] for b in range(0, n, self.micro_batch))
+
+        def groups_within(c: int) -> int:  # greedy: the fewest contiguous groups that each pad to at most c
+            count, a = 0, 0
+            while a < n:
+                if size[a] > c:
+                    return n + 1
+                b = a + 1
+                while b < n and (b + 1 - a) * size[a] <= c:
+                    b += 1
+                count, a = count + 1, b
+            return count
+
+        # Balance first: the smallest cap that k groups can keep (every micro-batch then costs about the same, so
+        # none leaves the GPU waiting on the per-call host work), then the least padding under that cap.
+        costs = sorted({(b - a) * size[a] for a in range(n) for b in range(a + 1, n + 1) if (b - a) * size[a] <= cap})
+        lo, hi = 0, len(costs) - 1
+        while lo < hi:
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if groups_within(costs[mid]) <= k else (mid + 1, hi)
+        cap = costs[lo]
+        inf = float("inf")
+        # best[j][i]: least padded tokens for the first i samples in j groups; a group ranked[a:i] pads to size[a].
+        best = [[inf] * (n + 1) for _ in range(k + 1)]
+        cut = [[0] * (n + 1) for _ in range(k + 1)]
+        best[0][0] = 0
+        for j in range(1, k + 1):
+            prev, cur, where = best[j - 1], best[j], cut[j]
+            for i in range(j, n - (k - j) + 1):
+                for a in range(i - 1, j - 2, -1):  # the group grows leftwards: its cost only rises
+                    c = (i - a) * size[a]
+                    if c > cap:
+                        break
+                    v = prev[a] + c
+                    if v < cur[i]:
+                        cur[i], where[i] = v, a
+        bounds, i = [], n
+        for j in range(k, 0, -1):
+            a = cut[j][i]
+            bounds.append((a, i))
+            i = a
+        groups = [ranked[a:b] for a, b in reversed(bounds)]
+        load = [0] * self.world_size
+        slots: list[list[list[int]]] = [[] for _ in range(self.world_size)]
+        for mb in sorted(groups, key=lambda g: -len(g) * max(est[i] for i in g)):
+            r = min((r for r in range(self.world_size) if len(slots[r]) < self.grad_accum), key=lambda r: load[r])
+            slots[r].append(mb)
+            load[r] += len(mb) * max(est[i] for i in mb)
+        return [slots[r][a] for a in range(self.grad_accum) for r in range(self.world_size)]
+
     def __iter__(self):
-        return iter(self._batches)
+        """This rank's micro-batches from start_step on, computed a step at a time (by_tokens costs ~0.1 s a step)."""
+        for s in range(self.start_step, self.steps):
+            yield from self._step_micro_batches(s)[self.rank :: self.world_size]
 
     def __len__(self) -> int:
-        return len(self._batches)
+        return (self.steps - self.start_step) * self.grad_accum
 
 
 # ---------------------------------------------------------------------------------------------- collator

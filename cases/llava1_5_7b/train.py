@@ -350,6 +350,7 @@ def train(args: argparse.Namespace, rank: Rank, stage_dir: Path) -> None:
         start_step=start_step,
         micro_batch_order=stage_cfg.micro_batch_order,
         image_tokens=image_tokens,
+        max_length=cfg.model.max_length,
     )
     loader = DataLoader(
         dataset,

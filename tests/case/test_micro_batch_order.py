@@ -63,3 +63,61 @@ def test_ranks_get_similar_loads_and_resume_skips_whole_steps():
 def test_unknown_order_is_refused():
     with pytest.raises(ValueError, match="unknown micro_batch_order 'shortest'"):
         StepBatchSampler(lengths(), M, W, 0, G, "random", 42, micro_batch_order="shortest")
+
+
+def padded(mb, e):
+    return len(mb) * max(e[i] for i in mb)
+
+
+@pytest.mark.parametrize("kind", ["random", "modality_length"])
+def test_by_tokens_same_samples_same_micro_steps_smaller_largest_micro_batch(kind):
+    lens = lengths(seed=2)
+    e = est(lens)
+    by_length, by_tokens = per_rank(lens, kind, "by_length"), per_rank(lens, kind, "by_tokens")
+    steps = len(by_length[0]) // G
+    assert [len(r) for r in by_tokens] == [len(r) for r in by_length] == [steps * G] * W  # same micro-steps
+    shrunk = 0
+    for s in range(steps):
+        assert step_samples(by_tokens, s) == step_samples(by_length, s)
+        worst = max(padded(mb, e) for r in by_length for mb in r[s * G : (s + 1) * G])
+        mine = max(padded(mb, e) for r in by_tokens for mb in r[s * G : (s + 1) * G])
+        assert mine <= worst
+        shrunk += mine < worst
+    assert shrunk > steps // 2  # balanced: the largest micro-batch is usually smaller than by_length's
+    assert len({len(mb) for r in by_tokens for mb in r}) > 1  # unequal sizes
+    assert waste(by_tokens, e) < waste(per_rank(lens, kind, "sampled"), e) / 2
+    sampler = StepBatchSampler(lens, M, W, 0, G, kind, 42, micro_batch_order="by_tokens")
+    assert len(sampler) == len(list(sampler))
+
+
+@pytest.mark.parametrize("seed", [5, 6, 7])
+def test_by_tokens_cut_is_the_most_balanced_then_least_padding(seed):
+    """Against every way of cutting the sorted step into W x G contiguous groups (brute force): the smallest
+    largest micro-batch, and among those cuts the least padding."""
+    import itertools
+
+    rnd = random.Random(seed)
+    lens = [rnd.choice([1, -1]) * rnd.randint(5, 900) for _ in range(12)]
+    e = est(lens)
+    w, g, m = 1, 3, 4
+    got = list(StepBatchSampler(lens, m, w, 0, g, "random", 1, micro_batch_order="by_tokens"))[:g]
+    step = sorted((i for mb in got for i in mb), key=lambda i: -e[i])
+
+    def score(cuts):
+        costs = [padded(step[a:b], e) for a, b in zip((0, *cuts), (*cuts, len(step)), strict=True)]
+        return max(costs), sum(costs)
+
+    best = min(score(c) for c in itertools.combinations(range(1, len(step)), g - 1))
+    assert (max(padded(mb, e) for mb in got), sum(padded(mb, e) for mb in got)) == best
+
+
+def test_by_tokens_resumes_at_whole_steps_and_clamps_to_max_length():
+    lens = lengths(seed=3)
+    full = per_rank(lens, "modality_length", "by_tokens")
+    resumed = [
+        list(StepBatchSampler(lens, M, W, r, G, "modality_length", 42, start_step=2, micro_batch_order="by_tokens"))
+        for r in range(W)
+    ]
+    assert all(resumed[r] == full[r][2 * G :] for r in range(W))
+    capped = StepBatchSampler([5000, -3000, 10], M, 1, 0, 1, "random", 0, micro_batch_order="by_length", max_length=2048)
+    assert capped._est == [2048, 2048, 586]
