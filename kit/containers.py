@@ -647,6 +647,7 @@ class ContainerLauncher:
         finally:
             if container is not None:
                 _remove(container)
+            self._sweep(kw["labels"]["kit.stage"])
 
     def run_stage(
         self, run: Path, stage: str, gpus: int, case_args: list[str], display: StageProgress
@@ -698,6 +699,19 @@ class ContainerLauncher:
         finally:
             for _, c, _ in containers:
                 _remove(c)
+            self._sweep(stage)
+
+    def _sweep(self, stage: str) -> None:
+        """Remove whatever containers of this run and stage are left on any node's engine: a create whose answer
+        timed out on the client may still have made one, which no handle here points at."""
+        for client in {id(n.client): n.client for n in self.plan.nodes}.values():
+            try:
+                for c in client.containers.list(
+                    all=True, filters={"label": [f"{LABEL_RUN}={self.run_id}", f"kit.stage={stage}"]}
+                ):
+                    _remove(c)
+            except Exception:  # noqa: BLE001 - the engine went away; `kit.run` labels still find them later
+                pass
 
     def node_log(self, stage_dir: Path, node: Node) -> Path:
         name = "launcher.log" if node.index == 0 else f"launcher-node{node.index}.log"
@@ -706,8 +720,13 @@ class ContainerLauncher:
     def _wait(self, containers: list, tail: EventTail, display: StageProgress, poll: float = 0.5):
         """Until all exit 0 (None) or one fails: (node, exit code) of the first to fail."""
         done: set[int] = set()
+        stepping = False
         while True:
-            display.feed(tail.read())
+            events = tail.read()
+            stepping = stepping or any(e.get("key") in ("kit_step", "kit_eval_batch") for e in events)
+            display.feed(events)
+            if not stepping and containers[0][2].last:  # until steps arrive, the container's own last line
+                display.note(f"node 0: {containers[0][2].last[:60]}")
             for node, c, _ in containers:
                 if node.index in done:
                     continue
