@@ -84,7 +84,7 @@ class ContainerError(RuntimeError):
 
 def base_url_of(host: str) -> str:
     """`local` -> this host's engine; unix://, tcp://, ssh:// as given; `user@host[:port]` -> ssh://user@host[:port]."""
-    if host in ("local", "localhost-engine"):
+    if host == "local":
         from .checks.docker import DEFAULT_SOCKET
 
         return os.environ.get("DOCKER_HOST") or DEFAULT_SOCKET
@@ -537,7 +537,7 @@ def _node_address(node: Node) -> str:
     return socket.gethostname() if node.base_url.startswith("unix://") else (node.engine_name or "127.0.0.1")
 
 
-def describe(plan_: ContainerPlan, commands: dict[str, list[str]] | None = None) -> list[str]:
+def describe(plan_: ContainerPlan) -> list[str]:
     """The plan in words, for --dry-run and the run's start."""
     lines = [
         f"image {plan_.image} ({plan_.image_id[:19]})",
@@ -554,8 +554,6 @@ def describe(plan_: ContainerPlan, commands: dict[str, list[str]] | None = None)
         lines.append(f"mount {m['source']} ({'ro' if m['read_only'] else 'rw'})")
     shown = {k: v for k, v in plan_.env.items() if k not in CONTAINER_ENV}
     lines.append("environment: " + (" ".join(f"{k}={v}" for k, v in sorted(shown.items())) or "(kit's defaults only)"))
-    for stage, cmd in (commands or {}).items():
-        lines.append(f"{stage}: {' '.join(cmd)}")
     return lines
 
 
@@ -621,7 +619,8 @@ class ContainerLauncher:
         cmd = ["python", "-m", self.case.module(module), *args]
         kw = self.plan.create_kwargs(self.run_id, module.replace("_", "-"), node, cmd)
         kw["name"] = f"{kw['name']}-{uuid.uuid4().hex[:6]}"
-        kw.pop("device_requests", None) if module == "synthetic" else None
+        if module == "synthetic":  # the probe reports the GPUs; data generation needs none
+            kw.pop("device_requests", None)
         if self.plan.own_network:
             for key in ("network", "hostname", "networking_config"):
                 kw.pop(key, None)

@@ -165,6 +165,10 @@ def test_native_refuses_container_options(tmp_path):
     assert r.returncode == 2 and "--image belong(s) to the container path" in r.stderr
     r = kit(*TINY, "--nodes", "2", "--results", str(tmp_path))
     assert r.returncode == 2 and "--nodes 2 needs --hosts" in r.stderr
+    r = kit(*TINY, "--master-port", "80", "--results", str(tmp_path))
+    assert r.returncode == 2 and "--master-port 80: expected a port from 1024 to 65535" in r.stderr
+    r = kit(*TINY, "--ulimit", "memlock=lots", "--results", str(tmp_path))
+    assert r.returncode == 2 and "--ulimit 'memlock=lots': expected NAME=SOFT[:HARD] in numbers" in r.stderr
     assert not any(tmp_path.iterdir())
 
 
