@@ -84,6 +84,7 @@ def run_one(spec: dict, results: Path, phase_times: bool = False) -> dict:
                 "offload_optimizer": resolved[stage]["offload_optimizer"],
                 "param_persistence": resolved[stage].get("param_persistence"),
                 "reduce_bucket": resolved[stage].get("reduce_bucket"),
+                "zero3_leaf_layers": resolved[stage].get("zero3_leaf_layers", False),
             },
             "steps_done": st.get("steps_done"),
             "peak_mem_gib": st.get("mem_used_peak_gib"),

@@ -42,6 +42,8 @@ def rows(results: Path) -> list[str]:
             setup += ", all parameters resident"
         if sc.get("reduce_bucket", 1.0) != 1.0:
             setup += f", reduce bucket {sc['reduce_bucket']:g} x hidden^2"
+        if sc.get("zero_stage") == 3 and sc.get("zero3_leaf_layers"):
+            setup += ", layers as ZeRO-3 leaf modules"
         if r.get("note"):
             setup += " (see the file's note)"
         device = f"{r.get('device') or '?'} x{r.get('gpus')}"

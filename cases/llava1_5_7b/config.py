@@ -111,6 +111,9 @@ class StageConfig:
     reduce_bucket: float = 1.0
     prefetch_bucket: float = 0.9
     param_persistence: float = 10.0
+    # ZeRO-3 fetches, releases and hooks each transformer layer (LLaMA decoder and CLIP encoder layers) as one module
+    # instead of each of its ~10 sub-modules (DeepSpeed's z3 leaf modules): fewer hook calls per forward and backward.
+    zero3_leaf_layers: bool = False
 
 
 @dataclass(frozen=True)
@@ -224,6 +227,8 @@ def _validate(cfg: CaseConfig) -> None:
             raise ConfigError(f"{p}: {stage}.offload_optimizer = {s.offload_optimizer} must lie between 0 and 1")
         if 0 < s.offload_optimizer < 1 and s.zero_stage != 3:
             raise ConfigError(f"{p}: {stage}.offload_optimizer: partial offload needs zero_stage 3")
+        if s.zero3_leaf_layers and s.zero_stage != 3:
+            raise ConfigError(f"{p}: {stage}.zero3_leaf_layers applies to ZeRO-3 only (zero_stage = {s.zero_stage})")
         if s.lr <= 0:
             raise ConfigError(f"{p}: {stage}.lr must be positive, got {s.lr}")
     for key, v in positive.items():

@@ -244,6 +244,12 @@ class LlavaForTraining(nn.Module):
         model = _load(LlamaForCausalLM, path, config, dtype, self.attn_implementation, "language model (LLaMA)")
         return model.to(device) if device is not None else model
 
+    def layer_classes(self) -> list[type[nn.Module]]:
+        """The classes of the LLaMA decoder layer and the CLIP encoder layer (ZeRO-3 leaf modules)."""
+        encoder = getattr(self.vision, "vision_model", self.vision).encoder
+        found = {type(layer) for layer in (*self.llm.model.layers, *encoder.layers)}
+        return sorted(found, key=lambda c: c.__name__)
+
     # ----------------------------------------------------------------------------------------- stages
     def set_stage(self, stage: str) -> None:
         """pretrain trains the projector only; finetune the LLM (embeddings and lm_head too) and the projector."""

@@ -328,6 +328,12 @@ def train(args: argparse.Namespace, rank: Rank, stage_dir: Path) -> None:
         optimizer = torch.optim.AdamW(params, fused=use_cuda, **adam)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(warmup, steps_total))
     ds_config = deepspeed_config(cfg, args.stage, gas, rank.world, bf16=cfg.train.bf16)
+    leaf_modules = 0
+    if stage_cfg.zero_stage == 3 and stage_cfg.zero3_leaf_layers:
+        from deepspeed.utils import set_z3_leaf_modules, z3_leaf_module
+
+        set_z3_leaf_modules(model, model.layer_classes())  # returns None before DeepSpeed 0.14
+        leaf_modules = sum(1 for m in model.modules() if z3_leaf_module(m))
     engine, optimizer, _, scheduler = deepspeed.initialize(
         model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config
     )
@@ -382,6 +388,7 @@ def train(args: argparse.Namespace, rank: Rank, stage_dir: Path) -> None:
             "offload_optimizer": stage_cfg.offload_optimizer,
             "gradient_checkpointing": stage_cfg.gradient_checkpointing,
             "micro_batch_order": stage_cfg.micro_batch_order,
+            "zero3_leaf_modules": leaf_modules,
             "attn_implementation": attn,
             "dtype": str(dtype).removeprefix("torch."),
             **device_info,
