@@ -112,7 +112,7 @@ class StageConfig:
     prefetch_bucket: float = 0.9
     param_persistence: float = 10.0
     # ZeRO-3 fetches, releases and hooks each transformer layer (LLaMA decoder and CLIP encoder layers) as one module
-    # instead of each of its ~10 sub-modules (DeepSpeed's z3 leaf modules): fewer hook calls per forward and backward.
+    # instead of each of its 12-13 sub-modules (DeepSpeed's z3 leaf modules): fewer hook calls per forward and backward.
     zero3_leaf_layers: bool = False
 
 
