@@ -81,11 +81,13 @@ def run_one(spec: dict, results: Path, phase_times: bool = False) -> dict:
                 "gradient_checkpointing": resolved[stage]["gradient_checkpointing"],
                 "kernels": resolved["model"].get("kernels", "none"),
                 "micro_batch_order": resolved[stage].get("micro_batch_order", "sampled"),
+                "micro_batch_lengths": resolved[stage].get("micro_batch_lengths", "words"),
                 "offload_optimizer": resolved[stage]["offload_optimizer"],
                 "param_persistence": resolved[stage].get("param_persistence"),
                 "reduce_bucket": resolved[stage].get("reduce_bucket"),
                 "zero3_leaf_layers": resolved[stage].get("zero3_leaf_layers", False),
             },
+            "records": facts.get("records"),  # the stage's data set: max_steps + 1 global batches since 2026-11-29
             "steps_done": st.get("steps_done"),
             "peak_mem_gib": st.get("mem_used_peak_gib"),
             "mem_total_gib": st.get("mem_total_gib"),

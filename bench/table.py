@@ -28,13 +28,18 @@ def rows(results: Path) -> list[str]:
     ]
     for name, stage, setup, tps, mfu, mem in REFERENCE:
         out.append(f"| {name} | {stage} | {setup} | {tps} | {pct(mfu)} | - | - | {mem} (GB, nvidia-smi) | - |")
+    def cut_by(lv: dict) -> str:  # files from before micro_batch_lengths existed were cut by word counts
+        if lv.get("micro_batch_order", "sampled") == "sampled":
+            return ""
+        return " of exact lengths" if lv.get("micro_batch_lengths", "words") == "tokens" else " of word-count lengths"
+
     for p in sorted(results.glob("*.json"), key=lambda q: (json.loads(q.read_text()).get("stage"), q.name)):
         r = json.loads(p.read_text())
         lv = r.get("levers", {})
         setup = (
             f"micro {r.get('micro_batch')} x GAS {r.get('grad_accum')}, "
             f"{'checkpointing' if lv.get('gradient_checkpointing') else 'no checkpointing'}, "
-            f"kernels {lv.get('kernels')}, micro-batches {lv.get('micro_batch_order')}, "
+            f"kernels {lv.get('kernels')}, micro-batches {lv.get('micro_batch_order')}{cut_by(lv)}, "
             f"offload {lv.get('offload_optimizer')}"
         )
         sc = r.get("stage_config", {})
@@ -44,6 +49,8 @@ def rows(results: Path) -> list[str]:
             setup += f", reduce bucket {sc['reduce_bucket']:g} x hidden^2"
         if sc.get("zero_stage") == 3 and sc.get("zero3_leaf_layers"):
             setup += ", layers as ZeRO-3 leaf modules"
+        if r.get("records") is None:  # before 2026-11-29: max_steps global batches of data, the last one leftover
+            setup += ", data of exactly its steps (leftover last step)"
         if r.get("note"):
             setup += " (see the file's note)"
         device = f"{r.get('device') or '?'} x{r.get('gpus')}"

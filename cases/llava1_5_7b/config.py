@@ -104,6 +104,9 @@ class StageConfig:
     # micro-batches (by_length); or sorted by length into as many micro-batches of unequal size and about equal
     # padded tokens, none larger than by_length's largest (by_tokens). Every step trains on the same samples.
     micro_batch_order: Literal["sampled", "by_length", "by_tokens"] = "sampled"
+    # The lengths by_length and by_tokens cut by: each sample's exact positions in the model (tokens, image features
+    # spliced in; its text is tokenized when its step comes), or LLaVA's word-count estimate (words + image features).
+    micro_batch_lengths: Literal["tokens", "words"] = "tokens"
     # Fraction of the optimizer state kept on the CPU (0 = none, 1 = all; between: DeepSpeed's partial offload).
     offload_optimizer: float = 0.0
     checkpoint_every: int = 500

@@ -17,7 +17,7 @@ import json
 import math
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -284,6 +284,14 @@ class LlavaDataset(torch.utils.data.Dataset):
             out.append(n if "image" in rec else -n)
         return out
 
+    def sequence_length(self, i: int, image_tokens: int, max_length: int) -> int:
+        """Positions record i takes in the model: its tokens, each image placeholder spliced to `image_tokens`
+        positions, cut at `max_length`. Tokenizes the text only; the image is not read."""
+        rec = self.records[i]
+        ids, _, _ = tokenize_conversation(rec["conversations"], self.template, self.tokenizer, "image" in rec)
+        images = sum(1 for t in ids if t == IMAGE_TOKEN_INDEX)
+        return min(len(ids) + images * (image_tokens - 1), max_length)
+
     def __getitem__(self, i: int) -> dict[str, Any]:
         for attempt in range(len(self.records)):
             j = (i + attempt) % len(self.records)
@@ -395,6 +403,7 @@ class StepBatchSampler(torch.utils.data.Sampler[list[int]]):
         micro_batch_order: str = "sampled",
         image_tokens: int = 576,
         max_length: int | None = None,
+        length_of: Callable[[int], int] | None = None,
     ) -> None:
         n = len(lengths)
         if n == 0:
@@ -423,6 +432,10 @@ class StepBatchSampler(torch.utils.data.Sampler[list[int]]):
         # max_length: longer samples are truncated to it).
         cap = max_length or 1 << 62
         self._est = [min(cap, abs(v) + (image_tokens if v > 0 else 0)) for v in lengths]
+        # With `length_of` (a sample's exact length in positions), by_length and by_tokens cut each step by exact
+        # lengths instead, computed for a step's samples as it is reached and kept.
+        self._length_of = length_of
+        self._exact: dict[int, int] = {}
         self._order = order
         self.micro_batch_order = micro_batch_order
         if micro_batch_order not in ("sampled", "by_length", "by_tokens"):
@@ -433,13 +446,20 @@ class StepBatchSampler(torch.utils.data.Sampler[list[int]]):
     def _step_micro_batches(self, s: int) -> list[list[int]]:
         """Step s's micro-batches of every rank, laid out as the sampler's usual order (b belongs to rank b % W)."""
         step = self._order[s * self.global_batch :][: self.global_batch]
-        if self.micro_batch_order == "by_length":
-            step = self._by_length(step, self._est)
-        elif self.micro_batch_order == "by_tokens":
-            return self._by_tokens(step, self._est)
+        if self.micro_batch_order == "sampled":
+            return [step[b : b + self.micro_batch] for b in range(0, len(step), self.micro_batch)]
+        est: Sequence[int] | dict[int, int] = self._est
+        if self._length_of is not None:
+            for i in step:
+                if i not in self._exact:
+                    self._exact[i] = self._length_of(i)
+            est = self._exact
+        if self.micro_batch_order == "by_tokens":
+            return self._by_tokens(step, est)
+        step = self._by_length(step, est)
         return [step[b : b + self.micro_batch] for b in range(0, len(step), self.micro_batch)]
 
-    def _by_length(self, step: list[int], est: list[int]) -> list[int]:
+    def _by_length(self, step: list[int], est: Sequence[int] | dict[int, int]) -> list[int]:
         """One step's samples re-cut into micro-batches of similar length, spread so ranks get similar loads.
 
         The step trains on the same samples; only which of them share a micro-batch changes, so little padding
@@ -457,7 +477,7 @@ class StepBatchSampler(torch.utils.data.Sampler[list[int]]):
             load[r] += len(mb) * max(est[i] for i in mb)
         return [i for a in range(self.grad_accum) for r in range(self.world_size) for i in slots[r][a]]
 
-    def _by_tokens(self, step: list[int], est: list[int]) -> list[list[int]]:
+    def _by_tokens(self, step: list[int], est: Sequence[int] | dict[int, int]) -> list[list[int]]:
         """One step's samples cut into micro-batches of unequal size and about equal padded tokens.
 
         Sorted by length, the step is split into W x G contiguous groups (the same number of micro-batches as

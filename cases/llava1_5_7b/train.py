@@ -22,6 +22,7 @@ import shutil  # noqa: E402
 import socket  # noqa: E402
 import sys  # noqa: E402
 import traceback  # noqa: E402
+from functools import partial  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from . import config as config_mod  # noqa: E402
@@ -357,6 +358,11 @@ def train(args: argparse.Namespace, rank: Rank, stage_dir: Path) -> None:
         micro_batch_order=stage_cfg.micro_batch_order,
         image_tokens=image_tokens,
         max_length=cfg.model.max_length,
+        length_of=(
+            partial(dataset.sequence_length, image_tokens=image_tokens, max_length=cfg.model.max_length)
+            if stage_cfg.micro_batch_lengths == "tokens"
+            else None
+        ),
     )
     loader = DataLoader(
         dataset,
@@ -388,6 +394,7 @@ def train(args: argparse.Namespace, rank: Rank, stage_dir: Path) -> None:
             "offload_optimizer": stage_cfg.offload_optimizer,
             "gradient_checkpointing": stage_cfg.gradient_checkpointing,
             "micro_batch_order": stage_cfg.micro_batch_order,
+            "micro_batch_lengths": stage_cfg.micro_batch_lengths,
             "zero3_leaf_modules": leaf_modules,
             "attn_implementation": attn,
             "dtype": str(dtype).removeprefix("torch."),

@@ -351,3 +351,15 @@ def test_collator_truncates_a_real_sample_at_the_limit(tok: Tokenizer) -> None:
     assert spliced_labels(s["input_ids"], s["labels"], 5, n - 2).tolist()[-1] == P(tok, "▁red")[0]
     none = Collator(0, 8, 5)([_sample("t", [1, 7, 8], [IGN, IGN, 8], False)])
     assert none["images"] is None and none["stats"]["images"] == 0
+
+
+def test_sequence_length_is_what_the_collator_counts(root: Path, tok: Tokenizer) -> None:
+    long_text = " ".join(["red ball box"] * 9)
+    recs = [_good(0), {"id": "t", "conversations": [H("hello world"), G(long_text)]},
+            {"id": "i", "image": "img/1.jpg", "conversations": [H("look <image> at this"), G(long_text)]}]
+    ds = LlavaDataset(write_json(root / "d.json", recs), root, tok, "v1", "pad", 28)
+    for max_length in (2048, 40):
+        for i in range(len(recs)):
+            real = Collator(tok.pad_id, max_length, 16)([ds[i]])["stats"]["real_tokens"]
+            assert ds.sequence_length(i, 16, max_length) == real
+    assert ds.sequence_length(2, 16, 40) == 40  # cut at max_length, as the model cuts

@@ -121,3 +121,32 @@ def test_by_tokens_resumes_at_whole_steps_and_clamps_to_max_length():
     assert all(resumed[r] == full[r][2 * G :] for r in range(W))
     capped = StepBatchSampler([5000, -3000, 10], M, 1, 0, 1, "random", 0, micro_batch_order="by_length", max_length=2048)
     assert capped._est == [2048, 2048, 586]
+
+
+@pytest.mark.parametrize("order", ["by_length", "by_tokens"])
+def test_exact_lengths_cut_where_the_word_estimate_misleads(order):
+    # Word counts say every sample is alike; the exact lengths (what the model sees) differ by 40x.
+    n = W * G * M * 3
+    words = [50] * n
+    rnd = random.Random(3)
+    exact = [rnd.choice([20, 800]) + rnd.randint(0, 9) for _ in range(n)]
+    asked: list[int] = []
+
+    def length_of(i: int) -> int:
+        asked.append(i)
+        return exact[i]
+
+    def run(length):
+        return [list(StepBatchSampler(words, M, W, r, G, "random", 42, micro_batch_order=order, length_of=length))
+                for r in range(W)]
+
+    by_words, by_exact = run(None), run(length_of)
+    for s in range(3):
+        assert step_samples(by_words, s) == step_samples(by_exact, s)  # same samples in each step
+    assert waste(by_exact, exact) < 0.5 * waste(by_words, exact)  # the word cut mixes short and long at random
+    assert sorted(asked) == sorted(list(range(n)) * W)  # each sample measured once by each rank's sampler...
+    asked.clear()
+    sampler = StepBatchSampler(words, M, W, 0, G, "random", 42, micro_batch_order=order, length_of=length_of)
+    next(iter(sampler))
+    assert len(asked) == W * G * M  # ...and only when its step comes
+    assert StepBatchSampler(words, M, W, 0, G, "random", 42, micro_batch_order="sampled", length_of=length_of)
