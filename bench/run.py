@@ -79,6 +79,7 @@ def run_one(spec: dict, results: Path, phase_times: bool = False) -> dict:
             "stage_config": (resolved := json.loads((run / "run.json").read_text())["config"]).get(stage),
             "levers": {
                 "gradient_checkpointing": resolved[stage]["gradient_checkpointing"],
+                "uncheckpointed_layers": resolved[stage].get("uncheckpointed_layers", 0),
                 "kernels": resolved["model"].get("kernels", "none"),
                 "micro_batch_order": resolved[stage].get("micro_batch_order", "sampled"),
                 "micro_batch_lengths": resolved[stage].get("micro_batch_lengths", "words"),

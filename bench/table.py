@@ -28,6 +28,12 @@ def rows(results: Path) -> list[str]:
     ]
     for name, stage, setup, tps, mfu, mem in REFERENCE:
         out.append(f"| {name} | {stage} | {setup} | {tps} | {pct(mfu)} | - | - | {mem} (GB, nvidia-smi) | - |")
+    def checkpointing(lv: dict) -> str:
+        if not lv.get("gradient_checkpointing"):
+            return "no checkpointing"
+        kept = lv.get("uncheckpointed_layers", 0)
+        return f"checkpointing but the last {kept} decoder layers" if kept else "checkpointing"
+
     def cut_by(lv: dict) -> str:  # files from before micro_batch_lengths existed were cut by word counts
         if lv.get("micro_batch_order", "sampled") == "sampled":
             return ""
@@ -38,7 +44,7 @@ def rows(results: Path) -> list[str]:
         lv = r.get("levers", {})
         setup = (
             f"micro {r.get('micro_batch')} x GAS {r.get('grad_accum')}, "
-            f"{'checkpointing' if lv.get('gradient_checkpointing') else 'no checkpointing'}, "
+            f"{checkpointing(lv)}, "
             f"kernels {lv.get('kernels')}, micro-batches {lv.get('micro_batch_order')}{cut_by(lv)}, "
             f"offload {lv.get('offload_optimizer')}"
         )

@@ -13,13 +13,14 @@ zero rows), and it only ever goes through module calls so that the gathering hoo
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 import transformers
 from torch import nn
 from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM
@@ -158,6 +159,17 @@ def apply_kernels(llm: torch.nn.Module, kernels: str) -> str:
     return "liger"
 
 
+def _recomputed(layer: nn.Module, forward: Callable[..., Any]) -> Callable[..., Any]:
+    """`forward` run under non-reentrant activation checkpointing while `layer` trains with autograd on."""
+
+    def run(*args: Any, **kwargs: Any) -> Any:
+        if layer.training and torch.is_grad_enabled():
+            return torch.utils.checkpoint.checkpoint(forward, *args, use_reentrant=False, **kwargs)
+        return forward(*args, **kwargs)
+
+    return run
+
+
 class LlavaForTraining(nn.Module):
     """LLaVA-1.5 with a loss-only forward: what the benchmark trains, nothing it does not need."""
 
@@ -183,6 +195,7 @@ class LlavaForTraining(nn.Module):
         self.vision_layers_run = v.layers + 1 + v.select_layer
         self.image_tokens = (v.image_size // v.patch) ** 2
         self.vocab = max(cfg.llm.vocab, vocab_size or 0)
+        self.recomputed_layers = 0  # decoder layers under activation checkpointing (enable_gradient_checkpointing)
 
         self.vision = self._build_vision(vision_dir, dtype, device)
         with _building(dtype, device):
@@ -260,8 +273,22 @@ class LlavaForTraining(nn.Module):
         self.llm.requires_grad_(stage == "finetune")
         self.stage = stage
 
-    def enable_gradient_checkpointing(self) -> None:
-        """Recompute decoder layers in backward; non-reentrant, so it works with a frozen LLM (pretrain)."""
+    def enable_gradient_checkpointing(self, keep_layers: int = 0) -> None:
+        """Recompute decoder layers in backward; non-reentrant, so it works with a frozen LLM (pretrain).
+
+        `keep_layers` > 0: the last that many decoder layers keep their activations and are not recomputed (less
+        compute, more memory); the others are checkpointed here, around each layer's forward (module hooks, such
+        as ZeRO-3's, stay outside the checkpoint, as transformers 5 does), under any transformers version.
+        """
+        layers = list(self.llm.get_decoder().layers)
+        if not 0 <= keep_layers <= len(layers):
+            raise ValueError(f"keep_layers = {keep_layers}: the LLM has {len(layers)} decoder layers")
+        if keep_layers:
+            for layer in layers[: len(layers) - keep_layers]:
+                layer.forward = _recomputed(layer, layer.forward)
+            self.recomputed_layers = len(layers) - keep_layers
+            return
+        self.recomputed_layers = len(layers)
         kwargs = {"use_reentrant": False}
         enable = getattr(self.llm, "activation_checkpointing_enable", None)  # transformers 5's new name
         if enable is not None:

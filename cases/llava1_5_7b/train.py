@@ -310,7 +310,7 @@ def train(args: argparse.Namespace, rank: Rank, stage_dir: Path) -> None:
         init_projector = None
     model.set_stage(args.stage)
     if stage_cfg.gradient_checkpointing:
-        model.enable_gradient_checkpointing()
+        model.enable_gradient_checkpointing(keep_layers=stage_cfg.uncheckpointed_layers)
     image_tokens = model.facts()["image_tokens"]
 
     # ---- optimizer, schedule, engine -----------------------------------------------------------------
@@ -393,6 +393,7 @@ def train(args: argparse.Namespace, rank: Rank, stage_dir: Path) -> None:
             "zero_stage": stage_cfg.zero_stage,
             "offload_optimizer": stage_cfg.offload_optimizer,
             "gradient_checkpointing": stage_cfg.gradient_checkpointing,
+            "recomputed_layers": model.recomputed_layers,
             "micro_batch_order": stage_cfg.micro_batch_order,
             "micro_batch_lengths": stage_cfg.micro_batch_lengths,
             "zero3_leaf_modules": leaf_modules,

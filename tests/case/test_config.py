@@ -57,6 +57,8 @@ def test_bad_values(tmp_path):
         ("model.vision.select_layer=0", "select_layer 0 must lie in"),
         ("train.bf16=1", "train.bf16 must be true or false"),
         ("pretrain.lr=fast", "pretrain.lr must be a number"),
+        ("finetune.uncheckpointed_layers=3", "finetune.uncheckpointed_layers = 3 must lie between 0 and model.llm.layers (2)"),
+        ("finetune.uncheckpointed_layers=-1", "must lie between 0 and model.llm.layers (2)"),
     ]:
         with pytest.raises(c.ConfigError) as e:
             c.load("tiny", [override])
@@ -91,3 +93,10 @@ def test_overrides_and_round_trip(tmp_path):
     assert again.to_dict() | {"path": ""} == cfg.to_dict() | {"path": ""}
     with pytest.raises(c.ConfigError, match="expected KEY=VALUE"):
         c.load("tiny", ["pretrain.micro_batch"])
+
+
+def test_uncheckpointed_layers_need_checkpointing():
+    with pytest.raises(c.ConfigError) as e:
+        c.load("tiny", ["finetune.gradient_checkpointing=false", "finetune.uncheckpointed_layers=1"])
+    assert "finetune.uncheckpointed_layers applies with finetune.gradient_checkpointing = true" in str(e.value)
+    assert c.load("tiny", ["finetune.uncheckpointed_layers=1"]).finetune.uncheckpointed_layers == 1

@@ -220,6 +220,54 @@ def test_gradient_checkpointing_changes_nothing(stage):
         torch.testing.assert_close(ckpt[n], plain[n], rtol=1e-5, atol=1e-6)
 
 
+def _saved_bytes(model, batch) -> tuple[torch.Tensor, int]:
+    """The loss, and the bytes of the tensors autograd keeps for backward during the forward."""
+    total = 0
+
+    def pack(t):
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = model(**batch)
+    return loss, total
+
+
+def test_uncheckpointed_layers_trade_memory_for_recompute_and_change_nothing():
+    # tiny: 2 decoder layers. Keep the last 0 (all recomputed), 1, or 2 (none recomputed): same numbers, and the
+    # activations kept for backward grow with every layer kept.
+    b = make_batch(long_text=40)
+    results = {}
+    for keep in (0, 1, 2):
+        model = make_model()
+        model.set_stage("finetune")
+        model.train()
+        model.enable_gradient_checkpointing(keep_layers=keep)
+        assert model.recomputed_layers == 2 - keep
+        loss, saved = _saved_bytes(model, b)
+        loss.backward()
+        results[keep] = (loss.detach(), saved, _grads(model))
+    plain = make_model()
+    plain.set_stage("finetune")
+    plain.train()
+    loss, saved_plain = _saved_bytes(plain, b)
+    loss.backward()
+    for keep in (0, 1, 2):
+        torch.testing.assert_close(results[keep][0], loss.detach())
+        for n, g in _grads(plain).items():
+            torch.testing.assert_close(results[keep][2][n], g, rtol=1e-5, atol=1e-6)
+    assert results[0][1] < results[1][1] < results[2][1] == saved_plain
+    # eval (generation) never checkpoints
+    model = make_model()
+    model.enable_gradient_checkpointing(keep_layers=1)
+    model.eval()
+    with torch.no_grad():
+        model(**b)
+    with pytest.raises(ValueError, match="keep_layers = 3: the LLM has 2 decoder layers"):
+        model.enable_gradient_checkpointing(keep_layers=3)
+
+
 def test_vision_truncation_matches_full_tower(tmp_path):
     torch.manual_seed(1)
     v = CFG.vision

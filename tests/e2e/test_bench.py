@@ -37,3 +37,19 @@ def test_plan_to_result_files_with_phase_times(tmp_path):
         assert step["forward_cpu"] > 0 and step["backward_cpu"] > 0 and "optimizer_cpu" in step
     table = subprocess.run([sys.executable, "bench/table.py", str(out)], cwd=ROOT, capture_output=True, text=True)
     assert "`tiny-pretrain.json`" in table.stdout and "seed: A800 1x8" in table.stdout
+
+
+def test_activation_bytes_counts_what_an_uncheckpointed_layer_keeps(tmp_path):
+    out = tmp_path / "bytes.json"
+    runs = {}
+    for n in (32, 64):
+        p = subprocess.run([sys.executable, str(ROOT / "bench" / "activation_bytes.py"), "--config", "tiny",
+                            "--positions", str(n), "--out", str(out)], capture_output=True, text=True)
+        assert p.returncode == 0, p.stdout + p.stderr
+        runs[n] = json.loads(out.read_text())
+    a, b = runs[32], runs[64]
+    assert b["saved_bytes"] == 2 * a["saved_bytes"] > 0  # activations grow with the positions, weights excluded
+    # tiny (hidden 64, ffn 172, bf16): at least the layer's q, k, v, attention output and the MLP's gate, up and
+    # product (3 x 172 + 4 x 64 values per position) are kept; a checkpointed layer keeps its input alone (64).
+    assert a["saved_mib_per_position"] * 2**20 >= (3 * 172 + 4 * 64) * 2
+    assert a["checkpointed_mib_per_position"] * 2**20 == 64 * 2

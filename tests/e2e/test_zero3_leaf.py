@@ -1,5 +1,6 @@
 """ZeRO-3 with whole transformer layers as leaf modules (finetune.zero3_leaf_layers) on two ranks of real DeepSpeed:
-the same training as per-sub-module hooks, step for step, with gradient checkpointing on."""
+the same training as per-sub-module hooks, step for step, with gradient checkpointing on, and with some layers
+kept out of recomputation (finetune.uncheckpointed_layers)."""
 
 from __future__ import annotations
 
@@ -33,6 +34,14 @@ def test_leaf_layers_train_exactly_as_per_module_hooks(tmp_path):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-5, abs=1e-6), (a, b)
     cfg = json.loads((only_run(tmp_path / "leaf") / "run.json").read_text())["config"]["finetune"]
     assert cfg["zero3_leaf_layers"] is True
+
+    # The last decoder layer kept out of recomputation (checkpointed by the kit around the layer's forward, inside
+    # ZeRO-3's hooks on the leaf module): the same training again.
+    kept, kept_facts = _finetune(tmp_path / "kept", "finetune.zero3_leaf_layers=true", "finetune.uncheckpointed_layers=1")
+    assert (base_facts["recomputed_layers"], kept_facts["recomputed_layers"]) == (2, 1)
+    for a, b in zip(base, kept, strict=True):
+        assert b["real_tokens"] == a["real_tokens"]
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5, abs=1e-6), (a, b)
 
 
 def test_leaf_layers_outside_zero3_are_refused(tmp_path):
