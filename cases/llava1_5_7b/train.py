@@ -330,7 +330,7 @@ def train(args: argparse.Namespace, rank: Rank, stage_dir: Path) -> None:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(warmup, steps_total))
     ds_config = deepspeed_config(cfg, args.stage, gas, rank.world, bf16=cfg.train.bf16)
     leaf_modules = 0
-    if stage_cfg.zero_stage == 3 and stage_cfg.zero3_leaf_layers:
+    if stage_cfg.zero3_leaf_layers:  # the config refuses it outside ZeRO-3
         from deepspeed.utils import set_z3_leaf_modules, z3_leaf_module
 
         set_z3_leaf_modules(model, model.layer_classes())  # returns None before DeepSpeed 0.14
