@@ -4,8 +4,9 @@
 
 It builds one decoder layer of the config's LLaMA shape in bf16 (random init), runs a forward of one sequence with
 autograd on, and sums the storages of the tensors autograd saves (saved_tensors_hooks), less the weights and the
-layer's input: what an uncheckpointed layer holds until its backward beyond a checkpointed one, per position. This plans `uncheckpointed_layers` against the
-free memory of a run (peak from bench/results, longest micro-batch from bench/padding.py). Stock transformers modules
+layer's input: what an uncheckpointed layer holds until its backward beyond a checkpointed one, per position. This
+plans `uncheckpointed_layers` against the free memory of a run (peak from bench/results, longest micro-batch from
+bench/padding.py). Stock transformers modules
 on the CPU's SDPA: liger-kernel's fused RMSNorm and SwiGLU (GPU only) and the GPU attention kernels save somewhat
 different tensors, so take it as an estimate for the GPU.
 """

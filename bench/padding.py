@@ -80,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
             exact[i] = ds.sequence_length(i, image_tokens, max_len)
         return exact[i]
 
+    words = ds.modality_lengths()  # the sampler's grouping input, the same for every variant and rank
     first, last = args.steps
     rows = []
     for order, lengths in VARIANTS:
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         for r in range(world):
             sampler = StepBatchSampler(
-                ds.modality_lengths(), micro_batch=st.micro_batch, world_size=world, rank=r, grad_accum=gas,
+                words, micro_batch=st.micro_batch, world_size=world, rank=r, grad_accum=gas,
                 kind=st.sampler, seed=cfg.train.seed, start_step=first - 1, micro_batch_order=order,
                 image_tokens=image_tokens, max_length=max_len, length_of=length if lengths == "tokens" else None,
             )

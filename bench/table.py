@@ -21,6 +21,19 @@ def pct(v: float | None) -> str:
     return "-" if v is None else f"{v * 100:.1f}%"
 
 
+def checkpointing(lv: dict) -> str:
+    if not lv.get("gradient_checkpointing"):
+        return "no checkpointing"
+    kept = lv.get("uncheckpointed_layers", 0)
+    return f"checkpointing but the last {kept} decoder layers" if kept else "checkpointing"
+
+
+def cut_by(lv: dict) -> str:  # files from before micro_batch_lengths existed were cut by word counts
+    if lv.get("micro_batch_order", "sampled") == "sampled":
+        return ""
+    return " of exact lengths" if lv.get("micro_batch_lengths", "words") == "tokens" else " of word-count lengths"
+
+
 def rows(results: Path) -> list[str]:
     out = [
         "| device | stage | setup | token/p/s | MFU (ref formula) | exact MFU | padding waste | peak GiB | result file |",
@@ -28,17 +41,6 @@ def rows(results: Path) -> list[str]:
     ]
     for name, stage, setup, tps, mfu, mem in REFERENCE:
         out.append(f"| {name} | {stage} | {setup} | {tps} | {pct(mfu)} | - | - | {mem} (GB, nvidia-smi) | - |")
-    def checkpointing(lv: dict) -> str:
-        if not lv.get("gradient_checkpointing"):
-            return "no checkpointing"
-        kept = lv.get("uncheckpointed_layers", 0)
-        return f"checkpointing but the last {kept} decoder layers" if kept else "checkpointing"
-
-    def cut_by(lv: dict) -> str:  # files from before micro_batch_lengths existed were cut by word counts
-        if lv.get("micro_batch_order", "sampled") == "sampled":
-            return ""
-        return " of exact lengths" if lv.get("micro_batch_lengths", "words") == "tokens" else " of word-count lengths"
-
     for p in sorted(results.glob("*.json"), key=lambda q: (json.loads(q.read_text()).get("stage"), q.name)):
         r = json.loads(p.read_text())
         lv = r.get("levers", {})

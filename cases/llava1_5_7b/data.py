@@ -446,17 +446,16 @@ class StepBatchSampler(torch.utils.data.Sampler[list[int]]):
     def _step_micro_batches(self, s: int) -> list[list[int]]:
         """Step s's micro-batches of every rank, laid out as the sampler's usual order (b belongs to rank b % W)."""
         step = self._order[s * self.global_batch :][: self.global_batch]
-        if self.micro_batch_order == "sampled":
-            return [step[b : b + self.micro_batch] for b in range(0, len(step), self.micro_batch)]
-        est: Sequence[int] | dict[int, int] = self._est
-        if self._length_of is not None:
-            for i in step:
-                if i not in self._exact:
-                    self._exact[i] = self._length_of(i)
-            est = self._exact
-        if self.micro_batch_order == "by_tokens":
-            return self._by_tokens(step, est)
-        step = self._by_length(step, est)
+        if self.micro_batch_order != "sampled":
+            est: Sequence[int] | dict[int, int] = self._est
+            if self._length_of is not None:
+                for i in step:
+                    if i not in self._exact:
+                        self._exact[i] = self._length_of(i)
+                est = self._exact
+            if self.micro_batch_order == "by_tokens":
+                return self._by_tokens(step, est)
+            step = self._by_length(step, est)
         return [step[b : b + self.micro_batch] for b in range(0, len(step), self.micro_batch)]
 
     def _by_length(self, step: list[int], est: Sequence[int] | dict[int, int]) -> list[int]:
