@@ -36,6 +36,17 @@ def step_range(text: str) -> tuple[int, int]:
     return lo, hi
 
 
+def percentile(values: list[int], q: float) -> float | None:
+    """The q-th percentile, linear between the nearest ranks (numpy's default)."""
+    if not values:
+        return None
+    v = sorted(values)
+    k = (len(v) - 1) * q / 100
+    lo = int(k)
+    hi = min(lo + 1, len(v) - 1)
+    return v[lo] + (v[hi] - v[lo]) * (k - lo)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--config", default="H200x1x1")
@@ -46,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gpus", type=int, help="world size (default: the config's nodes x gpus_per_node)")
     ap.add_argument("--steps", type=step_range, default=(2, 4), help="1-based steps, FIRST-LAST (default 2-4)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    ap.add_argument("--over", type=int, default=0, metavar="POSITIONS",
+                    help="also count the micro-batches of more padded positions than this (for example the "
+                         "stage's uncheckpointed_max_positions)")
     ap.add_argument("--json", type=Path, help="also write the figures to this file")
     args = ap.parse_args(argv)
 
@@ -85,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for order, lengths in VARIANTS:
         real = padded = 0
-        largest = 0
+        sizes: list[int] = []
         t0 = time.perf_counter()
         for r in range(world):
             sampler = StepBatchSampler(
@@ -101,20 +115,30 @@ def main(argv: list[str] | None = None) -> int:
                 n = [length(i) for i in mb]
                 real += sum(n)
                 padded += len(n) * max(n)
-                largest = max(largest, len(n) * max(n))
+                sizes.append(len(n) * max(n))
         rows.append({"micro_batch_order": order, "micro_batch_lengths": lengths,
                      "padding_waste": 1 - real / padded if padded else 0.0, "real_tokens": real,
-                     "padded_tokens": padded, "largest_micro_batch_padded_tokens": largest,
+                     "padded_tokens": padded, "largest_micro_batch_padded_tokens": max(sizes, default=0),
+                     "micro_batches": len(sizes), "micro_batch_padded_tokens_p50": percentile(sizes, 50),
+                     "micro_batch_padded_tokens_p95": percentile(sizes, 95),
+                     **({"micro_batches_over": sum(n > args.over for n in sizes)} if args.over else {}),
                      "cut_s": round(time.perf_counter() - t0, 3)})
     head = (f"{args.config} {args.stage}: {world} GPU(s), micro {st.micro_batch} x GAS {gas}, "
             f"steps {first}-{last}, {len(ds)} records")
     print(head)
-    print(f"{'micro_batch_order':18} {'lengths':8} {'waste':>7} {'real':>9} {'padded':>9} {'largest mb':>10}")
+    over_head = f" {'over ' + format(args.over, ','):>15}" if args.over else ""
+    print(f"{'micro_batch_order':18} {'lengths':8} {'waste':>7} {'real':>9} {'padded':>9} {'mb p50':>8} {'mb p95':>8} "
+          f"{'largest mb':>10}{over_head}")
     for r in rows:
+        over_col = f" {r['micro_batches_over']:>6,} of {r['micro_batches']:<6,}" if args.over else ""
         print(f"{r['micro_batch_order']:18} {r['micro_batch_lengths']:8} {r['padding_waste']:7.1%} "
-              f"{r['real_tokens']:9,} {r['padded_tokens']:9,} {r['largest_micro_batch_padded_tokens']:10,}")
+              f"{r['real_tokens']:9,} {r['padded_tokens']:9,} {r['micro_batch_padded_tokens_p50'] or 0:8,.0f} "
+              f"{r['micro_batch_padded_tokens_p95'] or 0:8,.0f} {r['largest_micro_batch_padded_tokens']:10,}{over_col}")
     if args.json:
-        args.json.write_text(json.dumps({"setup": head, "overrides": args.set, "rows": rows}, indent=2) + "\n")
+        marker = args.data / ".complete"  # a generated set says how it was made (seed, record counts, lengths)
+        made = json.loads(marker.read_text()).get("params") if marker.is_file() else None
+        args.json.write_text(json.dumps({"setup": head, "data": str(args.data), "generated": made,
+                                         "overrides": args.set, "over": args.over, "rows": rows}, indent=2) + "\n")
     return 0
 
 

@@ -65,7 +65,8 @@ def run_one(spec: dict, results: Path, phase_times: bool = False) -> dict:
     run = runs[0].parent
     summary = write_summary(run, plots=False)
     st = summary["stages"].get(stage, {})
-    facts = load_stage(run / stage).facts
+    events = load_stage(run / stage)
+    facts = events.facts
     out.update(
         {
             "run_id": run.name,
@@ -80,6 +81,7 @@ def run_one(spec: dict, results: Path, phase_times: bool = False) -> dict:
             "levers": {
                 "gradient_checkpointing": resolved[stage]["gradient_checkpointing"],
                 "uncheckpointed_layers": resolved[stage].get("uncheckpointed_layers", 0),
+                "uncheckpointed_max_positions": resolved[stage].get("uncheckpointed_max_positions", 0),
                 "kernels": resolved["model"].get("kernels", "none"),
                 "micro_batch_order": resolved[stage].get("micro_batch_order", "sampled"),
                 "micro_batch_lengths": resolved[stage].get("micro_batch_lengths", "words"),
@@ -90,6 +92,8 @@ def run_one(spec: dict, results: Path, phase_times: bool = False) -> dict:
             },
             "records": facts.get("records"),  # the stage's data set: max_steps + 1 global batches since 2026-11-29
             "steps_done": st.get("steps_done"),
+            # micro-batches over uncheckpointed_max_positions, every layer recomputed (all steps, all ranks)
+            "fully_recomputed_micro_batches": sum(s.get("fully_recomputed_micro_batches", 0) for s in events.steps),
             "peak_mem_gib": st.get("mem_used_peak_gib"),
             "mem_total_gib": st.get("mem_total_gib"),
             "mem_reserved_peak_gib": st.get("mem_reserved_peak_gib"),
@@ -119,11 +123,20 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     ap.add_argument("--results", type=Path, default=ROOT / "runs" / "bench")
     ap.add_argument("--phase-times", action="store_true", help="time forward/backward/step per step (phase_timer/)")
+    ap.add_argument("--warmup", action="store_true",
+                    help="first run the first selected configuration once more, unfiled: on a freshly started machine "
+                         "the first run's steps ran slower (kernels compiled on first use; h200x1-finetune-keep4.json "
+                         "and h200x1-finetune-keep8-bounded-first-run.json)")
     args = ap.parse_args()
     plan = tomllib.loads(args.plan.read_text())
     specs = [s for s in plan["run"] if not args.only or s["name"] in args.only]
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
+    if args.warmup and specs:
+        spec = {**specs[0], "name": f"{specs[0]['name']} (warm-up, not filed)"}
+        print(f"== {spec['name']}", flush=True)
+        res = run_one(spec, args.results, args.phase_times)
+        print(json.dumps({k: res.get(k) for k in ("state", "tokens_per_s_per_gpu", "error")}), flush=True)
     for spec in specs:
         print(f"== {spec['name']}: {spec.get('expect', '')}", flush=True)
         res = run_one(spec, args.results, args.phase_times)

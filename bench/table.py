@@ -25,7 +25,12 @@ def checkpointing(lv: dict) -> str:
     if not lv.get("gradient_checkpointing"):
         return "no checkpointing"
     kept = lv.get("uncheckpointed_layers", 0)
-    return f"checkpointing but the last {kept} decoder layers" if kept else "checkpointing"
+    if not kept:
+        return "checkpointing"
+    bound = lv.get("uncheckpointed_max_positions", 0)
+    return f"checkpointing but the last {kept} decoder layers" + (
+        f" in micro-batches of up to {bound:,} positions" if bound else ""
+    )
 
 
 def cut_by(lv: dict) -> str:  # files from before micro_batch_lengths existed were cut by word counts

@@ -101,9 +101,14 @@ class StageConfig:
     sampler: Literal["random", "modality_length"]
     gradient_checkpointing: bool = True
     # With gradient_checkpointing: the last this many LLM decoder layers keep their activations instead of recomputing
-    # them in backward (0: every layer recomputes). Each one kept saves a layer's forward per micro-batch and costs its
+    # them in backward (0: every layer recomputes; without gradient_checkpointing none does, and this does not apply). Each one kept saves a layer's forward per micro-batch and costs its
     # activations: 0.17 MiB per position at the 7B's widths with stock modules (bench/activation_bytes.py).
     uncheckpointed_layers: int = 0
+    # With uncheckpointed_layers > 0: a micro-batch of more positions than this (micro-batch x padded length, image
+    # features included) recomputes every layer, so the kept activations never exceed what this many positions take
+    # whatever lengths the data brings (0: no bound). The longer micro-batches are counted per step
+    # (kit_step.fully_recomputed_micro_batches).
+    uncheckpointed_max_positions: int = 0
     # How a step's samples are cut into micro-batches: as sampled (the reference); sorted by length into equal-size
     # micro-batches (by_length); or sorted by length into as many micro-batches of unequal size and about equal
     # padded tokens, none larger than by_length's largest (by_tokens). Every step trains on the same samples.
@@ -234,11 +239,12 @@ def _validate(cfg: CaseConfig) -> None:
             raise ConfigError(f"{p}: {stage}.offload_optimizer = {s.offload_optimizer} must lie between 0 and 1")
         if 0 < s.offload_optimizer < 1 and s.zero_stage != 3:
             raise ConfigError(f"{p}: {stage}.offload_optimizer: partial offload needs zero_stage 3")
-        if s.uncheckpointed_layers and not s.gradient_checkpointing:
-            raise ConfigError(f"{p}: {stage}.uncheckpointed_layers applies with {stage}.gradient_checkpointing = true")
         if not 0 <= s.uncheckpointed_layers <= cfg.model.llm.layers:
             raise ConfigError(f"{p}: {stage}.uncheckpointed_layers = {s.uncheckpointed_layers} must lie between 0 and "
                               f"model.llm.layers ({cfg.model.llm.layers})")
+        if s.uncheckpointed_max_positions < 0:
+            raise ConfigError(f"{p}: {stage}.uncheckpointed_max_positions = {s.uncheckpointed_max_positions} must not be "
+                              f"negative (0: no bound)")
         if s.zero3_leaf_layers and s.zero_stage != 3:
             raise ConfigError(f"{p}: {stage}.zero3_leaf_layers applies to ZeRO-3 only (zero_stage = {s.zero_stage})")
         if s.lr <= 0:

@@ -159,11 +159,23 @@ def apply_kernels(llm: torch.nn.Module, kernels: str) -> str:
     return "liger"
 
 
-def _recomputed(layer: nn.Module, forward: Callable[..., Any]) -> Callable[..., Any]:
-    """`forward` run under non-reentrant activation checkpointing while `layer` trains with autograd on."""
+def _recomputed(
+    layer: nn.Module, forward: Callable[..., Any], over: int = 0, on_over: Callable[[], None] | None = None
+) -> Callable[..., Any]:
+    """`forward` run under non-reentrant activation checkpointing while `layer` trains with autograd on.
+
+    `over` > 0: only for an input of more than `over` positions (batch x sequence length); `on_over` is called for
+    each such input. Shorter inputs keep their activations.
+    """
 
     def run(*args: Any, **kwargs: Any) -> Any:
         if layer.training and torch.is_grad_enabled():
+            if over:
+                hidden = args[0] if args else kwargs["hidden_states"]
+                if hidden.shape[0] * hidden.shape[1] <= over:
+                    return forward(*args, **kwargs)
+                if on_over is not None:
+                    on_over()
             return torch.utils.checkpoint.checkpoint(forward, *args, use_reentrant=False, **kwargs)
         return forward(*args, **kwargs)
 
@@ -196,6 +208,8 @@ class LlavaForTraining(nn.Module):
         self.image_tokens = (v.image_size // v.patch) ** 2
         self.vocab = max(cfg.llm.vocab, vocab_size or 0)
         self.recomputed_layers = 0  # decoder layers under activation checkpointing (enable_gradient_checkpointing)
+        self.kept_max_positions = 0  # kept layers recompute too above this many positions (0: never)
+        self.fully_recomputed_micro_batches = 0  # training forwards over kept_max_positions, counted since built
 
         self.vision = self._build_vision(vision_dir, dtype, device)
         with _building(dtype, device):
@@ -273,20 +287,32 @@ class LlavaForTraining(nn.Module):
         self.llm.requires_grad_(stage == "finetune")
         self.stage = stage
 
-    def enable_gradient_checkpointing(self, keep_layers: int = 0) -> None:
+    def enable_gradient_checkpointing(self, keep_layers: int = 0, keep_max_positions: int = 0) -> None:
         """Recompute decoder layers in backward; non-reentrant, so it works with a frozen LLM (pretrain).
 
         `keep_layers` > 0: the last that many decoder layers keep their activations and are not recomputed (less
         compute, more memory); the others are checkpointed here, around each layer's forward (module hooks, such
         as ZeRO-3's, stay outside the checkpoint, as transformers 5 does), under any transformers version.
+        `keep_max_positions` > 0: a micro-batch of more positions than that (batch x padded sequence length, image
+        features included) recomputes the kept layers too, so the memory they hold is bounded whatever the data
+        (nothing to bound without kept layers).
         """
         layers = list(self.llm.get_decoder().layers)
         if not 0 <= keep_layers <= len(layers):
             raise ValueError(f"keep_layers = {keep_layers}: the LLM has {len(layers)} decoder layers")
+        if keep_max_positions < 0:
+            raise ValueError(f"keep_max_positions = {keep_max_positions}: a number of positions, 0 for no bound")
         if keep_layers:
-            for layer in layers[: len(layers) - keep_layers]:
+            split = len(layers) - keep_layers
+            for layer in layers[:split]:
                 layer.forward = _recomputed(layer, layer.forward)
-            self.recomputed_layers = len(layers) - keep_layers
+            if keep_max_positions:
+                for i, layer in enumerate(layers[split:]):
+                    layer.forward = _recomputed(
+                        layer, layer.forward, over=keep_max_positions, on_over=self._count_full_recompute if i == 0 else None
+                    )
+            self.recomputed_layers = split
+            self.kept_max_positions = keep_max_positions
             return
         self.recomputed_layers = len(layers)
         kwargs = {"use_reentrant": False}
@@ -295,6 +321,9 @@ class LlavaForTraining(nn.Module):
             enable(activation_checkpointing_kwargs=kwargs)
         else:
             self.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+    def _count_full_recompute(self) -> None:
+        self.fully_recomputed_micro_batches += 1
 
     def train(self, mode: bool = True) -> LlavaForTraining:
         super().train(mode)

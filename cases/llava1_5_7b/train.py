@@ -310,7 +310,9 @@ def train(args: argparse.Namespace, rank: Rank, stage_dir: Path) -> None:
         init_projector = None
     model.set_stage(args.stage)
     if stage_cfg.gradient_checkpointing:
-        model.enable_gradient_checkpointing(keep_layers=stage_cfg.uncheckpointed_layers)
+        model.enable_gradient_checkpointing(
+            keep_layers=stage_cfg.uncheckpointed_layers, keep_max_positions=stage_cfg.uncheckpointed_max_positions
+        )
     image_tokens = model.facts()["image_tokens"]
 
     # ---- optimizer, schedule, engine -----------------------------------------------------------------
@@ -394,6 +396,7 @@ def train(args: argparse.Namespace, rank: Rank, stage_dir: Path) -> None:
             "offload_optimizer": stage_cfg.offload_optimizer,
             "gradient_checkpointing": stage_cfg.gradient_checkpointing,
             "recomputed_layers": model.recomputed_layers,
+            "uncheckpointed_max_positions": model.kept_max_positions,
             "micro_batch_order": stage_cfg.micro_batch_order,
             "micro_batch_lengths": stage_cfg.micro_batch_lengths,
             "zero3_leaf_modules": leaf_modules,
@@ -418,6 +421,7 @@ def train(args: argparse.Namespace, rank: Rank, stage_dir: Path) -> None:
     stat_keys = ("samples", "images", "real_tokens", "padded_tokens", "real_tokens_sq", "supervised_tokens")
     stats_sum = [0] * len(stat_keys)
     loss_sum = torch.zeros((), device=device, dtype=torch.float32)  # stays on the device: no sync per micro-batch
+    full_before = model.fully_recomputed_micro_batches
     step = start_step
     sync()
     t_prev = time.time()
@@ -445,7 +449,9 @@ def train(args: argparse.Namespace, rank: Rank, stage_dir: Path) -> None:
         sync()
         now = time.time()
         step_time, t_prev = now - t_prev, now
-        sums = torch.tensor([*stats_sum, loss_sum.item(), gas], dtype=torch.float64, device=device)
+        full = model.fully_recomputed_micro_batches - full_before
+        full_before = model.fully_recomputed_micro_batches
+        sums = torch.tensor([*stats_sum, full, loss_sum.item(), gas], dtype=torch.float64, device=device)
         mem = torch.tensor(_memory(device, use_cuda), dtype=torch.float64, device=device)
         dist.all_reduce(sums, op=dist.ReduceOp.SUM)
         dist.all_reduce(mem, op=dist.ReduceOp.MAX)
@@ -456,6 +462,7 @@ def train(args: argparse.Namespace, rank: Rank, stage_dir: Path) -> None:
                 "step": step,
                 "step_time_s": step_time,
                 **{k: int(sums[i]) for i, k in enumerate(stat_keys)},
+                "fully_recomputed_micro_batches": int(sums[len(stat_keys)]),
                 "loss": sums[-2] / sums[-1],
                 "lr": lr,
                 "mem_allocated_peak_bytes": int(mem[0]),

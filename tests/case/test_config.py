@@ -59,6 +59,7 @@ def test_bad_values(tmp_path):
         ("pretrain.lr=fast", "pretrain.lr must be a number"),
         ("finetune.uncheckpointed_layers=3", "finetune.uncheckpointed_layers = 3 must lie between 0 and model.llm.layers (2)"),
         ("finetune.uncheckpointed_layers=-1", "must lie between 0 and model.llm.layers (2)"),
+        ("finetune.uncheckpointed_max_positions=-5", "finetune.uncheckpointed_max_positions = -5 must not be negative"),
     ]:
         with pytest.raises(c.ConfigError) as e:
             c.load("tiny", [override])
@@ -95,8 +96,11 @@ def test_overrides_and_round_trip(tmp_path):
         c.load("tiny", ["pretrain.micro_batch"])
 
 
-def test_uncheckpointed_layers_need_checkpointing():
-    with pytest.raises(c.ConfigError) as e:
-        c.load("tiny", ["finetune.gradient_checkpointing=false", "finetune.uncheckpointed_layers=1"])
-    assert "finetune.uncheckpointed_layers applies with finetune.gradient_checkpointing = true" in str(e.value)
+def test_kept_layers_are_switched_off_by_one_override():
+    # H200x1x1 keeps 8 layers out of recomputation, bounded at 14,000 positions: turning checkpointing off, or the
+    # kept layers, takes one --set each; the settings that no longer apply are left as they are, unused.
+    h200 = c.load("H200x1x1")
+    assert (h200.finetune.uncheckpointed_layers, h200.finetune.uncheckpointed_max_positions) == (8, 14000)
+    assert c.load("H200x1x1", ["finetune.gradient_checkpointing=false"]).finetune.gradient_checkpointing is False
+    assert c.load("H200x1x1", ["finetune.uncheckpointed_layers=0"]).finetune.uncheckpointed_layers == 0
     assert c.load("tiny", ["finetune.uncheckpointed_layers=1"]).finetune.uncheckpointed_layers == 1

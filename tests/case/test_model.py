@@ -268,6 +268,44 @@ def test_uncheckpointed_layers_trade_memory_for_recompute_and_change_nothing():
         model.enable_gradient_checkpointing(keep_layers=3)
 
 
+def test_kept_layers_recompute_past_a_bound_of_positions():
+    # keep_max_positions: a micro-batch of more positions than the bound recomputes the kept layer too (and is
+    # counted); one within it keeps the layer's activations. The numbers never change.
+    b = make_batch(long_text=40)  # 3 samples, 4 + image + 3 + 40 positions each once spliced
+    positions = 3 * (4 + PATCHES + 3 + 40)
+    runs = {}
+    for keep, bound in ((0, 0), (1, 0), (1, positions), (1, positions - 1), (2, 1)):
+        model = make_model()
+        model.set_stage("finetune")
+        model.train()
+        model.enable_gradient_checkpointing(keep_layers=keep, keep_max_positions=bound)
+        assert model.kept_max_positions == bound
+        loss, saved = _saved_bytes(model, b)
+        loss.backward()
+        runs[keep, bound] = (loss.detach(), saved, _grads(model), model.fully_recomputed_micro_batches)
+    assert runs[1, positions][1] == runs[1, 0][1] and runs[1, positions][3] == 0  # within the bound: kept
+    assert runs[1, positions - 1][1] < runs[1, 0][1]  # past it: recomputed like the other layer
+    assert runs[1, positions - 1][1] == runs[2, 1][1]  # as when every layer is kept and every one goes over
+    assert runs[1, positions - 1][3] == runs[2, 1][3] == 1 and runs[0, 0][3] == runs[1, 0][3] == 0
+    for loss, _, grads, _ in runs.values():
+        torch.testing.assert_close(loss, runs[0, 0][0])
+        for n, g in runs[0, 0][2].items():
+            torch.testing.assert_close(grads[n], g, rtol=1e-5, atol=1e-6)
+    # counted per training forward, never in eval
+    model = make_model()
+    model.set_stage("finetune")
+    model.enable_gradient_checkpointing(keep_layers=1, keep_max_positions=1)
+    model.train()
+    model(**b).backward()
+    model(**b).backward()
+    model.eval()
+    with torch.no_grad():
+        model(**b)
+    assert model.fully_recomputed_micro_batches == 2
+    with pytest.raises(ValueError, match="keep_max_positions = -1: a number of positions, 0 for no bound"):
+        make_model().enable_gradient_checkpointing(keep_layers=1, keep_max_positions=-1)
+
+
 def test_vision_truncation_matches_full_tower(tmp_path):
     torch.manual_seed(1)
     v = CFG.vision

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -20,10 +21,16 @@ def kit(*args: str, env: dict | None = None, timeout: float = 900) -> subprocess
     )  # fmt: skip
 
 
+def _default_sigint() -> None:
+    # A command started in the background of a non-interactive shell (`cmd &` in a script) inherits SIGINT ignored,
+    # and so would kit; the Ctrl-C tests need kit to see it as a terminal's foreground job does.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_kit(*args: str, env: dict | None = None) -> subprocess.Popen:
     return subprocess.Popen(
         [*KIT, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env={**os.environ, "COLUMNS": "200", **(env or {})}, start_new_session=True,
+        env={**os.environ, "COLUMNS": "200", **(env or {})}, start_new_session=True, preexec_fn=_default_sigint,
     )  # fmt: skip
 
 

@@ -21,16 +21,21 @@ def test_plan_to_result_files_with_phase_times(tmp_path):
     )
     out, runs = tmp_path / "results", tmp_path / "runs"
     r = subprocess.run(
-        [sys.executable, "bench/run.py", str(plan), "--out", str(out), "--results", str(runs), "--phase-times"],
+        [sys.executable, "bench/run.py", str(plan), "--out", str(out), "--results", str(runs), "--phase-times",
+         "--warmup"],
         cwd=ROOT, capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert r.returncode == 0, r.stdout + r.stderr
+    # --warmup: the first configuration ran once more before, into the runs but not into the result files
+    assert "== tiny-pretrain (warm-up, not filed)" in r.stdout
+    assert len(list(runs.glob("*/run.json"))) == 2 and [p.name for p in out.iterdir()] == ["tiny-pretrain.json"]
     res = json.loads((out / "tiny-pretrain.json").read_text())
     assert res["state"] == "finished" and res["overrides"] == ["pretrain.micro_batch=2"]
     for key in FIELDS:
         assert key in res, key
     assert res["tokens_per_s_per_gpu"] > 0 and 0 <= res["padding_waste"] < 1
     assert res["versions"]["deepspeed"] and res["levers"]["gradient_checkpointing"] in (True, False)
+    assert res["levers"]["uncheckpointed_max_positions"] == 0 and res["fully_recomputed_micro_batches"] == 0
     times = res["phase_times_s"]
     assert len(times) == 3  # one line per optimizer step
     for step in times:

@@ -1,14 +1,17 @@
 """ZeRO-3 with whole transformer layers as leaf modules (finetune.zero3_leaf_layers) on two ranks of real DeepSpeed:
-the same training as per-sub-module hooks, step for step, with gradient checkpointing on, and with some layers
-kept out of recomputation (finetune.uncheckpointed_layers)."""
+the same training as per-sub-module hooks, step for step, with gradient checkpointing on, with some layers
+kept out of recomputation (finetune.uncheckpointed_layers), and with those kept only in micro-batches within a
+bound of positions (finetune.uncheckpointed_max_positions)."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 
-from .helpers import events, kit, only_run, steps
+from .helpers import ROOT, events, kit, only_run, steps
 
 
 def _finetune(results, *sets: str) -> tuple[list[dict], dict]:
@@ -42,6 +45,31 @@ def test_leaf_layers_train_exactly_as_per_module_hooks(tmp_path):
     for a, b in zip(base, kept, strict=True):
         assert b["real_tokens"] == a["real_tokens"]
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-5, abs=1e-6), (a, b)
+
+    # Bounded at the mean micro-batch: the longer micro-batches recompute the kept layer too, the shorter do not,
+    # switching from one micro-batch to the next under ZeRO-3's hooks; the same training again, the longer counted.
+    per_step = base_facts["grad_accum"] * base_facts["world_size"]
+    bound = sum(s["padded_tokens"] for s in base) // (len(base) * per_step)
+    bounded, bounded_facts = _finetune(tmp_path / "bounded", "finetune.zero3_leaf_layers=true",
+                                       "finetune.uncheckpointed_layers=1",
+                                       f"finetune.uncheckpointed_max_positions={bound}")  # fmt: skip
+    assert bounded_facts["uncheckpointed_max_positions"] == bound
+    over = [s["fully_recomputed_micro_batches"] for s in bounded]
+    assert 0 < sum(over) < len(bounded) * per_step, (bound, over)
+    assert all(s["fully_recomputed_micro_batches"] == 0 for s in kept)
+    for a, b in zip(base, bounded, strict=True):
+        assert b["padded_tokens"] == a["padded_tokens"]
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5, abs=1e-6), (a, b)
+    # bench/padding.py --over predicts from the data alone how many go over
+    out = tmp_path / "padding.json"
+    p = subprocess.run([sys.executable, str(ROOT / "bench" / "padding.py"), "--config", "tiny", "--data",
+                        str(only_run(tmp_path / "bounded") / "synthetic"), "--steps", "1-3", "--over", str(bound),
+                        "--json", str(out)], capture_output=True, text=True)  # fmt: skip
+    assert p.returncode == 0, p.stdout + p.stderr
+    order = bounded_facts["micro_batch_order"]  # tiny: as sampled, whose row padding.py files under "words"
+    row = next(r for r in json.loads(out.read_text())["rows"] if r["micro_batch_order"] == order
+               and r["micro_batch_lengths"] == ("words" if order == "sampled" else "tokens"))
+    assert (row["micro_batches"], row["micro_batches_over"]) == (len(bounded) * per_step, sum(over))
 
 
 def test_leaf_layers_outside_zero3_are_refused(tmp_path):
