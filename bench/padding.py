@@ -17,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -34,17 +36,6 @@ def step_range(text: str) -> tuple[int, int]:
     if not 1 <= lo <= hi:
         raise argparse.ArgumentTypeError(f"--steps {text!r}: expected FIRST-LAST with 1 <= FIRST <= LAST")
     return lo, hi
-
-
-def percentile(values: list[int], q: float) -> float | None:
-    """The q-th percentile, linear between the nearest ranks (numpy's default)."""
-    if not values:
-        return None
-    v = sorted(values)
-    k = (len(v) - 1) * q / 100
-    lo = int(k)
-    hi = min(lo + 1, len(v) - 1)
-    return v[lo] + (v[hi] - v[lo]) * (k - lo)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -119,8 +110,9 @@ def main(argv: list[str] | None = None) -> int:
         rows.append({"micro_batch_order": order, "micro_batch_lengths": lengths,
                      "padding_waste": 1 - real / padded if padded else 0.0, "real_tokens": real,
                      "padded_tokens": padded, "largest_micro_batch_padded_tokens": max(sizes, default=0),
-                     "micro_batches": len(sizes), "micro_batch_padded_tokens_p50": percentile(sizes, 50),
-                     "micro_batch_padded_tokens_p95": percentile(sizes, 95),
+                     "micro_batches": len(sizes),
+                     **{f"micro_batch_padded_tokens_p{q}": float(np.percentile(sizes, q)) if sizes else None
+                        for q in (50, 95)},
                      **({"micro_batches_over": sum(n > args.over for n in sizes)} if args.over else {}),
                      "cut_s": round(time.perf_counter() - t0, 3)})
     head = (f"{args.config} {args.stage}: {world} GPU(s), micro {st.micro_batch} x GAS {gas}, "

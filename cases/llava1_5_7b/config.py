@@ -101,8 +101,9 @@ class StageConfig:
     sampler: Literal["random", "modality_length"]
     gradient_checkpointing: bool = True
     # With gradient_checkpointing: the last this many LLM decoder layers keep their activations instead of recomputing
-    # them in backward (0: every layer recomputes; without gradient_checkpointing none does, and this does not apply). Each one kept saves a layer's forward per micro-batch and costs its
-    # activations: 0.17 MiB per position at the 7B's widths with stock modules (bench/activation_bytes.py).
+    # them in backward (0: every layer recomputes; without gradient_checkpointing none does, and this does not apply).
+    # Each one kept saves a layer's forward per micro-batch and costs its activations: 0.17 MiB per position at the
+    # 7B's widths with stock modules (bench/activation_bytes.py).
     uncheckpointed_layers: int = 0
     # With uncheckpointed_layers > 0: a micro-batch of more positions than this (micro-batch x padded length, image
     # features included) recomputes every layer, so the kept activations never exceed what this many positions take
