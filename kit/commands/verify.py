@@ -1,0 +1,10 @@
+"""`kit verify`: placeholder while it is being written."""
+
+from __future__ import annotations
+
+import typer
+
+
+def verify() -> None:
+    """(being written)"""
+    raise typer.Exit(2)
