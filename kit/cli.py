@@ -44,7 +44,10 @@ def main_options(
 
 
 def fail(message: str, code: int = 2) -> None:
-    err.print(f"[bold red]error:[/] {message}")
+    from rich.markup import escape
+
+    # Escaped: "[pretrain]" in a message is text, not markup; soft-wrapped, so a long fix stays one pasteable line.
+    err.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -54,7 +57,11 @@ def run(
     nodes: int = typer.Option(1, help="Nodes (one container each)."),
     gpus: int = typer.Option(None, help="GPUs per node (ranks per node on CPU); default: the config's."),
     stage: str = typer.Option("all", help="all, train (pretrain + finetune), pretrain, finetune or eval."),
-    config: str = typer.Option("A800x1x8", help="Config name (cases/CASE/configs/NAME.toml) or a .toml path."),
+    config: str = typer.Option(
+        None,
+        help="Config name (cases/CASE/configs/NAME.toml) or a .toml path; default: A800x{nodes}x{gpus} where one ships "
+        "(A800x1x1, A800x1x8, A800x2x8), else A800x1x8.",
+    ),
     data: Path = typer.Option(None, help="Data root in the real layout (not needed with --synthetic)."),
     models: Path = typer.Option(None, help="Directory with the LLM and CLIP checkpoint directories."),
     results: Path = typer.Option(Path("runs"), help="Where run directories are created."),
@@ -186,7 +193,7 @@ def report(
 
 @app.command()
 def configs(case: str = typer.Argument("llava1_5_7b", help="The case.")) -> None:
-    """List a case's configs and what each sets (devices, batches, ZeRO stages).
+    """List a case's configs and what each sets (devices, batches and GAS at the config's own scale, ZeRO stages).
 
     Example:
 
@@ -202,14 +209,23 @@ def configs(case: str = typer.Argument("llava1_5_7b", help="The case.")) -> None
         fail(str(e))
     mod = __import__(c.module("config"), fromlist=["available", "load"])
     table = Table(title=f"{case} configs")
-    for col in ("name", "description", "nodes x gpus", "pretrain (ZeRO, micro/global)", "finetune (ZeRO, micro/global)"):
+    for col in ("name", "description", "nodes x gpus", "pretrain (ZeRO, micro/GAS/global)",
+                "finetune (ZeRO, micro/GAS/global)"):  # fmt: skip
         table.add_column(col)
+
+    def batches(cfg, stage: str) -> str:
+        s = cfg.stage(stage)
+        try:
+            gas = cfg.grad_accum(stage, cfg.nodes * cfg.gpus_per_node)  # GAS on the config's own nodes x gpus
+        except ValueError:
+            gas = "?"  # its global batch does not divide on its own scale: `kit run` refuses it with the fix
+        return f"{s.zero_stage}, {s.micro_batch}/{gas}/{s.global_batch}"
+
     for name in mod.available():
         cfg = mod.load(name)
-        p, f = cfg.pretrain, cfg.finetune
         table.add_row(
-            name, cfg.description, f"{cfg.nodes} x {cfg.gpus_per_node}",
-            f"{p.zero_stage}, {p.micro_batch}/{p.global_batch}", f"{f.zero_stage}, {f.micro_batch}/{f.global_batch}",
+            name, cfg.description, f"{cfg.nodes} x {cfg.gpus_per_node}", batches(cfg, "pretrain"),
+            batches(cfg, "finetune"),
         )  # fmt: skip
     console.print(table)
 

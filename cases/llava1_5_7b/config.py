@@ -163,14 +163,54 @@ class CaseConfig:
 
     def grad_accum(self, stage: str, world_size: int) -> int:
         """GAS that keeps the config's global batch on `world_size` ranks (the LLaVA authors' rule)."""
+        self.check_world_size(world_size, (stage,))
         s = self.stage(stage)
-        per_step = s.micro_batch * world_size
-        if s.global_batch % per_step:
-            raise ConfigError(
-                f"{self.path}: [{stage}] global_batch {s.global_batch} is not a multiple of micro_batch "
-                f"{s.micro_batch} x {world_size} ranks; choose a micro_batch or GPU count that divides it"
+        return s.global_batch // (s.micro_batch * world_size)
+
+    def check_world_size(self, world_size: int, stages: tuple[str, ...] | list[str] = STAGES) -> None:
+        """Refuse `world_size` ranks where a stage's global batch is not a multiple of micro_batch x ranks, in one line
+        naming what works: the shipped configs made for that many ranks (`--config NAME`), and the largest micro
+        batch per stage that keeps the global batch (`--set STAGE.micro_batch=M`), or that no micro batch does."""
+        bad = [st for st in stages if self.stage(st).global_batch % (self.stage(st).micro_batch * world_size)]
+        if not bad:
+            return
+        problems = ", ".join(
+            f"[{st}] global_batch {self.stage(st).global_batch} is not a multiple of micro_batch "
+            f"{self.stage(st).micro_batch} x {world_size} ranks"
+            for st in bad
+        )
+        made_for = []
+        for name in available():
+            if name == self.name:
+                continue
+            try:
+                other = load(name)
+            except ConfigError:
+                continue
+            if other.nodes * other.gpus_per_node == world_size and not any(
+                other.stage(st).global_batch % (other.stage(st).micro_batch * world_size) for st in bad
+            ):
+                made_for.append(f"--config {name} (made for {other.nodes} x {other.gpus_per_node})")
+        micro = {
+            st: next((m for m in range(self.stage(st).micro_batch, 0, -1)
+                      if self.stage(st).global_batch % (m * world_size) == 0), None)
+            for st in bad
+        }  # fmt: skip
+        configs = " or ".join(made_for)
+        if all(micro.values()):
+            sets = " ".join(f"--set {st}.micro_batch={m}" for st, m in micro.items())
+            fix = f"use {configs}, or {sets}" if configs else f"use {sets}"
+        else:
+            stuck = [st for st, m in micro.items() if m is None]
+            batches = " and ".join(str(self.stage(st).global_batch) for st in stuck)
+            many = len(stuck) > 1
+            fix = (
+                f"{world_size} ranks cannot keep the global batch{'es' if many else ''} with any "
+                f"{' / '.join(f'--set {st}.micro_batch' for st in stuck)} ({batches} "
+                f"{'are not multiples' if many else 'is not a multiple'} of {world_size}): choose nodes x gpus "
+                f"dividing {batches}" + (f", or use {configs}" if configs else "")
             )
-        return s.global_batch // per_step
+        raise ConfigError(f"{self.path}: {problems}: {fix}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

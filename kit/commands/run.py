@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import getpass
 import json
-import os
-import platform
-import socket
 import sys
 import time
 import uuid
@@ -69,7 +65,7 @@ TRAIN_STAGES = ("pretrain", "finetune")
 
 
 def plan(
-    case_name: str, config: str, stage: str, *, nodes: int = 1, gpus: int | None = None,
+    case_name: str, config: str | None, stage: str, *, nodes: int = 1, gpus: int | None = None,
     results: Path = Path("runs"), data: Path | None = None, models: Path | None = None, synthetic: bool = False,
     max_steps: int = 0, native: bool = False, save: bool = True, python: str = sys.executable,
     overrides: list[str] | None = None, mmmu: Path | None = None, model_dir: Path | None = None,
@@ -77,9 +73,16 @@ def plan(
     ssh_options: list[str] | None = None, master_addr: str | None = None, master_port: int | None = None,
     env: list[str] | None = None, ulimits: list[str] | None = None,
 ) -> tuple[RunRequest, object]:
-    """Check the request before anything is written, so a bad one leaves no half-made run behind."""
+    """Check the request before anything is written, so a bad one leaves no half-made run behind.
+
+    Without `config`, the scale picks it: A800x{nodes}x{gpus} (gpus 8 when not given) where the case ships one,
+    else A800x1x8 run at the given scale (the global batch check below then names what works).
+    """
     case = cases.get(case_name)
     overrides = list(overrides or [])
+    if config is None:
+        scaled = f"A800x{nodes}x{gpus or 8}"
+        config = scaled if scaled in cases.config_module(case).available() else "A800x1x8"
     cfg = cases.load_config(case, config, overrides)
     if stage == "all":
         stages = list(case.stages)
@@ -111,10 +114,9 @@ def plan(
             raise UsageError(str(e)) from None
         if master_port is not None and not 1024 <= master_port <= 65535:
             raise UsageError(f"--master-port {master_port}: expected a port from 1024 to 65535")
-    for s in stages:
-        if s in TRAIN_STAGES:
-            cfg.grad_accum(s, nodes * gpus)  # raises with the fix when the global batch does not divide
     training = [s for s in stages if s in TRAIN_STAGES]
+    # Raises, naming every stage whose global batch does not divide and the --config / --set that fix it.
+    cfg.check_world_size(nodes * gpus, training)
     if not synthetic:
         needed = [("--data", data)] if training else []
         needed += [("--models", models)]
@@ -251,15 +253,9 @@ def score_eval(run: Path) -> str | None:
 
 
 def host_facts() -> dict:
-    return {
-        "hostname": socket.gethostname(),
-        "user": getpass.getuser(),
-        "os": platform.platform(),
-        "python": sys.version.split()[0],
-        "cpu": platform.processor() or platform.machine(),
-        "cpus": os.cpu_count(),
-        "kit_version": __version__,
-    }
+    from ..hostfacts import host_facts as facts
+
+    return facts()
 
 
 def start(req: RunRequest, cfg, console: Console) -> tuple[Path, int]:
@@ -347,6 +343,20 @@ def replan(meta: dict):
     return p
 
 
+def write_inputs(run: Path, req: RunRequest, config: dict, console: Console) -> None:
+    """inputs.json: the sha256 of every record file, checkpoint file and MMMU parquet the run reads (kit.identity)."""
+    from .. import identity
+
+    with console.status("hashing the inputs (record files, weights, MMMU) for the run's identity"):
+        facts = identity.collect(
+            data=Path(req.data) if req.data else None, models=Path(req.models) if req.models else None,
+            mmmu=Path(req.mmmu) if req.mmmu else None,
+            synthetic_dir=run / "synthetic" if req.synthetic else None, stages=req.stages, config=config,
+            cache_path=Path(req.results) / identity.CACHE_NAME,
+        )  # fmt: skip
+    rundir.write_json(run / "inputs.json", facts)
+
+
 def _execute(run: Path, console: Console, resumed: bool, launcher) -> int:
     meta = rundir.read_json(run / "run.json")
     fields = {k: meta[k] for k in RunRequest.__dataclass_fields__ if k in meta}
@@ -385,6 +395,9 @@ def _execute(run: Path, console: Console, resumed: bool, launcher) -> int:
             console.print(Text(tail_lines(run / "logs" / "synthetic.log", 20)))
             rundir.append_status(run, "failed", detail="synthetic data generation failed")
             return EXIT_FAILED
+
+    if not (run / "inputs.json").exists():
+        write_inputs(run, req, meta["config"], console)
 
     mmmu_questions = meta["config"]["synthetic"].get("mmmu_questions", 30)
     with StageProgress(console) as display:

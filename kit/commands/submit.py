@@ -1,10 +1,55 @@
-"""`kit submit`: placeholder while it is being written."""
+"""`kit submit`: pack finished runs of a case into a submission (raw facts, system description, manifest, tarball)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
+from rich.console import Console
+from rich.markup import escape
+
+console = Console()
+err = Console(stderr=True)
 
 
-def submit() -> None:
-    """(being written)"""
-    raise typer.Exit(2)
+def submit(
+    runs: list[Path] = typer.Argument(..., metavar="RUN...", help="Finished run directories of one system and image."),
+    system: Path = typer.Option(..., "--system", help="SYSTEM.toml: submitter, system_name, division, status, cooling."),
+    out: Path = typer.Option(..., "--out", help="Where the submission folder, its .tar.gz and .sha256 are written."),
+    allow_synthetic: bool = typer.Option(False, help="Pack synthetic runs (marked synthetic wherever shown)."),
+    sign_key: Path = typer.Option(None, "--sign-key", help="ssh private key: sign manifest.json (ssh-keygen -Y sign)."),
+    case: str = typer.Option("llava1_5_7b", help="The case whose rules apply."),
+) -> None:
+    """Pack runs into a submission that `kit verify` checks and `kit compare` tabulates.
+
+    The submission carries each run's raw facts (run.json, environment.json, inputs.json, config, status,
+    every stage's events.log and rank logs, the MMMU responses and judgements, the build record), a system
+    description filled from the runs' facts plus SYSTEM.toml, and a manifest with the sha256 and size of
+    every file. Checkpoints, weights and generated data stay out (their sha256 is recorded).
+
+    Examples:
+
+      kit submit runs/RUN1 runs/RUN2 runs/RUN3 --system system.toml --out submissions/
+
+      kit submit runs/RUN1 runs/RUN2 runs/RUN3 --system system.toml --out submissions/ --sign-key ~/.ssh/id_ed25519
+    """
+    from .. import rules as rules_mod
+    from ..submission import SubmissionError, pack
+
+    try:
+        rules = rules_mod.load(case)
+        packed = pack(list(runs), system, out, rules, allow_synthetic=allow_synthetic, sign_key=sign_key)
+    except (SubmissionError, rules_mod.RulesError) as e:
+        err.print(f"[bold red]error:[/] {escape(str(e))}")
+        raise typer.Exit(2) from None
+    mark = " [yellow](synthetic: measures the kit, not the case)[/]" if packed.synthetic else ""
+    console.print(f"submission [bold]{escape(str(packed.root))}[/]{mark}: {len(runs)} run(s), category {packed.category}")
+    if packed.breaks:
+        console.print(f"open division: {len(packed.breaks)} break(s) of the fixed rules, listed in submission.json:")
+        for b in packed.breaks:
+            console.print(f"  - {escape(str(b))}")
+    console.print(f"tarball   {escape(str(packed.tarball))}")
+    console.print(f"sha256    {packed.sha256}")
+    if packed.signature:
+        console.print(f"signature {escape(str(packed.signature))}")
+    console.print(f"check it: kit verify {escape(str(packed.tarball))}")

@@ -8,7 +8,7 @@ from cases.llava1_5_7b import config as c
 
 
 def test_shipped_configs_load_and_keep_the_reference_global_batches():
-    assert set(c.available()) >= {"A800x1x8", "H200x1x1", "tiny"}
+    assert set(c.available()) >= {"A800x1x1", "A800x1x8", "A800x2x8", "H200x1x1", "tiny"}
     ref = c.load("A800x1x8")
     assert (ref.pretrain.micro_batch, ref.finetune.micro_batch) == (32, 16)
     assert (ref.grad_accum("pretrain", 8), ref.grad_accum("finetune", 8)) == (1, 1)
@@ -104,3 +104,72 @@ def test_kept_layers_are_switched_off_by_one_override():
     assert c.load("H200x1x1", ["finetune.gradient_checkpointing=false"]).finetune.gradient_checkpointing is False
     assert c.load("H200x1x1", ["finetune.uncheckpointed_layers=0"]).finetune.uncheckpointed_layers == 0
     assert c.load("tiny", ["finetune.uncheckpointed_layers=1"]).finetune.uncheckpointed_layers == 1
+
+
+# The scales FlagPerf asks of vendors: each config differs from the reference only in these keys.
+SCALES = {"A800x1x1": (1, 1, (8, 8)), "A800x1x8": (1, 8, (1, 1)), "A800x2x8": (2, 8, (1, 1))}
+SCALE_KEYS = {
+    "": ("name", "path", "description", "nodes", "gpus_per_node"),
+    "pretrain": ("micro_batch",),
+    "finetune": ("micro_batch", "offload_optimizer"),
+}
+
+
+def without_scale_keys(cfg: c.CaseConfig) -> dict:
+    d = cfg.to_dict()
+    for table, keys in SCALE_KEYS.items():
+        for key in keys:
+            (d[table] if table else d).pop(key)
+    return d
+
+
+@pytest.mark.parametrize("name", sorted(SCALES))
+def test_vendor_scales_are_the_reference_but_for_scale_keys(name):
+    nodes, gpus, gas = SCALES[name]
+    cfg = c.load(name)
+    assert (cfg.nodes, cfg.gpus_per_node) == (nodes, gpus)
+    assert without_scale_keys(cfg) == without_scale_keys(c.load("A800x1x8"))
+    assert (cfg.grad_accum("pretrain", nodes * gpus), cfg.grad_accum("finetune", nodes * gpus)) == gas
+    for stage, global_batch in (("pretrain", 256), ("finetune", 128)):
+        s = cfg.stage(stage)
+        assert s.global_batch == global_batch == s.micro_batch * cfg.grad_accum(stage, nodes * gpus) * nodes * gpus
+    assert (cfg.pretrain.micro_batch, cfg.finetune.micro_batch) == {1: (32, 16), 8: (32, 16), 16: (16, 8)}[nodes * gpus]
+    # One 80 GB GPU cannot hold a 7B's ZeRO-3 weights, gradients and Adam states: 1x1 offloads the optimizer.
+    assert cfg.finetune.offload_optimizer == (1.0 if name == "A800x1x1" else 0.0)
+    assert cfg.pretrain.offload_optimizer == 0.0
+
+
+def test_refusal_names_the_config_and_the_micro_batch_that_work():
+    ref = c.load("A800x1x8")
+    with pytest.raises(c.ConfigError) as e:
+        ref.grad_accum("pretrain", 16)
+    msg = str(e.value)
+    assert "\n" not in msg
+    assert "[pretrain] global_batch 256 is not a multiple of micro_batch 32 x 16 ranks: use --config A800x2x8 " \
+           "(made for 2 x 8), or --set pretrain.micro_batch=16" in msg
+    # Both stages at once: one line names both fixes.
+    with pytest.raises(c.ConfigError) as e:
+        ref.check_world_size(16, ("pretrain", "finetune"))
+    assert "[finetune] global_batch 128 is not a multiple of micro_batch 16 x 16 ranks" in str(e.value)
+    assert str(e.value).endswith("use --config A800x2x8 (made for 2 x 8), or --set pretrain.micro_batch=16 "
+                                 "--set finetune.micro_batch=8")
+    # No shipped config for 32 ranks: the micro batch alone.
+    with pytest.raises(c.ConfigError, match=r"32 ranks: use --set pretrain\.micro_batch=8$"):
+        ref.grad_accum("pretrain", 32)
+    # A config never suggests itself: on 8 ranks with micro 64, only the micro batch is named.
+    with pytest.raises(c.ConfigError, match=r"64 x 8 ranks: use --set pretrain\.micro_batch=32$"):
+        c.load("A800x1x8", ["pretrain.micro_batch=64"]).grad_accum("pretrain", 8)
+    # 1 x 1 has two configs made for it.
+    with pytest.raises(c.ConfigError, match=r"use --config A800x1x1 \(made for 1 x 1\) or --config H200x1x1 "):
+        c.load("A800x1x8", ["pretrain.micro_batch=512"]).grad_accum("pretrain", 1)
+
+
+def test_refusal_when_no_micro_batch_keeps_the_global_batch():
+    with pytest.raises(c.ConfigError) as e:
+        c.load("A800x1x8").check_world_size(3)
+    assert str(e.value).endswith(
+        "3 ranks cannot keep the global batches with any --set pretrain.micro_batch / --set finetune.micro_batch "
+        "(256 and 128 are not multiples of 3): choose nodes x gpus dividing 256 and 128"
+    )
+    with pytest.raises(c.ConfigError, match=r"with any --set pretrain\.micro_batch \(256 is not a multiple of 6\)"):
+        c.load("A800x1x8").grad_accum("pretrain", 6)

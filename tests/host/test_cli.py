@@ -69,3 +69,68 @@ def test_container_path_without_an_engine(tmp_path, monkeypatch):
     out = "".join(r.output.split())  # Rich wraps long paths anywhere
     assert f"node0(local):cannotreachtheDockerengineatunix://{tmp_path}/absent.sock" in out and "fix:" in out
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def planned(config, nodes=1, gpus=None, hosts=None, **kw):
+    """`kit run`'s checks alone (plan() parses --hosts and reaches no engine): the chosen config's name."""
+    from kit.commands import run as run_cmd
+
+    req, cfg = run_cmd.plan("llava1_5_7b", config, "all", nodes=nodes, gpus=gpus, native=False, synthetic=True,
+                            hosts=hosts, **kw)  # fmt: skip
+    assert req.config == cfg.name
+    return req
+
+
+@pytest.mark.parametrize(
+    "nodes, gpus, hosts, name",
+    [(2, 8, "local,local", "A800x2x8"), (2, None, "a,b", "A800x2x8"), (1, 1, None, "A800x1x1"),
+     (1, None, None, "A800x1x8"), (1, 8, None, "A800x1x8")],
+)  # fmt: skip
+def test_the_scale_picks_the_config(nodes, gpus, hosts, name):
+    req = planned(None, nodes, gpus, hosts)
+    assert (req.config, req.nodes, req.gpus) == (name, nodes, gpus or 8)
+
+
+def test_a_given_config_is_kept_and_an_unshipped_scale_falls_back_to_the_reference():
+    assert planned("A800x1x8", 1, 1).config == "A800x1x8"  # 1 GPU, GAS 8: allowed, not replaced by A800x1x1
+    assert planned("H200x1x1").config == "H200x1x1"
+    req = planned(None, 1, 2)  # no A800x1x2: the reference's config at 1 x 2 (GAS 4)
+    assert (req.config, req.gpus) == ("A800x1x8", 2)
+    from kit.commands import run as run_cmd
+
+    # No A800x4x8: the reference's config at 4 x 8, refused with the micro batches that keep the global batches.
+    with pytest.raises(ValueError, match=r"32 x 32 ranks, .*: use --set pretrain\.micro_batch=8 --set finetune\.micro_batch=4$"):
+        planned(None, 4, 8, "a,b,c,d")
+    with pytest.raises(ValueError) as e:
+        planned("A800x1x8", 1, 3)
+    msg = str(e.value)
+    assert "[pretrain] global_batch 256 is not a multiple of micro_batch 32 x 3 ranks" in msg
+    assert "cannot keep the global batches with any --set pretrain.micro_batch / --set finetune.micro_batch" in msg
+    assert "choose nodes x gpus dividing 256 and 128" in msg
+    # --stage pretrain: only pretrain's batch is checked and named.
+    with pytest.raises(ValueError, match=r"\[pretrain\][^,]*: use --config A800x2x8 \(made for 2 x 8\), or "
+                                         r"--set pretrain\.micro_batch=16$"):  # fmt: skip
+        run_cmd.plan("llava1_5_7b", "A800x1x8", "pretrain", nodes=2, gpus=8, synthetic=True, hosts="a,b")
+
+
+def test_the_refusal_reaches_the_user_as_one_line_with_exit_2(tmp_path):
+    r = runner.invoke(
+        app,
+        ["run", "llava1_5_7b", "--config", "A800x1x8", "--nodes", "2", "--gpus", "8", "--hosts", "a,b", "--synthetic",
+         "--dry-run", "--results", str(tmp_path)],
+        env={"COLUMNS": "1000"},  # wide enough that Rich does not wrap the line
+    )  # fmt: skip
+    assert r.exit_code == 2, r.output
+    assert "Traceback" not in r.output and isinstance(r.exception, SystemExit)  # typer.Exit(2), nothing raised
+    (line,) = r.output.strip().splitlines()
+    assert line.startswith("error: ") and line.endswith(
+        "A800x1x8.toml: [pretrain] global_batch 256 is not a multiple of micro_batch 32 x 16 ranks, [finetune] "
+        "global_batch 128 is not a multiple of micro_batch 16 x 16 ranks: use --config A800x2x8 (made for 2 x 8), "
+        "or --set pretrain.micro_batch=16 --set finetune.micro_batch=8"
+    )
+    assert not any(tmp_path.iterdir())
+    # Without --config the scale picks the config; --native's dry run reaches no engine, so it runs through here.
+    r = runner.invoke(app, ["run", "llava1_5_7b", "--nodes", "1", "--gpus", "1", "--synthetic", "--native", "--dry-run",
+                            "--results", str(tmp_path)])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "config A800x1x1" in " ".join(r.output.split())
