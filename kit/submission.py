@@ -156,6 +156,16 @@ class RunFacts:
                 "eval": self.eval_facts, "inputs": self.inputs}  # fmt: skip
 
 
+def _config_difference(a: dict[str, Any], b: dict[str, Any]) -> str | None:
+    from .rules import flatten
+
+    fa, fb = flatten(a), flatten(b)
+    for k in sorted(set(fa) | set(fb)):
+        if fa.get(k) != fb.get(k):
+            return f"{k} = {fa.get(k)!r} vs {fb.get(k)!r}"
+    return None
+
+
 def read_run(path: Path) -> RunFacts:
     run = _json(path / "run.json")
     if not isinstance(run, dict):
@@ -191,6 +201,9 @@ def unfinished(rf: RunFacts) -> str | None:
     bad = [f"{s} {rf.stage_states.get(s)}" for s in STAGES if rf.stage_states.get(s) != "finished"]
     if bad:
         return f"stage(s) not finished: {', '.join(bad)}"
+    gone = [s for s in STAGES if not (rf.path / s / "events.log").is_file()]
+    if gone:
+        return f"stage(s) {', '.join(gone)}: status.jsonl says finished, but {gone[0]}/events.log is missing"
     return None
 
 
@@ -430,6 +443,9 @@ def pack(
             raise SubmissionError(f"runs {first.run_id} and {f.run_id} ran different software "
                                   f"({first.software()['id'][:23]} vs {f.software()['id'][:23]}): one image per "
                                   "submission")  # fmt: skip
+        if differ := _config_difference(first.config, f.config):
+            raise SubmissionError(f"runs {first.run_id} and {f.run_id} ran different configs ({differ}): the runs of "
+                                  "a submission repeat one config, so their spread means something")  # fmt: skip
         if f.synthetic != first.synthetic:
             raise SubmissionError(f"runs {first.run_id} and {f.run_id}: one is synthetic and one is not")
         if f.category != first.category:
