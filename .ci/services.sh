@@ -5,7 +5,7 @@
 #
 #   sudo .ci/services.sh && . /tmp/kit-services.env && make test
 #
-# - apt-get installs only what is missing (docker.io, openssh-server, openssh-client, busybox-static).
+# - apt-get installs only what is missing (docker.io, openssh-server, openssh-client, busybox-static, chromium).
 # - dockerd --storage-driver=vfs starts in the background when no engine answers (log: /tmp/dockerd.log).
 # - kit-test/busybox:latest is built with `docker import` from /bin/busybox and a few applet links
 #   (no registry is needed: none is reachable on CI).
@@ -34,6 +34,7 @@ command -v dockerd >/dev/null || missing+=(docker.io)
   || missing+=(openssh-client)
 dpkg -s busybox-static >/dev/null 2>&1 || [ -x /bin/busybox ] || missing+=(busybox-static)
 command -v docker-compose >/dev/null || missing+=(docker-compose)   # validates docker-compose.yml in tests
+[ -x /usr/bin/chromium ] || missing+=(chromium)   # opens kit compare's html page in tests/host/test_compare.py
 if [ ${#missing[@]} -gt 0 ]; then
   say "installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
