@@ -250,6 +250,18 @@ def test_submit_refusals(tiny_runs, tmp_path, system_toml):
     r = kit_cli("submit", str(tiny_runs[0]), str(other), "--system", str(system_toml), "--out", out,
                 "--allow-synthetic")  # fmt: skip
     assert r.returncode == 2 and "ran different software" in r.stderr
+    # Nor a run from another host.
+    env = json.loads((tiny_runs[1] / "environment.json").read_text())
+    env["host"]["hostname"] = "elsewhere"
+    (other / "environment.json").write_text(json.dumps(env))
+    r = kit_cli("submit", str(tiny_runs[0]), str(other), "--system", str(system_toml), "--out", out,
+                "--allow-synthetic")  # fmt: skip
+    assert r.returncode == 2 and "come from different systems" in r.stderr
+    # A run whose last state is not finished.
+    with open(other / "status.jsonl", "a") as f:
+        f.write(json.dumps({"t": 0, "stage": None, "state": "interrupted", "detail": None}) + "\n")
+    r = kit_cli("submit", str(other), "--system", str(system_toml), "--out", out, "--allow-synthetic")
+    assert r.returncode == 2 and "the run is interrupted, not finished" in r.stderr and "kit resume" in r.stderr
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
