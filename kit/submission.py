@@ -193,8 +193,11 @@ def read_run(path: Path) -> RunFacts:
 def unfinished(rf: RunFacts) -> str | None:
     """Why a run cannot be submitted as finished, or None."""
     planned = [s.get("name") if isinstance(s, dict) else s for s in rf.run.get("stages") or []]
+    if rf.run_state in ("failed", "interrupted"):
+        return f"the run is {rf.run_state}, not finished (finish it with `kit resume {rf.path}`)"
     if rf.run_state != "finished":
-        return f"the run is {rf.run_state or 'not started'}, not finished (finish it with `kit resume {rf.path}`)"
+        return (f"the run has not finished (its last state is {rf.run_state or 'none'}: still running, or its kit "
+                f"process died without a record; wait for it, or continue it with `kit resume {rf.path}`)")
     missing = [s for s in STAGES if s not in planned]
     if missing:
         return f"it ran --stage {'/'.join(planned)}: stage(s) {', '.join(missing)} never ran; a submission needs all three"
@@ -498,6 +501,7 @@ def pack(
         "submitter": person["submitter"],
         "org": org,
         "system": system,
+        "system_name": person["system_name"],
         "division": division,
         "category": category,
         "synthetic": first.synthetic,

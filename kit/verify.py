@@ -89,8 +89,16 @@ class Report:
 
 
 def _safe_extract(tar_path: Path, dest: Path) -> None:
+    import shutil
+
     with tarfile.open(tar_path, "r:gz") as tar:
-        for m in tar.getmembers():
+        members = tar.getmembers()
+        total = sum(m.size for m in members)
+        free = shutil.disk_usage(dest).free
+        if total > free:
+            raise SubmissionError(f"{tar_path}: unpacks to {total / 2**30:.1f} GiB, more than the {free / 2**30:.1f} GiB "
+                                  f"free under {dest}; unpack it elsewhere and verify the folder")  # fmt: skip
+        for m in members:
             p = Path(m.name)
             if p.is_absolute() or ".." in p.parts or not (m.isfile() or m.isdir()):
                 raise SubmissionError(f"{tar_path}: member {m.name!r} is not a plain file or folder inside the "

@@ -25,6 +25,13 @@ def tiny_run(tiny_runs) -> Path:
 
 
 @pytest.fixture(scope="session")
+def throughput_run(tmp_path_factory) -> Path:
+    """A short tiny run (--max-steps 2, 4 MMMU questions: the throughput category) with a changed pretrain lr."""
+    return make_tiny_run(tmp_path_factory.mktemp("throughput"), "--set", "pretrain.lr=0.02", "--max-steps", "2",
+                         "--eval-limit", "4")  # fmt: skip
+
+
+@pytest.fixture(scope="session")
 def system_toml(tmp_path_factory) -> Path:
     p = tmp_path_factory.mktemp("system") / "system.toml"
     p.write_text(SYSTEM_TOML)

@@ -1,10 +1,69 @@
-"""`kit compare`: placeholder while it is being written."""
+"""`kit compare`: several submissions or runs side by side, in the reference table's shape, with ratios."""
 
 from __future__ import annotations
 
+import os
+import sys
+from pathlib import Path
+
 import typer
+from rich.console import Console
+from rich.markup import escape
+
+err = Console(stderr=True)
 
 
-def compare() -> None:
-    """(being written)"""
-    raise typer.Exit(2)
+def compare(
+    inputs: list[Path] = typer.Argument(
+        ..., metavar="SUBMISSION|RUN...", help="Submission folders, submission .tar.gz files or run directories."
+    ),
+    reference: bool = typer.Option(False, "--reference", help="Add the seed's published rows (A800 1x8)."),
+    baseline: str = typer.Option(
+        None, "--baseline", metavar="LABEL",
+        help="The entry every ratio is against: its label (or a unique part, or its position 1..N), or 'seed' with "
+        "--reference. Default: the first input.",
+    ),  # fmt: skip
+    format: str = typer.Option("table", "--format", "-f", help="table, markdown, json, csv or html."),
+    out: Path = typer.Option(None, "--out", "-o", metavar="FILE", help="Write the output to FILE instead of stdout."),
+) -> None:
+    """Compare systems: one row per system and stage, olympic means over each system's runs, ratios to a baseline.
+
+    Every figure is recomputed from the runs' raw facts. Ratios between entries that differ in synthetic data,
+    category, division or model shape say "not comparable: <why>" instead of a number.
+
+    Examples:
+
+      kit compare submissions/acme.tar.gz submissions/globex --reference
+
+      kit compare submissions/acme runs/20261129-101500-llava1_5_7b-tiny-1a2b --baseline 2
+
+      kit compare submissions/acme.tar.gz --reference --baseline seed --format markdown --out compare.md
+
+      kit compare submissions/acme submissions/globex --format html --out compare.html
+    """
+    from .. import compare as cmp_mod
+    from ..submission import SubmissionError
+
+    if format not in cmp_mod.FORMATS:
+        err.print(f"[bold red]error:[/] --format {escape(format)!r}: expected {', '.join(cmp_mod.FORMATS)}")
+        raise typer.Exit(2)
+    try:
+        c = cmp_mod.build(list(inputs), reference=reference, baseline=baseline)
+    except SubmissionError as e:
+        err.print(f"[bold red]error:[/] {escape(str(e))}", soft_wrap=True)
+        raise typer.Exit(2) from None
+    if out is not None:
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(cmp_mod.render(c, format), encoding="utf-8")
+        except OSError as e:
+            err.print(f"[bold red]error:[/] --out {escape(str(out))}: {escape(str(e))}", soft_wrap=True)
+            raise typer.Exit(2) from None
+        err.print(f"wrote {escape(str(out))} ({format}, {len(c.entries)} system(s))")
+        return
+    if format == "table":
+        # A pipe or a file gets the whole table rather than one squeezed to 80 columns.
+        wide = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 200
+        Console(width=wide).print(cmp_mod.table_renderable(c))
+    else:
+        sys.stdout.write(cmp_mod.render(c, format))

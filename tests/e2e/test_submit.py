@@ -18,7 +18,7 @@ import pytest
 from kit.submission import write_manifest
 from kit.verify import verify
 
-from ..tinyruns import SYSTEM_TOML, kit_cli, make_tiny_run
+from ..tinyruns import SYSTEM_TOML, kit_cli
 
 pytestmark = pytest.mark.slow
 RUN_1 = "results/cpu_box/llava1_5_7b/run_1"
@@ -265,11 +265,10 @@ def test_submit_refusals(tiny_runs, tmp_path, system_toml):
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
-def test_a_run_with_a_changed_learning_rate(tmp_path_factory, tmp_path, system_toml):
+def test_a_run_with_a_changed_learning_rate(throughput_run, tmp_path, system_toml):
     """A real run with --set pretrain.lr: refused in the closed division, packed in the open one with the break
     listed, and a break taken out of the list is caught."""
-    run = make_tiny_run(tmp_path_factory.mktemp("lr-run"), "--set", "pretrain.lr=0.02", "--max-steps", "2",
-                        "--eval-limit", "4")  # fmt: skip
+    run = throughput_run
     r = kit_cli("submit", str(run), "--system", str(system_toml), "--out", str(tmp_path / "closed"), "--allow-synthetic")
     assert r.returncode == 2, r.stdout
     assert "closed division allows no change" in r.stderr and "pretrain.lr = 0.02" in r.stderr
