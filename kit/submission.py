@@ -290,6 +290,20 @@ def system_description(person: dict[str, Any], rf: RunFacts) -> dict[str, Any]:
     return out
 
 
+def peak_problem(accelerator: dict[str, Any], person: dict[str, Any]) -> str | None:
+    """An accelerator env/accelerators.toml does not know needs its peak declared, or no MFU can be shown."""
+    from .metrics import lookup_peak
+
+    if accelerator.get("type") == "cpu" or person.get("accelerator_peak_bf16_flops"):
+        return None
+    peak, why = lookup_peak(accelerator.get("model"), accelerator.get("type"))
+    if peak is not None:
+        return None
+    return (f"the runs' accelerator {accelerator.get('model')!r} has no peak in env/accelerators.toml ({why}): declare "
+            "accelerator_peak_bf16_flops (dense bf16 FLOP/s) and accelerator_peak_source (its datasheet) in the system "
+            "file; every table then says the peak was declared by the submitter")
+
+
 # ---- packing ----
 
 
@@ -454,6 +468,8 @@ def pack(
         if f.category != first.category:
             raise SubmissionError(f"runs {first.run_id} ({first.category}) and {f.run_id} ({f.category}) are of "
                                   "different categories: full epochs and --max-steps runs are submitted apart")  # fmt: skip
+    if why := peak_problem(first.accelerator(), person):
+        raise SubmissionError(f"--system {system_toml}: {why}")
     category = first.category
     division = person["division"]
     breaks: list[Break] = []

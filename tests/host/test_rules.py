@@ -107,3 +107,14 @@ def test_gpu_facts_from_a_recorded_h200x2():
     assert facts["available"] and facts["driver"] == "580.159.04" and facts["cuda_driver"] == "13.0"
     assert [(d["name"], d["nvlink_links_up"]) for d in facts["devices"]] == [("NVIDIA H200", 18)] * 2
     assert facts["devices"][0]["memory_bytes"] == 150754820096
+
+
+def test_an_unknown_accelerator_needs_a_declared_peak():
+    from kit.submission import peak_problem
+
+    unknown = {"model": "Vendor X1000", "type": "cuda"}
+    why = peak_problem(unknown, {})
+    assert "'Vendor X1000' has no peak in env/accelerators.toml" in why and "accelerator_peak_bf16_flops" in why
+    assert peak_problem(unknown, {"accelerator_peak_bf16_flops": 5e14}) is None
+    assert peak_problem({"model": "NVIDIA H200", "type": "cuda"}, {}) is None
+    assert peak_problem({"model": "cpu", "type": "cpu"}, {}) is None  # MFU is n/a on a CPU by design
