@@ -91,6 +91,10 @@ def run(
         None, "--ulimit", metavar="NAME=SOFT[:HARD]", help="Container limit over kit's (memlock=-1, stack=64 MiB)."
     ),
     dry_run: bool = typer.Option(False, help="Print the plan (containers, mounts, commands) and start nothing."),
+    hang_timeout: float = typer.Option(
+        0.0, help="Seconds without a step before a stage is declared hung, its stacks dumped and it is stopped "
+        "(0: the larger of 600 s and 20 x the median step time)."
+    ),
 ) -> None:
     """Run a case's stages into a new run directory, with live progress.
 
@@ -121,7 +125,7 @@ def run(
             synthetic=synthetic, max_steps=max_steps, native=native, save=save, python=python, overrides=set_ or [],
             mmmu=mmmu, model_dir=model_dir, mmmu_decoding=mmmu_decoding, eval_limit=eval_limit, image=image,
             hosts=hosts, ssh_options=ssh_option or [], master_addr=master_addr, master_port=master_port, env=env or [],
-            ulimits=ulimit or [],
+            ulimits=ulimit or [], hang_timeout=hang_timeout,
         )
         if dry_run:
             code = run_cmd.dry_run(req, cfg, console)

@@ -34,7 +34,9 @@ from pathlib import Path
 from typing import Any
 
 from .cases import Case
+from .guard import HangWatch, StageHung, collect_stacks, hang_message
 from .launch import (
+    EXIT_FAILED,
     EXIT_INTERRUPTED,
     StageResult,
     free_port,
@@ -584,11 +586,13 @@ class _LogPump(threading.Thread):
 class ContainerLauncher:
     """Runs the case's helpers and stages in containers, as the plan says; same interface as NativeLauncher."""
 
-    def __init__(self, case: Case, plan_: ContainerPlan, run_id: str) -> None:
+    def __init__(self, case: Case, plan_: ContainerPlan, run_id: str, hang_timeout: float = 0.0) -> None:
         self.case = case
         self.plan = plan_
         self.run_id = run_id
         self.network = None
+        self.hang_timeout = hang_timeout
+        self.env: dict[str, str] = {}  # extra environment of every stage container (the heartbeat's path)
 
     # The plan's clients are attached by ContainerPlan creation; a resumed run reconnects.
     def _ensure_network(self) -> None:
@@ -663,6 +667,7 @@ class ContainerLauncher:
             for node in self.plan.nodes:
                 cmd = self.plan.torchrun(node, module, args)
                 kw = self.plan.create_kwargs(self.run_id, stage, node, cmd)
+                kw["environment"] = {**kw["environment"], **self.env}
                 log = self.node_log(stage_dir, node)
                 with open(log, "ab") as out:
                     out.write(f"$ {' '.join(cmd)}  [container {kw['name']} on {node.host}]\n".encode())
@@ -681,11 +686,17 @@ class ContainerLauncher:
             display.note("")
             tail = EventTail(stage_dir / "events.log")
             try:
-                failed = self._wait(containers, tail, display)
-            except KeyboardInterrupt:
+                failed = self._wait(containers, tail, display, watch=HangWatch(self.hang_timeout))
+            except KeyboardInterrupt as e:
                 display.note("[yellow]stopping every container")
                 _stop_all(containers)
-                return StageResult(stage, "interrupted", EXIT_INTERRUPTED, message=f"stage {stage} interrupted")
+                return StageResult(stage, "interrupted", EXIT_INTERRUPTED, message=f"stage {stage} interrupted ({e or 'SIGINT'})")
+            except StageHung as e:
+                display.note("[red]no progress: collecting every rank's stacks, then stopping the containers")
+                files, waiting, elsewhere = collect_stacks(stage_dir, gpus)
+                _stop_all(containers)
+                return StageResult(stage, "failed", EXIT_FAILED,
+                                   message=hang_message(stage, str(e), stage_dir, files, waiting, elsewhere, gpus))  # fmt: skip
             if failed is None:
                 return StageResult(stage, "finished", 0)
             node, code = failed
@@ -716,14 +727,17 @@ class ContainerLauncher:
         name = "launcher.log" if node.index == 0 else f"launcher-node{node.index}.log"
         return stage_dir / "logs" / name
 
-    def _wait(self, containers: list, tail: EventTail, display: StageProgress, poll: float = 0.5):
-        """Until all exit 0 (None) or one fails: (node, exit code) of the first to fail."""
+    def _wait(self, containers: list, tail: EventTail, display: StageProgress, poll: float = 0.5, watch=None):
+        """Until all exit 0 (None) or one fails: (node, exit code) of the first to fail. The watch raises StageHung."""
         done: set[int] = set()
         stepping = False
         while True:
             events = tail.read()
             stepping = stepping or any(e.get("key") in ("kit_step", "kit_eval_batch") for e in events)
             display.feed(events)
+            if watch is not None:
+                watch.feed(events)
+                watch.check()
             if not stepping and containers[0][2].last:  # until steps arrive, the container's own last line
                 display.note(f"node 0: {containers[0][2].last[:60]}")
             for node, c, _ in containers:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .cases import Case
+from .guard import HangWatch, StageHung, child_setup, collect_stacks, hang_message
 from .progress import EventTail, StageProgress, wait_with_progress
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_ENVIRONMENT, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -108,10 +109,11 @@ def failure_message(stage: str, stage_dir: Path, returncode: int, failures: list
 class NativeLauncher:
     """torchrun on this host: one process per GPU (per CPU rank without GPUs)."""
 
-    def __init__(self, case: Case, python: str = sys.executable, env: dict | None = None) -> None:
+    def __init__(self, case: Case, python: str = sys.executable, env: dict | None = None, hang_timeout: float = 0.0) -> None:
         self.case = case
         self.python = python
         self.env = {**os.environ, **(env or {})}
+        self.hang_timeout = hang_timeout
 
     def command(self, module: str, gpus: int, port: int, case_args: list[str]) -> list[str]:
         return [
@@ -128,7 +130,7 @@ class NativeLauncher:
         with open(log, "ab") as out:
             return subprocess.run(
                 [self.python, "-m", self.case.module(module), *args],
-                stdout=subprocess.PIPE, stderr=out, env=self.env, check=False,
+                stdout=subprocess.PIPE, stderr=out, env=self.env, check=False, preexec_fn=child_setup,
             )  # fmt: skip
 
     def run_stage(
@@ -142,15 +144,22 @@ class NativeLauncher:
         with open(stage_dir / "logs" / "launcher.log", "ab") as log:
             log.write(("$ " + " ".join(cmd) + "\n").encode())
             log.flush()
-            # A session of its own: Ctrl-C reaches the host only, which then stops every rank in order.
-            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True)
+            # A session of its own: Ctrl-C reaches the host only, which then stops every rank in order; and SIGTERM
+            # when this process dies, however it dies, so no rank outlives it.
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env, preexec_fn=child_setup)
             tail = EventTail(stage_dir / "events.log")
             try:
-                code = wait_with_progress(proc, tail, display)
-            except KeyboardInterrupt:
+                code = wait_with_progress(proc, tail, display, watch=HangWatch(self.hang_timeout))
+            except KeyboardInterrupt as e:
                 display.note("[yellow]stopping every rank")
                 stop_group(proc)
-                return StageResult(stage, "interrupted", EXIT_INTERRUPTED, message=f"stage {stage} interrupted")
+                return StageResult(stage, "interrupted", EXIT_INTERRUPTED, message=f"stage {stage} interrupted ({e or 'SIGINT'})")
+            except StageHung as e:
+                display.note("[red]no progress: collecting every rank's stacks, then stopping them")
+                files, waiting, elsewhere = collect_stacks(stage_dir, gpus)
+                stop_group(proc)
+                return StageResult(stage, "failed", EXIT_FAILED,
+                                   message=hang_message(stage, str(e), stage_dir, files, waiting, elsewhere, gpus))  # fmt: skip
         if code == 0:
             return StageResult(stage, "finished", 0)
         failures = rank_failures(stage_dir)

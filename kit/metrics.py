@@ -486,14 +486,26 @@ def run_summary(run_dir: str | Path, peak_flops: float | None = None) -> dict[st
         for n in names
     }
     states = [s["state"] for s in stages.values()]
+    ev = status.stages.get("eval")
+    if ev is not None:  # the eval stage decides the run's state as much as the training stages do
+        states.append(ev.state if ev.state in STAGE_TERMINAL else "running" if ev.state == "launched" else "pending")
+    if "running" in states and status.run_state not in STAGE_TERMINAL:
+        from kit.guard import held
+
+        if not held(rd):  # no kit process holds the run: it was killed (SIGKILL, a lost host); resume continues it
+            for st in stages.values():
+                if st["state"] == "running":
+                    st["state"] = "stopped"
+                    st["notes"].append("stopped: no kit process holds the run (killed?); `kit resume` continues it")
+            states = ["stopped" if x == "running" else x for x in states]
     if status.run_state in STAGE_TERMINAL:
         state = status.run_state
     elif "running" in states:
         state = "running"
     elif states and all(s == "finished" for s in states):
         state = "finished"
-    elif any(s in ("failed", "interrupted") for s in states):
-        state = next(s for s in states if s in ("failed", "interrupted"))
+    elif any(s in ("failed", "interrupted", "stopped") for s in states):
+        state = next(s for s in states if s in ("failed", "interrupted", "stopped"))
     else:
         state = "pending" if not status.stages else "running"
     return {

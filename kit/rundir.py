@@ -65,10 +65,15 @@ def append_status(run: Path, state: str, stage: str | None = None, detail: Any =
         "state": state,
         "detail": detail,
     }
-    with open(run / "status.jsonl", "a") as f:
-        f.write(json.dumps(row, default=str) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(run / "status.jsonl", "a") as f:
+            f.write(json.dumps(row, default=str) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:  # a full disk: the state is not recorded, and the run reads as stopped (kit resume continues)
+        import sys
+
+        print(f"kit: cannot record state {state!r} in {run / 'status.jsonl'}: {e}", file=sys.stderr)
 
 
 def stage_states(run: Path) -> dict[str | None, str]:

@@ -24,11 +24,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+# The record validator is standard library only, so `kit check-host --deep` applies the same rules.
+from .records import IMAGE_TOKEN, record_problem
 from .tokenizer import Tokenizer
 
 IGNORE_INDEX = -100
 IMAGE_TOKEN_INDEX = -200
-IMAGE_TOKEN = "<image>"
 SYSTEM_V1 = (
     "A chat between a curious user and an artificial intelligence assistant. "
     "The assistant gives helpful, detailed, and polite answers to the user's questions."
@@ -37,7 +38,10 @@ TEMPLATES = ("plain", "v1")
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 PAD_COLOR = tuple(int(m * 255) for m in CLIP_MEAN)  # (122, 116, 104), as LLaVA's expand2square
-_SKIP_HINT = "fix or remove the record, or set [data] skip_bad_records in the config to skip a counted few"
+_SKIP_HINT = (
+    "fix or remove the record, or set data.skip_bad_records (the config's [data] table, or "
+    "--set data.skip_bad_records=N) to skip a counted few"
+)
 
 
 class DataError(ValueError):
@@ -115,46 +119,6 @@ def tokenize_conversation(
     return ids, labels, why
 
 
-# ---------------------------------------------------------------------------------------------- records
-
-
-def record_problem(rec: Any, template: str) -> str | None:
-    """Why a record cannot be used (schema, turn order, `<image>` placement), or None when it is fine."""
-    if not isinstance(rec, dict):
-        return f"a record must be a JSON object, got {type(rec).__name__}"
-    if not isinstance(rec.get("id"), (str, int)) or isinstance(rec.get("id"), bool):
-        return "missing or invalid 'id' (a string)"
-    image = rec.get("image")
-    if "image" in rec and (not isinstance(image, str) or not image):
-        return f"'image' must be a non-empty relative path, got {image!r}"
-    conv = rec.get("conversations")
-    if not isinstance(conv, list) or not conv:
-        return "missing 'conversations' (a non-empty list of {from, value} turns)"
-    for j, turn in enumerate(conv):
-        if not isinstance(turn, dict) or not isinstance(turn.get("value"), str) or turn.get("from") not in ("human", "gpt"):
-            return f"turn {j} must be {{'from': 'human'|'gpt', 'value': string}}, got {str(turn)[:80]}"
-        if not turn["value"].strip():
-            return f"turn {j} ({turn['from']}) has an empty value"
-        want = "human" if j % 2 == 0 else "gpt"
-        if turn["from"] != want:
-            return (
-                f"turns must alternate human, gpt, ... starting with human; turn {j} is {turn['from']}"
-                + (" (LLaVA would silently drop a leading gpt turn)" if j == 0 else "")
-            )
-        if turn["from"] == "gpt" and IMAGE_TOKEN in turn["value"]:
-            return f"turn {j} (gpt) contains {IMAGE_TOKEN}; only human turns may hold the image"
-    if len(conv) % 2:
-        return f"{len(conv)} turns: the last human turn has no gpt answer"
-    placeholders = sum(t["value"].count(IMAGE_TOKEN) for t in conv)
-    if "image" in rec and placeholders != 1:
-        return f"an image record needs exactly one {IMAGE_TOKEN} placeholder, found {placeholders}"
-    if "image" not in rec and placeholders:
-        return f"a text-only record (no 'image') contains {IMAGE_TOKEN}"
-    if template == "plain" and ("image" not in rec or len(conv) != 2):
-        return "the plain template needs an image and exactly one human and one gpt turn"
-    return None
-
-
 # ---------------------------------------------------------------------------------------------- images
 
 
@@ -203,7 +167,9 @@ class LlavaDataset(torch.utils.data.Dataset):
     """One LLaVA JSON file: validated up front (schema, turn order, image files exist), tokenized lazily.
 
     An image that fails to decode is only found at load time; within the skip budget it is replaced by the
-    next good record. Each DataLoader worker holds its own copy, so load-time skips are counted per process.
+    next record not known to be bad. Each bad record is counted once (load-time ones are remembered by index,
+    so a later draw of the same record, or a replacement, never counts it again); the budget counts distinct
+    records. Each DataLoader worker holds its own copy, so load-time skips are counted per process.
     """
 
     def __init__(
@@ -226,6 +192,8 @@ class LlavaDataset(torch.utils.data.Dataset):
         self.skip_limit = skip_bad_records
         self.skipped: list[tuple[str, str]] = []
         self.records: list[dict[str, Any]] = []
+        self.positions: list[int] = []  # each kept record's index in the JSON file, for messages
+        self.bad_at_load: dict[int, str] = {}  # indices into self.records whose image failed to load, and why
         for index, rec in enumerate(self._read_json()):
             why = record_problem(rec, template)
             if why is None and "image" in rec:
@@ -234,6 +202,7 @@ class LlavaDataset(torch.utils.data.Dataset):
                     why = f"image {path} does not exist (image root {self.image_root})"
             if why is None:
                 self.records.append(rec)
+                self.positions.append(index)
             else:
                 rid = str(rec.get("id")) if isinstance(rec, dict) else "?"
                 self._skip(index, rid, why)
@@ -255,19 +224,19 @@ class LlavaDataset(torch.utils.data.Dataset):
     def _skip(self, index: int, rid: str, why: str, then: str = "") -> None:
         """Count a bad record, or raise when the budget is spent: never silent."""
         where = f"{self.json_path}: record #{index} (id {rid!r})"
-        if len(self.skipped) >= self.skip_limit:
-            if self.skip_limit == 0:
+        n, limit = len(self.skipped), self.skip_limit
+        if n >= limit:
+            if limit == 0:
                 raise DataError(f"{where}: {why}; {_SKIP_HINT}")
+            earlier = ", ".join(repr(r) for r, _ in self.skipped[:5]) + (f" and {n - 5} more" if n > 5 else "")
             raise DataError(
-                f"{where}: {why}; this is bad record {len(self.skipped) + 1}, over the limit: "
-                f"{len(self.skipped)} records were already skipped (skip_bad_records = {self.skip_limit}). "
-                f"Fix the data or raise [data] skip_bad_records above {self.skip_limit}"
+                f"{where}: {why}; this is distinct bad record {n + 1}, over the limit: {n} records were already "
+                f"skipped (ids {earlier}; data.skip_bad_records = {limit}). "
+                f"Fix the data or raise data.skip_bad_records above {limit}"
             )
         self.skipped.append((rid, why))
-        print(
-            f"warning: {where} skipped ({len(self.skipped)} of at most {self.skip_limit}): {why}{then}",
-            file=sys.stderr,
-        )
+        print(f"warning: {where} skipped (bad record {n + 1} of at most {limit}, data.skip_bad_records): {why}{then}",
+              file=sys.stderr)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -295,14 +264,20 @@ class LlavaDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         for attempt in range(len(self.records)):
             j = (i + attempt) % len(self.records)
+            if j in self.bad_at_load:  # known bad: already counted, never drawn as a replacement
+                continue
             rec = self.records[j]
             image, why = None, None
             if "image" in rec:
                 image, why = self._load_image(rec)
             if why is None:
-                return self._tokenize(j, rec, image)
-            self._skip(j, str(rec["id"]), why, "; the next good record takes its place")
-        raise DataError(f"{self.json_path}: no record could be loaded")  # pragma: no cover
+                return self._tokenize(self.positions[j], rec, image)
+            self.bad_at_load[j] = why
+            self._skip(self.positions[j], str(rec["id"]), why, "; the next good record takes its place")
+        raise DataError(
+            f"{self.json_path}: no record could be loaded: all {len(self.records)} records that passed validation "
+            "failed to load their image; check the image root"
+        )
 
     def _load_image(self, rec: dict[str, Any]) -> tuple[torch.Tensor | None, str | None]:
         path = os.path.join(self.image_root, rec["image"])

@@ -88,12 +88,20 @@ def write_failure(stage_dir: Path, rank: Rank, exc: BaseException) -> None:
 
 
 def injected_fault(rank: Rank, step: int) -> None:
-    """Testing aid: KIT_INJECT_FAULT=RANK:STEP makes that rank raise when it reaches that step."""
+    """Testing aids: KIT_INJECT_FAULT=RANK:STEP makes that rank raise when it reaches that step; KIT_INJECT_HANG=RANK:STEP
+    makes it stop there without a word (as a rank stuck in I/O or a kernel does), so its peers wait in a collective."""
     spec = os.environ.get("KIT_INJECT_FAULT")
     if spec:
         r, s = (int(x) for x in spec.split(":"))
         if r == rank.rank and s == step:
             raise RuntimeError(f"injected fault (KIT_INJECT_FAULT={spec}) at step {step}")
+    spec = os.environ.get("KIT_INJECT_HANG")
+    if spec:
+        r, s = (int(x) for x in spec.split(":"))
+        if r == rank.rank and s == step:
+            print(f"injected hang (KIT_INJECT_HANG={spec}) at step {step}", flush=True)
+            while True:
+                time.sleep(60)
 
 
 def cosine_with_warmup(warmup: int, total: int):
@@ -200,9 +208,12 @@ def library_versions() -> dict:
 
 def run_as_rank(args: argparse.Namespace, stage_dir: Path, body, redirect=redirect_output) -> int:
     """A stage entry's common frame: this rank's own log, the body, and a failure record naming the rank."""
+    from . import watch
+
     rank = Rank()
     redirect(stage_dir / "logs" / f"rank{rank.rank}.log")
     print(f"rank {rank.rank}/{rank.world} on {rank.host}, pid {os.getpid()}, args {vars(args)}", flush=True)
+    watch.start(stage_dir, rank.rank)  # dies with its launcher and with the kit process; dumps stacks on request
     try:
         body(args, rank, stage_dir)
     except BaseException as exc:  # noqa: BLE001 - every failure must name its rank, Ctrl-C included

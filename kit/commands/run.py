@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import time
 import uuid
@@ -59,6 +60,8 @@ class RunRequest:
     master_port: int | None = None
     env: list[str] = field(default_factory=list)
     ulimits: list[str] = field(default_factory=list)
+    # Seconds without a step before the stage is declared hung (0: the larger of 600 s and 20 x the median step).
+    hang_timeout: float = 0.0
 
 
 TRAIN_STAGES = ("pretrain", "finetune")
@@ -71,7 +74,7 @@ def plan(
     overrides: list[str] | None = None, mmmu: Path | None = None, model_dir: Path | None = None,
     mmmu_decoding: str = "greedy", eval_limit: int = 0, image: str | None = None, hosts: str | None = None,
     ssh_options: list[str] | None = None, master_addr: str | None = None, master_port: int | None = None,
-    env: list[str] | None = None, ulimits: list[str] | None = None,
+    env: list[str] | None = None, ulimits: list[str] | None = None, hang_timeout: float = 0.0,
 ) -> tuple[RunRequest, object]:
     """Check the request before anything is written, so a bad one leaves no half-made run behind.
 
@@ -131,6 +134,8 @@ def plan(
             "finetune alone needs the pretrain projector: run --stage train (with --synthetic, finetune alone "
             "starts from a random projector)"
         )
+    if hang_timeout < 0:
+        raise UsageError(f"--hang-timeout {hang_timeout}: expected seconds (0: from the observed step times)")
     if max_steps < 0 or eval_limit < 0:
         raise UsageError("--max-steps and --eval-limit must be 0 (everything) or positive")
     if mmmu_decoding not in ("greedy", "reference"):
@@ -163,7 +168,7 @@ def plan(
         mmmu=str(mmmu) if mmmu else None, model_dir=str(model_dir) if model_dir else None,
         mmmu_decoding=mmmu_decoding, eval_limit=eval_limit, command=sys.argv, image=image, hosts=host_list,
         ssh_options=list(ssh_options or []), master_addr=master_addr, master_port=master_port, env=list(env or []),
-        ulimits=list(ulimits or []),
+        ulimits=list(ulimits or []), hang_timeout=hang_timeout,
     )  # fmt: skip
     return req, cfg
 
@@ -297,25 +302,33 @@ def start(req: RunRequest, cfg, console: Console) -> tuple[Path, int]:
 
 
 def execute(run: Path, console: Console, resumed: bool = False, plan_=None) -> int:
-    """Run (or continue) the stages of a run directory; finished stages are skipped."""
-    from .. import containers
+    """Run (or continue) the stages of a run directory; finished stages are skipped.
+
+    For its whole life it holds the run's lock (a second kit on the same run is refused: guard.RunBusy), handles
+    SIGTERM and SIGHUP as Ctrl-C, and keeps the heartbeat the ranks watch, so none outlives this process.
+    """
+    from .. import containers, guard
 
     meta = rundir.read_json(run / "run.json")
     launcher = None
-    try:
-        with containers.SshPolicy(meta.get("ssh_options") or []):
-            if meta.get("native", True):
-                launcher = NativeLauncher(cases.get(meta["case"]), python=meta.get("python", sys.executable))
-            else:
-                launcher = containers.ContainerLauncher(cases.get(meta["case"]), plan_ or replan(meta), run.name)
-            return _execute(run, console, resumed, launcher)
-    except KeyboardInterrupt:  # outside a stage (probe, data generation): nothing runs on, just mark it
-        rundir.append_status(run, "interrupted")
-        console.print(f"[yellow]interrupted[/]; continue with: kit resume {run}")
-        return EXIT_INTERRUPTED
-    finally:
-        if launcher is not None and hasattr(launcher, "close"):
-            launcher.close()
+    with guard.RunLock(run):
+        try:
+            with guard.stop_on_signals(), guard.Heartbeat(run) as beat, containers.SshPolicy(meta.get("ssh_options") or []):
+                hang = float(meta.get("hang_timeout") or 0)
+                case = cases.get(meta["case"])
+                if meta.get("native", True):
+                    launcher = NativeLauncher(case, python=meta.get("python", sys.executable), hang_timeout=hang)
+                else:
+                    launcher = containers.ContainerLauncher(case, plan_ or replan(meta), run.name, hang_timeout=hang)
+                launcher.env["KIT_HEARTBEAT"] = str(beat.path)
+                return _execute(run, console, resumed, launcher)
+        except KeyboardInterrupt as e:  # outside a stage (probe, data generation): nothing runs on, just mark it
+            rundir.append_status(run, "interrupted", detail={"signal": str(e) or "SIGINT"})
+            console.print(f"[yellow]interrupted[/]; continue with: kit resume {run}")
+            return guard.exit_code(e, EXIT_INTERRUPTED)
+        finally:
+            if launcher is not None and hasattr(launcher, "close"):
+                launcher.close()
 
 
 def replan(meta: dict):
@@ -357,6 +370,34 @@ def write_inputs(run: Path, req: RunRequest, config: dict, console: Console) -> 
     rundir.write_json(run / "inputs.json", facts)
 
 
+DISK_LOW_BYTES = 64 << 20
+NO_SPACE = "No space left on device"
+
+
+def disk_full_note(run: Path, meta: dict, logs: list[Path]) -> str | None:
+    """When a failure comes from a full disk, say which disk, how much is free and what the run needs."""
+    from ..checks.system import free_bytes, human, results_need
+
+    where, free = free_bytes(run)
+    said = any(NO_SPACE in tail_lines(p, 200) for p in logs if p.is_file())
+    if free >= DISK_LOW_BYTES and not said:
+        return None
+    try:
+        cfg = cases.load_config(cases.get(meta["case"]), meta["config_path"], [])
+        full, _, how = results_need(cfg, bool(meta.get("synthetic")))
+        need = f"; the whole run needs about {human(full)} ({how})"
+    except (ValueError, OSError):
+        need = ""
+    return (f"no space left under {where}: {human(free)} free{need}. Free space there (or move --results), then "
+            f"`kit resume {run}` continues the run")
+
+
+def _leftovers(stage_dir: Path) -> None:
+    """Temporary files a rank could not finish writing (a full disk): removed, so no partial file remains."""
+    for p in stage_dir.glob("failure-rank*.tmp"):
+        p.unlink(missing_ok=True)
+
+
 def _execute(run: Path, console: Console, resumed: bool, launcher) -> int:
     meta = rundir.read_json(run / "run.json")
     fields = {k: meta[k] for k in RunRequest.__dataclass_fields__ if k in meta}
@@ -392,8 +433,9 @@ def _execute(run: Path, console: Console, resumed: bool, launcher) -> int:
             gen = launcher.run_module("synthetic", args, run / "logs" / "synthetic.log")
         if gen.returncode != 0:
             console.print("[red]synthetic data generation failed:[/]")
-            console.print(Text(tail_lines(run / "logs" / "synthetic.log", 20)))
-            rundir.append_status(run, "failed", detail="synthetic data generation failed")
+            disk = disk_full_note(run, meta, [run / "logs" / "synthetic.log"])
+            console.print(Text(disk or tail_lines(run / "logs" / "synthetic.log", 20) or "(no output)"))
+            rundir.append_status(run, "failed", detail=disk or "synthetic data generation failed")
             return EXIT_FAILED
 
     if not (run / "inputs.json").exists():
@@ -413,15 +455,20 @@ def _execute(run: Path, console: Console, resumed: bool, launcher) -> int:
             rundir.append_status(run, result.state, stage, result.message or None)
             display.finish(result.state)
             if result.state == "interrupted":
-                rundir.append_status(run, "interrupted")
+                signame = (result.message or "").rpartition("(")[2].rstrip(")") or "SIGINT"
+                rundir.append_status(run, "interrupted", detail={"signal": signame})
                 console.print(
                     Panel(
                         f"stopped every rank; the run is marked interrupted.\ncontinue it with: kit resume {run}",
                         title="interrupted", border_style="yellow",
                     )  # fmt: skip
                 )
-                return EXIT_INTERRUPTED
+                return 128 + int(getattr(signal.Signals, signame, signal.SIGINT))
             if result.state == "failed":
+                _leftovers(run / stage)
+                logs = [*(run / stage / "logs").glob("*.log")]
+                if disk := disk_full_note(run, meta, logs):
+                    result = StageResult(stage, "failed", result.returncode, result.failures, f"{disk}\n\n{result.message}")
                 rundir.append_status(run, "failed", detail=f"stage {stage}")
                 console.print(Panel(Text(result.message), title=f"{stage} failed", border_style="red"))
                 return EXIT_FAILED

@@ -190,7 +190,7 @@ def test_skip_bad_records_counts_reports_and_limits(root: Path, tok: Tokenizer, 
     with pytest.raises(DataError) as e:
         LlavaDataset(path, root, tok, "v1", "pad", 28, skip_bad_records=1)
     msg = str(e.value)
-    assert "'b6'" in msg and "1 records were already skipped" in msg and "raise [data] skip_bad_records" in msg
+    assert "'b6'" in msg and "1 records were already skipped" in msg and "raise data.skip_bad_records" in msg
 
 
 def test_corrupt_image_within_budget_is_replaced_by_next_record(root: Path, tok: Tokenizer, capsys) -> None:
@@ -200,8 +200,48 @@ def test_corrupt_image_within_budget_is_replaced_by_next_record(root: Path, tok:
     assert ds[1]["id"] == "good-2"
     assert [rid for rid, _ in ds.skipped] == ["good-1"]
     assert "next good record" in capsys.readouterr().err
+    assert ds[1]["id"] == "good-2" and len(ds.skipped) == 1  # known bad: replaced again, not counted again
+    (root / "img" / "2.jpg").write_bytes(b"garbage")  # a second, distinct bad record is over the budget of one
     with pytest.raises(DataError, match="over the limit"):
-        ds[1]  # the budget is spent now
+        ds[2]
+
+
+def _truncated(path: Path) -> None:
+    """A real JPEG cut in half: its header opens, its pixels do not decode."""
+    _image(path, size=(64, 48))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def test_two_adjacent_corrupt_images_fit_a_budget_of_two(root: Path, tok: Tokenizer, capsys) -> None:
+    # Records 1 and 2 are neighbours: the replacement drawn for record 1 is record 2, itself bad. Each is
+    # counted once, however often it is drawn or tried as a replacement.
+    _image(root / "img" / "4.jpg")
+    _truncated(root / "img" / "1.jpg")
+    (root / "img" / "2.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
+    path = write_json(root / "d.json", [_good(i) for i in range(5)])
+    ds = LlavaDataset(path, root, tok, "plain", "crop", 28, skip_bad_records=2)
+    for _ in range(3):  # every epoch draws every index again
+        got = [ds[i]["id"] for i in range(len(ds))]
+        assert got == ["good-0", "good-3", "good-3", "good-3", "good-4"]
+    assert sorted(rid for rid, _ in ds.skipped) == ["good-1", "good-2"] and len(ds.skipped) == 2
+    assert set(ds.bad_at_load) == {1, 2}
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("warning: ")]
+    assert len(err) == 2 and all("data.skip_bad_records" in ln for ln in err)
+
+
+def test_a_third_distinct_bad_record_over_a_budget_of_two_is_named(root: Path, tok: Tokenizer) -> None:
+    for i in (1, 2, 3):
+        _truncated(root / "img" / f"{i}.jpg")
+    path = write_json(root / "d.json", [_good(i) for i in range(4)])
+    ds = LlavaDataset(path, root, tok, "plain", "crop", 28, skip_bad_records=2)
+    assert ds[0]["id"] == "good-0"
+    with pytest.raises(DataError) as e:
+        ds[1]  # 1 and 2 are counted; 3, tried as their replacement, is the third
+    msg = str(e.value)
+    assert f"{path}: record #3 (id 'good-3')" in msg and str(root / "img" / "3.jpg") in msg and "cannot be read" in msg
+    assert "distinct bad record 3" in msg and "'good-1', 'good-2'" in msg
+    assert "data.skip_bad_records = 2" in msg
 
 
 def test_dataset_items_and_modality_lengths(root: Path, tok: Tokenizer) -> None:

@@ -431,18 +431,32 @@ def test_disk_against_the_need(tmp_path):
 # ---------------------------------------------------------------- data and weights
 
 
+def record(i: int | str, image: str | None = None) -> dict:
+    """A record `kit run` accepts under both templates (a text-only one only under v1)."""
+    return {"id": str(i), **({"image": image} if image else {}),
+            "conversations": [{"from": "human", "value": ("<image>\n" if image else "") + 'say "conversations"'},
+                              {"from": "gpt", "value": "red ball"}]}  # fmt: skip
+
+
 def write_records(path: Path, n: int, image: str | None = None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    recs = [{"id": str(i), **({"image": image} if image else {}),
-             "conversations": [{"from": "human", "value": 'say "conversations"'}]} for i in range(n)]  # fmt: skip
-    path.write_text(json.dumps(recs))
+    path.write_text(json.dumps([record(i, image) for i in range(n)]))
+
+
+def jpeg(path: Path, truncated: bool = False) -> None:
+    """A real JPEG file; truncated: cut in half, so its header opens and its pixels do not decode."""
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (64, 48), (200, 40, 40)).save(path, "JPEG")
+    if truncated:
+        path.write_bytes(path.read_bytes()[:300])
 
 
 def data_tree(root: Path, pretrain: int = 5, finetune: int = 7) -> Path:
     c = cfg()
     write_records(root / c.data.pretrain_json, pretrain, image="00000/a.jpg")
-    (root / c.data.pretrain_images / "00000").mkdir(parents=True)
-    (root / c.data.pretrain_images / "00000/a.jpg").write_bytes(b"jpg")
+    jpeg(root / c.data.pretrain_images / "00000/a.jpg")
     write_records(root / c.data.finetune_json, finetune)
     for f in data_mod.FINETUNE_FOLDERS:
         (root / f).mkdir(parents=True)
@@ -482,6 +496,74 @@ def test_deep_finds_missing_images(tmp_path):
     write_records(root / cfg().data.pretrain_json, 3, image="00000/missing.jpg")
     c = by_name(data_mod.data_checks(cfg(), root, deep=True))
     assert c["pretrain JSON images"].status == "fail" and "3 of 3" in c["pretrain JSON images"].detail
+
+
+def test_deep_on_good_data_validates_records_and_decodes_images(tmp_path):
+    c = by_name(data_mod.data_checks(cfg(), data_tree(tmp_path), deep=True))
+    assert c["pretrain JSON records"].status == "ok" and "plain template" in c["pretrain JSON records"].detail
+    assert c["finetune JSON records"].status == "ok" and "v1 template" in c["finetune JSON records"].detail
+    assert c["pretrain JSON images"].status == "ok" and "all 1 images of 5 records are present and decode" in c["pretrain JSON images"].detail
+
+
+def bad_tree(root: Path) -> Path:
+    """The real layout with two truncated JPEGs (pretrain) and three records `kit run` rejects (finetune)."""
+    c = cfg()
+    images = root / c.data.pretrain_images
+    jpeg(images / "00000/a.jpg")
+    jpeg(images / "00000/b.jpg", truncated=True)
+    jpeg(images / "00000/c.jpg", truncated=True)
+    pre = [record("p0", "00000/a.jpg"), record("p1", "00000/b.jpg"), record("p2", "00000/a.jpg"), record("p3", "00000/c.jpg")]
+    (root / c.data.pretrain_json).write_text(json.dumps(pre))
+    jpeg(root / "coco/train2017/1.jpg")
+    alternating = record("f2")
+    alternating["conversations"] = [alternating["conversations"][1], alternating["conversations"][0]]
+    ft = [record("f0", "coco/train2017/1.jpg"), {"id": "f1", "image": "coco/train2017/1.jpg"}, alternating,
+          {**record("f3"), "image": 123}]  # fmt: skip
+    (root / c.data.finetune_json).write_text(json.dumps(ft))
+    for f in data_mod.FINETUNE_FOLDERS:
+        (root / f).mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def test_deep_names_undecodable_images_and_records_kit_run_rejects(tmp_path):
+    root = bad_tree(tmp_path / "data")
+    argv = ["check-host", "--config", "H200x1x1", "--nvml-recording", str(RECORDING), "--results", str(tmp_path),
+            "--data", str(root), "--deep"]  # fmt: skip
+    r = runner.invoke(app(), [*argv, "--json"])
+    assert r.exit_code == 1 and not isinstance(r.exception, TypeError)
+    rows = {c["name"]: c for c in next(iter(json.loads(r.output)["hosts"].values()))}
+    assert not any("the check itself failed" in c["detail"] for c in rows.values())
+    images = rows["pretrain JSON images"]
+    assert images["status"] == "fail" and "2 of 4 records" in images["detail"]
+    for i, name in ((1, "b"), (3, "c")):
+        assert f"#{i} (id 'p{i}') {root / cfg().data.pretrain_images / f'00000/{name}.jpg'}: cannot be decoded (OSError" in images["detail"]
+    assert "#0 (id 'p0')" not in images["detail"] and images["data"]["bad"] == 2
+    assert rows["pretrain JSON records"]["status"] == "ok"
+    recs = rows["finetune JSON records"]
+    assert recs["status"] == "fail" and f"3 of 4 records in {root / cfg().data.finetune_json}" in recs["detail"]
+    assert "#1 (id 'f1'): missing 'conversations'" in recs["detail"]
+    assert "#2 (id 'f2'): turns must alternate human, gpt" in recs["detail"]
+    assert "#3 (id 'f3'): 'image' must be a non-empty relative path, got 123" in recs["detail"]
+    assert "#0 (id 'f0')" not in recs["detail"] and recs["fix"]
+    assert rows["finetune JSON images"]["status"] == "ok"  # f1's image decodes; f3's is a bad record, not a crash
+    shown = runner.invoke(app(), argv, env={"COLUMNS": "250"})  # what a user reads
+    assert shown.exit_code == 1 and "Traceback" not in shown.output
+    assert "cannot be decoded" in shown.output and "missing 'conversations'" in shown.output and "got 123" in shown.output
+
+
+def test_deep_lists_the_first_problems_then_a_count(tmp_path):
+    root = data_tree(tmp_path)
+    (root / cfg().data.finetune_json).write_text(json.dumps([{"id": f"x{i}"} for i in range(12)]))
+    d = by_name(data_mod.data_checks(cfg(), root, deep=True))["finetune JSON records"].detail
+    assert d.count("missing 'conversations'") == data_mod.SHOWN and d.endswith("; and 7 more")
+    assert "#4 (id 'x4')" in d and "#5 (id 'x5')" not in d
+
+
+def test_deep_without_pillow_warns_instead_of_pretending(tmp_path, monkeypatch):
+    root = data_tree(tmp_path)
+    monkeypatch.setitem(sys.modules, "PIL", None)  # as if Pillow were not installed on this host
+    c = by_name(data_mod.data_checks(cfg(), root, deep=True))["pretrain JSON images"]
+    assert c.status == "warn" and "cannot decode without Pillow (pip install pillow)" in c.detail
 
 
 def test_mmmu_checked_when_its_folder_exists(tmp_path):
