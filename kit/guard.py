@@ -143,12 +143,17 @@ class Heartbeat:
     def __init__(self, run: Path, every: float = HEARTBEAT_EVERY_S) -> None:
         self.path = run / HEARTBEAT_NAME
         self.every = every
+        self.count = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def beat(self) -> None:
+        """A new count each time: readers watch the content change (mtimes lag on NFS, clocks differ across hosts)."""
+        self.count += 1
+        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
         try:
-            self.path.touch()
+            tmp.write_text(f"{self.count} {os.getpid()} {time.time():.3f}\n")
+            os.replace(tmp, self.path)
         except OSError:
             pass  # a full or read-only disk: the ranks' own failures will say so
 

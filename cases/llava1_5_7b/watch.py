@@ -2,9 +2,10 @@
 writes its Python stacks when the host asks (a hung stage).
 
 - Parent death: on Linux the rank asks the kernel for SIGTERM when its parent (torchrun) dies, whatever killed it.
-- Heartbeat: the kit process touches the file named by KIT_HEARTBEAT every few seconds (on the container path the
-  results directory is mounted at the same path). When it has not been touched for KIT_HEARTBEAT_TIMEOUT seconds
-  (default 60) the kit process is gone, and the rank stops itself: SIGTERM, then exit 143.
+- Heartbeat: the kit process rewrites the file named by KIT_HEARTBEAT every few seconds (on the container path the
+  results directory is mounted at the same path). When its content has not changed for KIT_HEARTBEAT_TIMEOUT
+  seconds (default 60, on this host's clock) the kit process is gone, and the rank stops itself: SIGTERM, then
+  exit 143.
 - Stacks: when `<stage dir>/.dump-stacks` appears (or is touched again), every thread's stack is written to
   `<stage dir>/stacks-rank<k>.txt` with faulthandler, from a thread of its own, so a rank blocked in a collective
   (which releases the GIL) still answers.
@@ -48,9 +49,17 @@ def _stop_self(reason: str) -> None:
     os._exit(143)
 
 
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except OSError:
+        return None
+
+
 def _loop(stage_dir: Path, rank: int, heartbeat: Path | None, timeout: float, poll: float) -> None:
     request = stage_dir / DUMP_REQUEST
     dumped_at = 0.0
+    seen, changed = (_read(heartbeat) if heartbeat else None), time.monotonic()
     while True:
         try:
             mtime = request.stat().st_mtime
@@ -64,10 +73,11 @@ def _loop(stage_dir: Path, rank: int, heartbeat: Path | None, timeout: float, po
                 f.flush()
                 faulthandler.dump_traceback(file=f, all_threads=True)
         if heartbeat is not None:
-            try:
-                age = time.time() - heartbeat.stat().st_mtime
-            except OSError:
-                age = float("inf")
+            # The content changes at every beat; its age is measured on this host's own clock.
+            now_seen = _read(heartbeat)
+            if now_seen != seen:
+                seen, changed = now_seen, time.monotonic()
+            age = time.monotonic() - changed
             if age > timeout:
                 _stop_self(f"the kit process that launched this stage is gone (no heartbeat in {heartbeat} for "
                            f"{age:.0f} s, limit {timeout:.0f} s)")  # fmt: skip
