@@ -273,15 +273,16 @@ def test_failing_node_is_named_and_every_container_removed(engine, tmp_path):
     _no_leftovers(client, run)
 
 
-def test_ctrl_c_removes_the_containers_and_resume_finishes(engine, tmp_path):
+def test_sigterm_removes_the_containers_and_resume_finishes(engine, tmp_path):
+    """SIGTERM (a scheduler's time limit, `timeout`, `docker stop`) takes Ctrl-C's path: every container removed."""
     client, env = engine
     proc = start_kit(*TINY, "--stage", "pretrain", "--no-save", "--image", env["KIT_TEST_KIT_IMAGE"], *_memlock(),
                      "--results", str(tmp_path))  # fmt: skip
     run = wait_for_step(tmp_path, "pretrain", 10, proc)  # past the checkpoint at step 8
-    os.killpg(proc.pid, signal.SIGINT)
+    proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=180)
-    assert proc.returncode == 130, out
-    assert status_rows(run)[-1]["state"] == "interrupted"
+    assert proc.returncode == 143, out
+    assert status_rows(run)[-1]["state"] == "interrupted" and status_rows(run)[-1]["detail"] == {"signal": "SIGTERM"}
     _no_leftovers(client, run)
     r = kit("resume", str(run), timeout=900)
     assert r.returncode == 0, r.stdout + r.stderr

@@ -88,3 +88,14 @@ def test_stacks_say_which_rank_is_in_a_collective(tmp_path):
     text = guard.hang_message("pretrain", "no progress", tmp_path, files, waiting, elsewhere, 2)
     assert "rank(s) 1 hung outside any collective; rank(s) 0 wait for them in a collective" in text
     assert not (tmp_path / guard.DUMP_REQUEST).exists()
+
+
+def test_each_python_environment_builds_its_ops_in_a_folder_of_its_own(tmp_path):
+    from kit.launch import extensions_dir
+
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "pyvenv.cfg").write_text("home = /usr/bin\n")
+    assert extensions_dir(str(venv / "bin" / "python")) == str(venv / "torch_extensions")
+    a, b = extensions_dir("/usr/bin/python3"), extensions_dir("/opt/other/bin/python3")
+    assert a != b and "/torch_extensions/kit-" in a
