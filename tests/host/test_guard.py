@@ -99,3 +99,25 @@ def test_each_python_environment_builds_its_ops_in_a_folder_of_its_own(tmp_path)
     assert extensions_dir(str(venv / "bin" / "python")) == str(venv / "torch_extensions")
     a, b = extensions_dir("/usr/bin/python3"), extensions_dir("/opt/other/bin/python3")
     assert a != b and "/torch_extensions/kit-" in a
+
+
+def _status(run: Path, rows: list[tuple]) -> None:
+    import json
+
+    (run / "run.json").write_text(json.dumps({"run_id": run.name, "stages": ["pretrain", "finetune", "eval"]}))
+    with open(run / "status.jsonl", "w") as f:
+        for i, (stage, state) in enumerate(rows):
+            f.write(json.dumps({"t": 1000.0 + i, "stage": stage, "state": state, "detail": None}) + "\n")
+
+
+def test_a_run_killed_in_its_eval_stage_is_stopped_not_finished(tmp_path):
+    """What a `timeout` that killed kit during the eval stage left: training finished, eval launched, no kit."""
+    from kit.metrics import run_summary
+
+    run = tmp_path / "run"
+    run.mkdir()
+    _status(run, [(None, "created"), ("pretrain", "launched"), ("pretrain", "finished"), ("finetune", "launched"),
+                  ("finetune", "finished"), ("eval", "launched")])  # fmt: skip
+    assert run_summary(run)["state"] == "stopped"
+    with guard.RunLock(run):  # while a kit process holds it, it is running
+        assert run_summary(run)["state"] == "running"
