@@ -34,14 +34,12 @@ from pathlib import Path
 from typing import Any
 
 from .cases import Case
-from .guard import HangWatch, StageHung, collect_stacks, hang_message
 from .launch import (
-    EXIT_FAILED,
-    EXIT_INTERRUPTED,
     StageResult,
     free_port,
     launcher_root_cause,
     rank_failures,
+    supervise,
     tail_lines,
 )
 from .progress import EventTail, StageProgress
@@ -685,18 +683,12 @@ class ContainerLauncher:
                 pump.start()
             display.note("")
             tail = EventTail(stage_dir / "events.log")
-            try:
-                failed = self._wait(containers, tail, display, watch=HangWatch(self.hang_timeout))
-            except KeyboardInterrupt as e:
-                display.note("[yellow]stopping every container")
-                _stop_all(containers)
-                return StageResult(stage, "interrupted", EXIT_INTERRUPTED, message=f"stage {stage} interrupted ({e or 'SIGINT'})")
-            except StageHung as e:
-                display.note("[red]no progress: collecting every rank's stacks, then stopping the containers")
-                files, waiting, elsewhere = collect_stacks(stage_dir, gpus)
-                _stop_all(containers)
-                return StageResult(stage, "failed", EXIT_FAILED,
-                                   message=hang_message(stage, str(e), stage_dir, files, waiting, elsewhere, gpus))  # fmt: skip
+            failed, stopped = supervise(
+                stage, stage_dir, gpus, display, lambda watch: self._wait(containers, tail, display, watch=watch),
+                lambda: _stop_all(containers), self.hang_timeout, "container",
+            )  # fmt: skip
+            if stopped is not None:
+                return stopped
             if failed is None:
                 return StageResult(stage, "finished", 0)
             node, code = failed

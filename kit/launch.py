@@ -12,8 +12,10 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .cases import Case
 from .guard import HangWatch, StageHung, child_setup, collect_stacks, hang_message
@@ -163,22 +165,36 @@ class NativeLauncher:
             # when this process dies, however it dies, so no rank outlives it.
             proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env, preexec_fn=child_setup)
             tail = EventTail(stage_dir / "events.log")
-            try:
-                code = wait_with_progress(proc, tail, display, watch=HangWatch(self.hang_timeout))
-            except KeyboardInterrupt as e:
-                display.note("[yellow]stopping every rank")
-                stop_group(proc)
-                return StageResult(stage, "interrupted", EXIT_INTERRUPTED, message=f"stage {stage} interrupted ({e or 'SIGINT'})")
-            except StageHung as e:
-                display.note("[red]no progress: collecting every rank's stacks, then stopping them")
-                files, waiting, elsewhere = collect_stacks(stage_dir, gpus)
-                stop_group(proc)
-                return StageResult(stage, "failed", EXIT_FAILED,
-                                   message=hang_message(stage, str(e), stage_dir, files, waiting, elsewhere, gpus))  # fmt: skip
+            code, stopped = supervise(
+                stage, stage_dir, gpus, display, lambda watch: wait_with_progress(proc, tail, display, watch=watch),
+                lambda: stop_group(proc), self.hang_timeout, "rank",
+            )  # fmt: skip
+            if stopped is not None:
+                return stopped
         if code == 0:
             return StageResult(stage, "finished", 0)
         failures = rank_failures(stage_dir)
         return StageResult(stage, "failed", code, failures, failure_message(stage, stage_dir, code, failures))
+
+
+def supervise(
+    stage: str, stage_dir: Path, world: int, display: StageProgress, wait: Callable[[HangWatch], Any],
+    stop: Callable[[], None], hang_timeout: float, what: str,
+) -> tuple[Any, StageResult | None]:
+    """Every launcher's wait: (wait's value, None), or, after Ctrl-C, SIGTERM, SIGHUP or a hang, everything stopped
+    and (None, the stage's result). A hang first collects every rank's stacks, then names the hung rank(s)."""
+    try:
+        return wait(HangWatch(hang_timeout)), None
+    except KeyboardInterrupt as e:
+        display.note(f"[yellow]stopping every {what}")
+        stop()
+        return None, StageResult(stage, "interrupted", EXIT_INTERRUPTED, message=f"stage {stage} interrupted ({e or 'SIGINT'})")
+    except StageHung as e:
+        display.note(f"[red]no progress: collecting every rank's stacks, then stopping every {what}")
+        files, waiting, elsewhere = collect_stacks(stage_dir, world)
+        stop()
+        return None, StageResult(stage, "failed", EXIT_FAILED,
+                                 message=hang_message(stage, str(e), stage_dir, files, waiting, elsewhere, world))  # fmt: skip
 
 
 def stop_group(proc: subprocess.Popen, grace: float = 30.0) -> None:
