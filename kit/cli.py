@@ -127,11 +127,13 @@ def run(
             hosts=hosts, ssh_options=ssh_option or [], master_addr=master_addr, master_port=master_port, env=env or [],
             ulimits=ulimit or [], hang_timeout=hang_timeout,
         )
+        # GPUs, disk under --results, the record files: before anything is created (a dry run says what would stop)
+        run_cmd.preflight(req, cfg, console, dry_run=dry_run)
         if dry_run:
             code = run_cmd.dry_run(req, cfg, console)
         else:
             _, code = run_cmd.start(req, cfg, console)
-    except ContainerError as e:
+    except (ContainerError, run_cmd.EnvironmentProblem) as e:
         fail(str(e), 3)
     except (run_cmd.UsageError, UnknownCase, ValueError, RunDirError) as e:
         fail(str(e))
@@ -142,14 +144,21 @@ def run(
 def resume(
     run_ref: str = typer.Argument(None, metavar="RUN", help="Run directory or id (default: the newest)."),
     results: Path = typer.Option(Path("runs"), help="Where run directories are."),
+    python: str = typer.Option(None, help="A corrected Python for a --native run (the first one moved or broke)."),
+    data: Path = typer.Option(None, help="A corrected data root (the same data at a new path)."),
+    models: Path = typer.Option(None, help="A corrected checkpoint directory (the same weights at a new path)."),
 ) -> None:
     """Continue an interrupted or failed run from its stages' last checkpoints.
 
     Finished stages are kept; the others resume from their newest checkpoint into the same run directory.
+    --python, --data and --models correct a path that moved; they are recorded in the run's status.jsonl
+    (run.json keeps the first request) and hold for every later resume.
 
-    Example:
+    Examples:
 
       kit resume runs/20261129-101500-llava1_5_7b-tiny-1a2b
+
+      kit resume runs/20261129-101500-llava1_5_7b-tiny-1a2b --python .venv/bin/python
     """
     from .commands import run as run_cmd
     from .containers import ContainerError
@@ -159,10 +168,11 @@ def resume(
         run_dir = find_run(run_ref, results)
         if stage_states(run_dir).get(None) == "finished":
             fail(f"{run_dir} has finished; nothing to resume (start a new run with `kit run`)")
-        code = run_cmd.execute(run_dir, console, resumed=True)
+        overrides = run_cmd.resume_overrides(run_dir, python, data, models)
+        code = run_cmd.execute(run_dir, console, resumed=True, overrides=overrides)
     except ContainerError as e:
         fail(str(e), 3)
-    except RunDirError as e:
+    except (RunDirError, run_cmd.UsageError) as e:
         fail(str(e))
     raise typer.Exit(code)
 

@@ -21,12 +21,18 @@ from .checks.system import cpu_info, ib_ports, mem_total, os_info
 
 def gpu_facts(nvml: Any = None) -> dict[str, Any]:
     """Driver, CUDA driver version and each GPU (name, memory, NVLink links up) through NVML, or why not."""
-    from .nvml import NVMLUnavailable, open_nvml
+    from .nvml import NVMLUnavailable, ReplayNVML, open_nvml
 
+    # KIT_NVML_RECORDING=PATH: answer from a recorded host (`python -m kit.nvml record`), for tests and rehearsals.
+    recording = os.environ.get("KIT_NVML_RECORDING") if nvml is None else None
     try:
-        nvml = nvml or open_nvml()
+        nvml = nvml or (ReplayNVML.load(recording) if recording else open_nvml())
     except NVMLUnavailable as e:
         return {"available": False, "reason": str(e), "devices": []}
+    except (OSError, ValueError) as e:
+        if not recording:
+            raise
+        return {"available": False, "reason": f"KIT_NVML_RECORDING={recording}: {e}", "devices": []}
     count = read(nvml, "nvmlDeviceGetCount")
     devices = []
     max_links = getattr(nvml, "NVML_NVLINK_MAX_LINKS", 18)
@@ -46,6 +52,7 @@ def gpu_facts(nvml: Any = None) -> dict[str, Any]:
     driver = read(nvml, "nvmlSystemGetDriverVersion")
     return {
         "available": True,
+        **({"replayed_from": recording} if recording else {}),  # never a real host's facts: kit submit refuses them
         "driver": None if driver is NOT_REPORTED else str(driver),
         "cuda_driver": f"{cuda // 1000}.{cuda % 1000 // 10}" if isinstance(cuda, int) else None,
         "devices": devices,

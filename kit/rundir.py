@@ -91,6 +91,25 @@ def stage_states(run: Path) -> dict[str | None, str]:
     return states
 
 
+# What `kit resume` may correct (a Python, data or weights that moved): recorded in the "resumed" line's detail.
+RESUME_OVERRIDES = ("python", "data", "models")
+
+
+def effective_request(run: Path) -> dict[str, Any]:
+    """run.json with every resume's corrections applied in order: run.json is written once and never changed, so
+    `kit resume --python/--data/--models` are recorded in the "resumed" lines of status.jsonl and overlaid here."""
+    meta = read_json(run / "run.json")
+    path = run / "status.jsonl"
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut short by a crash
+        if row.get("state") == "resumed" and isinstance(row.get("detail"), dict):
+            meta.update({k: v for k, v in row["detail"].items() if k in RESUME_OVERRIDES})
+    return meta
+
+
 def find_run(ref: str | None, results: Path) -> Path:
     """A run directory from a path, an id under `results`, or (None) the newest run there."""
     if ref:

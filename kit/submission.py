@@ -448,6 +448,10 @@ def pack(
                 "the case; pass --allow-synthetic to pack it anyway (the submission is then marked synthetic "
                 "wherever it is shown)"
             )
+        replayed = ((f.environment.get("host") or {}).get("gpus") or {}).get("replayed_from")
+        if replayed:
+            raise SubmissionError(f"run {f.run_id}: its GPU facts were replayed from the recording {replayed} "
+                                  "(KIT_NVML_RECORDING), not read from the host it ran on; run it again without it")  # fmt: skip
         if not f.inputs:
             raise SubmissionError(f"run {f.run_id}: no inputs.json (data and weights identity); it was made by a kit "
                                   "older than the submission rules: run it again")  # fmt: skip

@@ -20,6 +20,7 @@ from ..launch import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     EXIT_OK,
+    EXIT_USAGE,
     NativeLauncher,
     StageResult,
     tail_lines,
@@ -29,6 +30,10 @@ from ..progress import StageProgress
 
 class UsageError(ValueError):
     """A bad request, caught before anything is created or launched."""
+
+
+class EnvironmentProblem(RuntimeError):
+    """This host cannot run the request (too few GPUs, too little disk): exit 3, before anything is created."""
 
 
 @dataclass
@@ -120,6 +125,8 @@ def plan(
     training = [s for s in stages if s in TRAIN_STAGES]
     # Raises, naming every stage whose global batch does not divide and the --config / --set that fix it.
     cfg.check_world_size(nodes * gpus, training)
+    if synthetic and data is not None:
+        raise UsageError(f"--synthetic generates its own data set; drop --data, or drop --synthetic to train on {data}")
     if not synthetic:
         needed = [("--data", data)] if training else []
         needed += [("--models", models)]
@@ -157,6 +164,8 @@ def plan(
                 )
         elif not save:
             raise UsageError("--no-save leaves no finetuned model for the eval stage: use --stage train with --no-save")
+    if problem := results_problem(results) or (python_problem(python) if native else None):
+        raise UsageError(problem)
     if not native:  # the containers see every directory at its absolute host path
         results, data, models, mmmu, model_dir = (
             p.resolve() if p is not None else None for p in (results, data, models, mmmu, model_dir)
@@ -171,6 +180,196 @@ def plan(
         ulimits=list(ulimits or []), hang_timeout=hang_timeout,
     )  # fmt: skip
     return req, cfg
+
+
+PYTHON_FIX = "pass --python PATH: the Python of an environment with the case's packages (torch, deepspeed)"
+
+
+def python_problem(python: str, flag: str = "--python") -> str | None:
+    """Why `python` cannot run the case's launcher (missing, not executable), or None. Whether it can import torch
+    and deepspeed is the environment probe's question (seconds): here only what costs nothing."""
+    import os
+    import shutil
+
+    if shutil.which(python):
+        return None
+    if os.path.isdir(python):
+        why = "is a directory, not a Python executable"
+    elif os.path.exists(python):
+        why = "is not executable"
+    elif os.path.lexists(python):
+        why = f"is a broken symlink (to {os.readlink(python)}, which does not exist)"
+    else:
+        why = "does not exist" if os.sep in python else "is not a command on PATH"
+    return f"{flag} {python} {why}; {PYTHON_FIX}"
+
+
+def results_problem(results: Path) -> str | None:
+    """Why run directories cannot be created under `results` (a file, under a file, not writable), or None."""
+    import os
+
+    target = results.absolute()
+    p = target
+    while not p.exists() and p != p.parent:  # --results may not exist yet: its nearest existing parent decides
+        p = p.parent
+    if not p.is_dir():
+        where = "is a file" if p == target else f"is under {p}, a file"
+        return f"--results {results} {where}, not a directory; pass a directory (it is created when missing)"
+    if not os.access(p, os.W_OK | os.X_OK):
+        where = "" if p == target else f" ({p}, where it would be created)"
+        return (f"--results {results}: cannot create run directories there{where}: not writable by this user; "
+                "pass a directory you can write to")  # fmt: skip
+    return None
+
+
+def gpu_problem(req: RunRequest, cfg) -> str | None:
+    """A GPU config on this host's GPUs (--native, or containers all on the local engine): NVML must see --gpus
+    of them, or the run would start building the 7B model in host memory. None when it does (or does not apply)."""
+    import os
+
+    if cfg.device == "cpu":
+        return None
+    local_engine = all(h == "local" for h in req.hosts) and os.environ.get("DOCKER_HOST", "unix://").startswith("unix://")
+    if not (req.native or local_engine):
+        return None  # other hosts' GPUs: `kit check-host --hosts` counts them
+    from ..hostfacts import gpu_facts
+
+    facts = gpu_facts()
+    found = len(facts["devices"])
+    if found >= req.gpus:
+        return None
+    per = f"{req.gpus} GPU{'s' if req.gpus != 1 else ''} per node ({cfg.device})"
+    scale = "" if req.gpus == cfg.gpus_per_node else f" at --gpus {req.gpus}"
+    if not facts["available"]:
+        has = f"none: {facts['reason']}"
+    elif not found:
+        has = "none (NVML sees no GPU)"
+    else:
+        names = ", ".join(sorted({d["name"] for d in facts["devices"]}))
+        has = f"{found} ({names})"
+    fix = ("run on a GPU host, or use --config tiny on a CPU" if not found
+           else f"run on a host with {req.gpus}, or pass --gpus {found} (or a config for {found}: kit configs)")  # fmt: skip
+    return f"config {cfg.name}{scale} needs {per}; this host has {has} — {fix}"
+
+
+def disk_need(req: RunRequest, cfg) -> tuple[int, int, str] | None:
+    """(full, minimum, how) under --results, or None when the run writes nothing large: the finetune checkpoints
+    and 16-bit model dominate (kit.checks.system.results_need), and a short --no-save run writes neither."""
+    from ..checks.system import results_need
+
+    if "finetune" not in req.stages:
+        return None  # pretrain checkpoints hold the projector alone (tens of MB at 7B)
+    checkpoints = req.max_steps == 0 or req.max_steps >= cfg.finetune.checkpoint_every
+    if not (req.save or checkpoints):
+        return None
+    return results_need(cfg, req.synthetic)
+
+
+def record_check(req: RunRequest, cfg, console: Console) -> None:
+    """The record files of the training stages that will run, through the case's own validator (standard library
+    only): a truncated file or a bad record fails here in seconds (UsageError, exit 2), not after the start-up."""
+    import importlib
+
+    if req.synthetic or not req.data:
+        return
+    try:
+        record_problem = importlib.import_module(cases.get(req.case).module("records")).record_problem
+    except (ImportError, AttributeError):
+        return  # a case without a host-side validator: its loader checks the records
+    from ..checks.system import human
+
+    limit = cfg.data.skip_bad_records
+    hint = "fix or remove the record(s), or set data.skip_bad_records (--set data.skip_bad_records=N) to skip a counted few"
+    for stage in (s for s in req.stages if s in TRAIN_STAGES):
+        path = Path(req.data) / getattr(cfg.data, f"{stage}_json")
+        template = cfg.stage(stage).template
+        if not path.is_file():
+            raise UsageError(f"--data {req.data}: the {stage} records {path} are missing; download them there")
+        what = f"checking the {stage} records: {path} ({human(path.stat().st_size)})"
+        if not console.is_terminal:  # a log: the spinner shows nothing there
+            console.print(Text(what, style="dim"))
+        with console.status(what):
+            try:
+                with open(path, encoding="utf-8") as f:
+                    records = json.load(f)
+            except (ValueError, OSError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+                raise UsageError(f"{path}: not valid JSON ({e}); the file may be truncated: download it again") from None
+            if not isinstance(records, list):
+                raise UsageError(f"{path}: expected a JSON list of records, got {type(records).__name__}")
+            bad, first = 0, []  # the count, and the first three named
+            for i, rec in enumerate(records):
+                if why := record_problem(rec, template):
+                    bad += 1
+                    if len(first) < 3:
+                        rid = repr(rec["id"]) if isinstance(rec, dict) and "id" in rec else "none"
+                        first.append(f"record #{i} (id {rid}): {why}")
+            n = len(records)
+            del records
+        listed = "; ".join(first) + (f"; and {bad - 3:,} more" if bad > 3 else "")
+        if bad > limit:
+            over = "" if limit == 0 else f", more than data.skip_bad_records = {limit}"
+            raise UsageError(f"{path}: {bad:,} of {n:,} records cannot be used ({template} template{over}): "
+                             f"{listed}; {hint}")  # fmt: skip
+        if bad:
+            console.print(Text(f"warning: {path}: {bad:,} of {n:,} records will be skipped (data.skip_bad_records "
+                               f"= {limit}): {listed}", style="yellow"))  # fmt: skip
+
+
+def preflight(req: RunRequest, cfg, console: Console, dry_run: bool = False) -> None:
+    """What this host must offer before anything is created: the GPUs, the disk under --results, well-formed
+    records. Raises EnvironmentProblem (exit 3) or UsageError (exit 2); a dry run prints what would stop a launch."""
+    from ..checks.system import free_bytes, human
+
+    stops = []
+    if problem := gpu_problem(req, cfg):
+        stops.append(problem)
+    if need := disk_need(req, cfg):
+        full, minimum, how = need
+        where, free = free_bytes(req.results)
+        if free < minimum:
+            stops.append(f"--results {req.results}: {human(free)} free at {where}, but the run needs at least "
+                         f"{human(minimum)} for one checkpoint and the model (a whole run about {human(full)}: {how}); "
+                         "free space there, or pass --results DIR on a larger disk")  # fmt: skip
+        elif free < full:
+            console.print(Text(f"warning: {human(free)} free at {where}; a whole run needs about {human(full)} "
+                               f"({how}): a long run may stop at a checkpoint (free space, then kit resume)",
+                               style="yellow"))  # fmt: skip
+    if dry_run:
+        for problem in stops:
+            console.print(Text(f"dry run: a launch would stop here (exit 3): {problem}", style="yellow"))
+        if not req.synthetic and req.data and any(s in TRAIN_STAGES for s in req.stages):
+            console.print(Text("dry run: the record files are checked at launch (kit check-host --deep checks them now)",
+                               style="dim"))  # fmt: skip
+        return
+    if stops:
+        raise EnvironmentProblem("\n".join(stops))  # each its own line: "error: " on the first
+    record_check(req, cfg, console)
+
+
+def resume_overrides(run: Path, python: str | None, data: Path | None, models: Path | None) -> dict[str, str]:
+    """`kit resume`'s corrections (a Python, data or weights that moved), checked: UsageError when one cannot serve.
+    They go into the "resumed" line of status.jsonl (run.json is never changed; rundir.effective_request)."""
+    import os
+
+    meta = rundir.effective_request(run)
+    out: dict[str, str] = {}
+    if python is not None:
+        if not meta.get("native", True):
+            raise UsageError(f"--python {python}: {run} runs in containers, whose image holds the Python; "
+                             "--python is for --native runs")  # fmt: skip
+        if problem := python_problem(python):
+            raise UsageError(problem)
+        out["python"] = os.path.abspath(python) if os.sep in python else python  # not resolved: a venv's link
+    for name, p in (("data", data), ("models", models)):
+        if p is None:
+            continue
+        if name == "data" and meta.get("synthetic"):
+            raise UsageError(f"--data {p}: {run} trains on the synthetic data set it generated; --data is for runs "
+                             "on real data")  # fmt: skip
+        if not p.is_dir():
+            raise UsageError(f"--{name} {p}: no such directory")
+        out[name] = str(p.resolve())
+    return out
 
 
 def container_plan(req: RunRequest, cfg, run_tag: str):
@@ -277,31 +476,55 @@ def start(req: RunRequest, cfg, console: Console) -> tuple[Path, int]:
             with console.status("checking the nodes: shared results, rendezvous port, reachability"):
                 containers.preflight(plan_, Path(req.results))
         run = rundir.new_run_dir(Path(req.results), req.case, req.config)
-        # The resolved config (overrides applied) is what every process of the run reads.
-        resolved = run / "config.toml"
-        resolved.write_text(cases.config_module(cases.get(req.case)).dumps(cfg))
-        rundir.write_json(
-            run / "run.json",
-            {
-                "run_id": run.name,
-                "created": time.time(),
-                "kit_version": __version__,
-                **asdict(req),
-                "config": cfg.to_dict(),  # resolved: every value the run used, the name among them
-                "config_path": str(resolved.resolve()),
-                "seed": cfg.train.seed,
-                "containers": plan_.to_dict() if plan_ else None,
-            },
-        )
-        rundir.append_status(run, "created")
-        console.print(f"run directory [bold]{run}[/]")
-        if plan_ is not None:
-            for line in containers.describe(plan_):
-                console.print(Text(line, style="dim"))
-        return run, execute(run, console, plan_=plan_)
+        try:  # a failure before the first stage leaves no run directory in state `created` behind
+            # The resolved config (overrides applied) is what every process of the run reads.
+            resolved = run / "config.toml"
+            resolved.write_text(cases.config_module(cases.get(req.case)).dumps(cfg))
+            rundir.write_json(
+                run / "run.json",
+                {
+                    "run_id": run.name,
+                    "created": time.time(),
+                    "kit_version": __version__,
+                    **asdict(req),
+                    "config": cfg.to_dict(),  # resolved: every value the run used, the name among them
+                    "config_path": str(resolved.resolve()),
+                    "seed": cfg.train.seed,
+                    "containers": plan_.to_dict() if plan_ else None,
+                },
+            )
+            rundir.append_status(run, "created")
+            console.print(f"run directory [bold]{run}[/]")
+            if plan_ is not None:
+                for line in containers.describe(plan_):
+                    console.print(Text(line, style="dim"))
+        except BaseException:
+            _abandon(run)
+            raise
+        try:
+            return run, execute(run, console, plan_=plan_)
+        except Exception:
+            if rundir.stage_states(run) == {None: "created"}:  # raised before anything was launched
+                _abandon(run)
+            raise
 
 
-def execute(run: Path, console: Console, resumed: bool = False, plan_=None) -> int:
+def _abandon(run: Path) -> None:
+    """A new run that failed before its first stage: removed while it holds only start()'s bookkeeping (run.json,
+    config.toml, status.jsonl, the lock); with anything more (a probe's log) it is marked failed, for the record."""
+    import shutil
+
+    from ..guard import HEARTBEAT_NAME, LOCK_NAME
+
+    ours = {"run.json", "config.toml", "status.jsonl", LOCK_NAME, HEARTBEAT_NAME}
+    entries = list(run.iterdir()) if run.is_dir() else []
+    if all(p.is_file() and (p.name in ours or p.name.endswith(".tmp")) for p in entries):
+        shutil.rmtree(run, ignore_errors=True)
+    else:
+        rundir.append_status(run, "failed", detail="failed before the first stage")
+
+
+def execute(run: Path, console: Console, resumed: bool = False, plan_=None, overrides: dict | None = None) -> int:
     """Run (or continue) the stages of a run directory; finished stages are skipped.
 
     For its whole life it holds the run's lock (a second kit on the same run is refused: guard.RunBusy), handles
@@ -309,7 +532,7 @@ def execute(run: Path, console: Console, resumed: bool = False, plan_=None) -> i
     """
     from .. import containers, guard
 
-    meta = rundir.read_json(run / "run.json")
+    meta = {**rundir.effective_request(run), **(overrides or {})}  # run.json with the resumes' --python/--data/--models
     launcher = None
     with guard.RunLock(run):
         try:
@@ -321,7 +544,7 @@ def execute(run: Path, console: Console, resumed: bool = False, plan_=None) -> i
                 else:
                     launcher = containers.ContainerLauncher(case, plan_ or replan(meta), run.name, hang_timeout=hang)
                 launcher.env["KIT_HEARTBEAT"] = str(beat.path)
-                return _execute(run, console, resumed, launcher)
+                return _execute(run, console, resumed, launcher, overrides)
         except KeyboardInterrupt as e:  # outside a stage (probe, data generation): nothing runs on, just mark it
             rundir.append_status(run, "interrupted", detail={"signal": str(e) or "SIGINT"})
             console.print(f"[yellow]interrupted[/]; continue with: kit resume {run}")
@@ -398,13 +621,38 @@ def _leftovers(stage_dir: Path) -> None:
         p.unlink(missing_ok=True)
 
 
-def _execute(run: Path, console: Console, resumed: bool, launcher) -> int:
-    meta = rundir.read_json(run / "run.json")
+def same_inputs(run: Path, req: RunRequest, config: dict, console: Console) -> str | None:
+    """A corrected --data or --models may move the inputs, never change them: their digests must equal inputs.json's."""
+    from .. import identity
+
+    with console.status("hashing the corrected inputs: a resumed run must read the same bytes"):
+        now = identity.collect(
+            data=Path(req.data) if req.data else None, models=Path(req.models) if req.models else None,
+            mmmu=Path(req.mmmu) if req.mmmu else None, synthetic_dir=None, stages=req.stages, config=config,
+            cache_path=Path(req.results) / identity.CACHE_NAME,
+        )  # fmt: skip
+    before = rundir.read_json(run / "inputs.json")
+    for part, flag in (("data", "--data"), ("weights", "--models")):
+        a = (before.get(part) or {}).get("digest") if isinstance(before.get(part), dict) else None
+        b = (now.get(part) or {}).get("digest") if isinstance(now.get(part), dict) else None
+        if a != b:
+            return (f"{flag} {req.data if part == 'data' else req.models} holds other {part} than the run started with "
+                    f"(digest {str(b)[:16]} vs {str(a)[:16]} in {run / 'inputs.json'}): a resumed run must read the same "
+                    "inputs; point it at the same files, or start a new run")  # fmt: skip
+    return None
+
+
+def _execute(run: Path, console: Console, resumed: bool, launcher, overrides: dict | None = None) -> int:
+    meta = {**rundir.effective_request(run), **(overrides or {})}  # run.json, then every resume's corrections in order
     fields = {k: meta[k] for k in RunRequest.__dataclass_fields__ if k in meta}
     req = RunRequest(**{**fields, "config": meta["config"]["name"]})
     states = rundir.stage_states(run)
+    if resumed and overrides and {"data", "models"} & set(overrides) and (run / "inputs.json").exists():
+        if problem := same_inputs(run, req, meta["config"], console):
+            console.print(f"[red]error:[/] {problem}")
+            return EXIT_USAGE
     if resumed:
-        rundir.append_status(run, "resumed")
+        rundir.append_status(run, "resumed", detail=overrides or None)
 
     if not (run / "environment.json").exists():
         probe = launcher.run_module("env", [], run / "logs" / "probe.log")

@@ -118,3 +118,25 @@ def test_an_unknown_accelerator_needs_a_declared_peak():
     assert peak_problem(unknown, {"accelerator_peak_bf16_flops": 5e14}) is None
     assert peak_problem({"model": "NVIDIA H200", "type": "cuda"}, {}) is None
     assert peak_problem({"model": "cpu", "type": "cpu"}, {}) is None  # MFU is n/a on a CPU by design
+
+
+def test_a_resume_may_move_the_inputs_but_not_change_them(tmp_path):
+    from rich.console import Console
+
+    from kit.commands.run import RunRequest, same_inputs
+
+    cfg = case_config.load("A800x1x8").to_dict()
+    for name, text in (("a", "[]"), ("moved", "[]"), ("other", '[{"id": "x"}]')):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "llava_v1_5_mix665k.json").write_text(text)
+    run = tmp_path / "run"
+    run.mkdir()
+    first = identity.collect(data=tmp_path / "a", models=None, mmmu=None, synthetic_dir=None, stages=["finetune"],
+                             config=cfg, cache_path=None)  # fmt: skip
+    (run / "inputs.json").write_text(json.dumps(first))
+    console = Console(file=open(os.devnull, "w"))  # noqa: SIM115
+    req = lambda d: RunRequest(case="llava1_5_7b", config="A800x1x8", stages=["finetune"], nodes=1, gpus=8,  # noqa: E731
+                               results=str(tmp_path), data=str(tmp_path / d))  # fmt: skip
+    assert same_inputs(run, req("moved"), cfg, console) is None
+    problem = same_inputs(run, req("other"), cfg, console)
+    assert problem and f"--data {tmp_path / 'other'} holds other data than the run started with" in problem
