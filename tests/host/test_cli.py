@@ -19,7 +19,8 @@ def test_version():
     assert r.exit_code == 0 and r.output.strip() == f"kit {__version__}"
 
 
-@pytest.mark.parametrize("command", ["run", "resume", "report", "configs", "mmmu score", "check-host", "env", "build"])
+@pytest.mark.parametrize("command", ["run", "resume", "report", "configs", "mmmu score", "check-host", "env", "build", "submit",
+                                     "verify", "compare"])
 def test_every_command_has_help_with_examples(command):
     r = runner.invoke(app, [*command.split(), "--help"], env={"COLUMNS": "200"})
     assert r.exit_code == 0
@@ -31,7 +32,8 @@ def test_host_side_never_imports_the_training_stack():
         "import sys, kit.cli, kit.commands.run, kit.commands.report, kit.launch, kit.progress, kit.report, "
         "kit.metrics, kit.rundir, kit.cases, kit.mmmu, kit.commands.mmmu, kit.nvml, "
         "kit.commands.check_host, kit.commands.env, kit.checks.docker, kit.checks.remote, kit.build, "
-        "kit.commands.build\n"
+        "kit.commands.build, kit.submission, kit.verify, kit.compare, kit.rules, kit.identity, kit.guard, "
+        "kit.hostfacts\n"
         "from kit import cases\n"
         "cases.load_config(cases.get('llava1_5_7b'), 'A800x1x8')\n"
         "bad = sorted(m for m in ('torch', 'deepspeed', 'transformers', 'mlperf_logging') if m in sys.modules)\n"
