@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from kit import metrics as m
+from kit.guard import RunLock
 
 from .rundir_factory import GIB, SMALL_MODEL, STAGE_TRAINS, T0, StageSpec, make_run, step_facts
 
@@ -154,7 +155,8 @@ def test_resumed_stage_summary(tmp_path: Path) -> None:
 
 def test_zero_step_and_pending_stages(tmp_path: Path) -> None:
     rd = make_run(tmp_path, [StageSpec("pretrain", steps=0, state="running"), StageSpec("finetune")])
-    s = m.run_summary(rd)
+    with RunLock(rd):  # a running run's kit process holds its lock (without it, the run reads as stopped)
+        s = m.run_summary(rd)
     pre, fin = s["stages"]["pretrain"], s["stages"]["finetune"]
     assert pre["state"] == "running" and pre["steps_done"] == 0 and pre["tokens_per_s_per_gpu"] is None
     assert pre["mfu_reference"] is None and pre["loss_tail_mean"] is None

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from kit import report
+from kit.guard import RunLock
 
 from .rundir_factory import StageSpec, make_run
 
@@ -101,7 +102,9 @@ def test_table_renderable_is_rich(tmp_path: Path) -> None:
 def test_interrupted_and_zero_step_runs_render(tmp_path: Path) -> None:
     a = report.write_summary(make_run(tmp_path, [StageSpec("pretrain", steps=7, state="interrupted"),
                                                  StageSpec("finetune")], run_id="a"))
-    b = report.write_summary(make_run(tmp_path, [StageSpec("pretrain", steps=0, state="running")], run_id="b"))
+    run_b = make_run(tmp_path, [StageSpec("pretrain", steps=0, state="running")], run_id="b")
+    with RunLock(run_b):  # a running run's kit process holds its lock
+        b = report.write_summary(run_b)
     for s in (a, b):
         for fmt in report.FORMATS:
             assert report.render(s, fmt)
@@ -124,9 +127,12 @@ def test_cpu_run_says_why_mfu_is_na(tmp_path: Path) -> None:
 
 def test_running_resumed_run(tmp_path: Path) -> None:
     rd = make_run(tmp_path, [StageSpec("pretrain", steps=30, resume_at=12, state="running")])
-    s = report.write_summary(rd)
+    with RunLock(rd):  # a running run's kit process holds its lock
+        s = report.write_summary(rd)
     assert s["state"] == "running" and s["stages"]["pretrain"]["attempts"] == 2
     assert "running" in report.render(s, "table")
+    stopped = report.write_summary(rd)  # the same run once no kit process holds it: killed, resumable
+    assert stopped["state"] == "stopped" and "kit resume" in report.render(stopped, "table")
 
 
 def test_host_modules_import_no_heavy_packages() -> None:
