@@ -156,7 +156,7 @@ class RunFacts:
                 "eval": self.eval_facts, "inputs": self.inputs}  # fmt: skip
 
 
-def _config_difference(a: dict[str, Any], b: dict[str, Any]) -> str | None:
+def config_difference(a: dict[str, Any], b: dict[str, Any]) -> str | None:
     from .rules import flatten
 
     fa, fb = flatten(a), flatten(b)
@@ -464,7 +464,7 @@ def pack(
             raise SubmissionError(f"runs {first.run_id} and {f.run_id} ran different software "
                                   f"({first.software()['id'][:23]} vs {f.software()['id'][:23]}): one image per "
                                   "submission")  # fmt: skip
-        if differ := _config_difference(first.config, f.config):
+        if differ := config_difference(first.config, f.config):
             raise SubmissionError(f"runs {first.run_id} and {f.run_id} ran different configs ({differ}): the runs of "
                                   "a submission repeat one config, so their spread means something")  # fmt: skip
         if f.synthetic != first.synthetic:

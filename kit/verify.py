@@ -33,7 +33,7 @@ from .submission import (
     SUBMISSION_SCHEMA,
     SYSTEM_REQUIRED,
     SubmissionError,
-    _config_difference,
+    config_difference,
     read_run,
     sha256_file,
     stated_results,
@@ -458,7 +458,7 @@ def _verify_tree(rep: Report, root: Path, allowed_signers: Path | None, rules_pa
         for where, rf in facts[1:]:
             if rf.system_key() != first.system_key():
                 rep.fail("same system", f"{rf.system_key()} vs {first_where}'s {first.system_key()}", where)
-            if differ := _config_difference(first.config, rf.config):
+            if differ := config_difference(first.config, rf.config):
                 rep.fail("same config", f"{differ} (vs {first_where})", f"{where}/run.json")
             if rf.software()["id"] != first.software()["id"]:
                 rep.fail("same software", f"{rf.software()['id'][:30]} vs {first_where}'s {first.software()['id'][:30]}",
