@@ -245,7 +245,7 @@ def configs(case: str = typer.Argument("llava1_5_7b", help="The case.")) -> None
 
 
 def _register_subcommands() -> None:
-    from .commands import build, check_host, compare, env, mmmu, submit, verify
+    from .commands import build, check_host, compare, data, env, mmmu, submit, verify
 
     app.command("build")(build.build)
     app.command("check-host")(check_host.check_host)
@@ -253,6 +253,7 @@ def _register_subcommands() -> None:
     app.command("submit")(submit.submit)
     app.command("verify")(verify.verify)
     app.command("compare")(compare.compare)
+    app.add_typer(data.app, name="data", help="The case's data and weights: fetch, verify, fix.")
     app.add_typer(mmmu.app, name="mmmu", help="MMMU validation: score raw responses with the official rules.")
 
 

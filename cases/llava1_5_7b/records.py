@@ -1,6 +1,9 @@
-"""The record validator shared by the case (`LlavaDataset`) and the host (`kit check-host --deep`).
+"""The record validator shared by the case (`LlavaDataset`) and the host (`kit check-host --deep`, `kit data verify`).
 
 Standard library only: the host side imports it without torch, numpy or Pillow.
+
+Every problem has a category (CATEGORIES), so a verifier can count a real file's unusable records by kind, and
+what the reference pipeline would do with each kind is written once, here (README "Where kit differs").
 """
 
 from __future__ import annotations
@@ -9,39 +12,58 @@ from typing import Any
 
 IMAGE_TOKEN = "<image>"
 
+# category -> (what it is, what the reference pipeline (haotian-liu/LLaVA train.py) does with such a record)
+CATEGORIES: dict[str, tuple[str, str]] = {
+    "schema": ("not a {id, conversations} object, or a bad 'image' or turn", "fails with a KeyError or TypeError"),
+    "empty-turn": ("an empty or whitespace-only turn", "trains it (an empty turn in the prompt)"),
+    "gpt-first": ("the first turn is gpt", "drops the leading gpt turn silently and trains the rest"),
+    "turn-order": ("turns do not alternate human, gpt", "trains it with the roles as given (asserts in some versions)"),
+    "odd-turns": ("the last human turn has no gpt answer", "trains it with the last question unanswered"),
+    "gpt-image": ("a gpt turn holds <image>", "splices the image into the answer"),
+    "placeholders": ("an image record without exactly one <image>", "0: prepends none and trains without the image; 2: fails in the splice"),
+    "text-image": ("a text-only record holds <image>", "fails in the splice (no image to put there)"),
+    "plain-shape": ("the plain template needs an image and exactly one human and one gpt turn", "trains the first caption only"),
+}
 
-def record_problem(rec: Any, template: str) -> str | None:
-    """Why a record cannot be used (schema, turn order, `<image>` placement), or None when it is fine."""
+
+def record_issue(rec: Any, template: str) -> tuple[str, str] | None:
+    """(category, why) when a record cannot be used (schema, turn order, `<image>` placement), or None when fine."""
     if not isinstance(rec, dict):
-        return f"a record must be a JSON object, got {type(rec).__name__}"
+        return "schema", f"a record must be a JSON object, got {type(rec).__name__}"
     if not isinstance(rec.get("id"), (str, int)) or isinstance(rec.get("id"), bool):
-        return "missing or invalid 'id' (a string)"
+        return "schema", "missing or invalid 'id' (a string)"
     image = rec.get("image")
     if "image" in rec and (not isinstance(image, str) or not image):
-        return f"'image' must be a non-empty relative path, got {image!r}"
+        return "schema", f"'image' must be a non-empty relative path, got {image!r}"
     conv = rec.get("conversations")
     if not isinstance(conv, list) or not conv:
-        return "missing 'conversations' (a non-empty list of {from, value} turns)"
+        return "schema", "missing 'conversations' (a non-empty list of {from, value} turns)"
     for j, turn in enumerate(conv):
         if not isinstance(turn, dict) or not isinstance(turn.get("value"), str) or turn.get("from") not in ("human", "gpt"):
-            return f"turn {j} must be {{'from': 'human'|'gpt', 'value': string}}, got {str(turn)[:80]}"
+            return "schema", f"turn {j} must be {{'from': 'human'|'gpt', 'value': string}}, got {str(turn)[:80]}"
+    for j, turn in enumerate(conv):
         if not turn["value"].strip():
-            return f"turn {j} ({turn['from']}) has an empty value"
+            return "empty-turn", f"turn {j} ({turn['from']}) has an empty value"
         want = "human" if j % 2 == 0 else "gpt"
         if turn["from"] != want:
-            return (
-                f"turns must alternate human, gpt, ... starting with human; turn {j} is {turn['from']}"
-                + (" (LLaVA would silently drop a leading gpt turn)" if j == 0 else "")
-            )
+            if j == 0:
+                return "gpt-first", "turns must alternate human, gpt, ... starting with human; turn 0 is gpt (LLaVA would silently drop a leading gpt turn)"
+            return "turn-order", f"turns must alternate human, gpt, ... starting with human; turn {j} is {turn['from']}"
         if turn["from"] == "gpt" and IMAGE_TOKEN in turn["value"]:
-            return f"turn {j} (gpt) contains {IMAGE_TOKEN}; only human turns may hold the image"
+            return "gpt-image", f"turn {j} (gpt) contains {IMAGE_TOKEN}; only human turns may hold the image"
     if len(conv) % 2:
-        return f"{len(conv)} turns: the last human turn has no gpt answer"
+        return "odd-turns", f"{len(conv)} turns: the last human turn has no gpt answer"
     placeholders = sum(t["value"].count(IMAGE_TOKEN) for t in conv)
     if "image" in rec and placeholders != 1:
-        return f"an image record needs exactly one {IMAGE_TOKEN} placeholder, found {placeholders}"
+        return "placeholders", f"an image record needs exactly one {IMAGE_TOKEN} placeholder, found {placeholders}"
     if "image" not in rec and placeholders:
-        return f"a text-only record (no 'image') contains {IMAGE_TOKEN}"
+        return "text-image", f"a text-only record (no 'image') contains {IMAGE_TOKEN}"
     if template == "plain" and ("image" not in rec or len(conv) != 2):
-        return "the plain template needs an image and exactly one human and one gpt turn"
+        return "plain-shape", "the plain template needs an image and exactly one human and one gpt turn"
     return None
+
+
+def record_problem(rec: Any, template: str) -> str | None:
+    """Why a record cannot be used, or None when it is fine (record_issue without its category)."""
+    issue = record_issue(rec, template)
+    return None if issue is None else issue[1]
