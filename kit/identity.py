@@ -113,6 +113,8 @@ def data_identity(data_root: Path, stages: list[str], data_cfg: dict[str, Any], 
             digest, size = cache.sha256(json_path)
             files[rel_json] = {"sha256": digest, "bytes": size}
             entry.update(sha256=digest, bytes=size)
+            if (provenance := filter_provenance(json_path, digest)) is not None:
+                entry["filter"] = provenance
         else:
             entry["missing"] = True
         images = data_root / rel_images
@@ -133,6 +135,60 @@ def data_identity(data_root: Path, stages: list[str], data_cfg: dict[str, Any], 
         out["stages"][stage] = entry
     out["files"] = files
     out["digest"] = digest_of(files) if files else None
+    return out
+
+
+FILTER_SCHEMA = "kit.data-filter/1"
+FILTER_SUFFIX = ".kit-filter.json"
+
+
+def filter_provenance(json_path: Path, sha256: str) -> dict[str, Any] | None:
+    """What `kit data fix --write-filtered` dropped to make this record file, from its sidecar, or None.
+
+    The sidecar names the original file and its sha256 and every dropped record with its reason. It describes this
+    file only when its output sha256 is this file's: a sidecar left beside an edited file is reported, not believed.
+    """
+    side = json_path.with_name(json_path.name + FILTER_SUFFIX)
+    if not side.is_file():
+        return None
+    try:
+        data = json.loads(side.read_text())
+    except (OSError, ValueError) as e:
+        return {"sidecar": side.name, "valid": False, "problem": f"cannot be read ({e})"}
+    if not isinstance(data, dict) or data.get("schema") != FILTER_SCHEMA:
+        return {"sidecar": side.name, "valid": False, "problem": f"not a {FILTER_SCHEMA} file"}
+    source, output = data.get("source") or {}, data.get("output") or {}
+    counts = data.get("counts") if isinstance(data.get("counts"), dict) else {}
+    out = {
+        "sidecar": side.name, "valid": output.get("sha256") == sha256,
+        "source_file": source.get("file"), "source_sha256": source.get("sha256"), "source_records": source.get("records"),
+        "records": output.get("records"), "dropped": sum(v for v in counts.values() if isinstance(v, int)),
+        "counts": counts, "written": data.get("written"),
+    }  # fmt: skip
+    if not out["valid"]:
+        out["problem"] = f"its output sha256 {str(output.get('sha256'))[:16]} is not this file's {sha256[:16]}"
+    return out
+
+
+def manifest_identity(data_root: Path | None) -> dict[str, Any] | None:
+    """The data manifest that `kit data verify` wrote into the data root, in short, or None when there is none.
+
+    Stale (a record file changed since the verify) and damaged manifests are recorded as such: the identity of data
+    that was verified is only claimed while the files are those that were verified.
+    """
+    if data_root is None:
+        return None
+    from .data import manifest as data_manifest
+
+    try:
+        m = data_manifest.read(data_root)
+    except data_manifest.ManifestError as e:
+        return {"path": str(data_manifest.path(data_root)), "valid": False, "problem": str(e)}
+    if m is None:
+        return None
+    out = {"path": str(data_manifest.path(data_root)), "valid": True, **data_manifest.identity(m)}
+    if stale := data_manifest.stale(data_root, m):
+        out.update(valid=False, stale=stale, problem=f"changed since `kit data verify`: {', '.join(stale)}")
     return out
 
 
@@ -161,6 +217,8 @@ def collect(
     data_root = synthetic_dir if synthetic else data
     out: dict[str, Any] = {"schema": INPUTS_SCHEMA, "synthetic": synthetic}
     out["data"] = data_identity(data_root, training, config["data"], cache) if data_root and training else None
+    if out["data"] is not None and not synthetic:
+        out["data"]["manifest"] = manifest_identity(data_root)
     model_cfg = config["model"]
     if synthetic:
         out["weights"] = {"random_init": True, "seed": config["train"]["seed"], "digest": None,

@@ -144,6 +144,13 @@ def load(case_name: str, path: str | Path | None = None) -> Rules:
         if n < 1:
             raise RulesError(f"{p}: categories.{name}.runs must be at least 1, got {n}")
         _need(data, f"categories.{name}.max_steps", bool, p)
+    filtered = (data.get("data") or {}).get("filtered", {})
+    if filtered:
+        reasons = _need(data, "data.filtered.reasons", list, p)
+        if not all(isinstance(r, str) for r in reasons):
+            raise RulesError(f"{p}: data.filtered.reasons must be a list of strings, got {reasons!r}")
+        if _need(data, "data.filtered.max_dropped", int, p) < 0:
+            raise RulesError(f"{p}: data.filtered.max_dropped must be at least 0")
     olympic = _need(data, "olympic", dict, p)
     _need(data, "olympic.drop", int, p)
     _need(data, "olympic.min_runs", int, p)
@@ -200,10 +207,47 @@ def check_config(rules: Rules, config: dict[str, Any], synthetic: bool, where: s
     return out
 
 
+def filter_standing(rules: Rules, stage: str, fixed_file: str, provenance: dict[str, Any] | None) -> str | None:
+    """Why a filtered record file may not stand in for the stage's fixed one (rules [data.filtered]), or None if it may."""
+    allowed = rules.data.get("filtered") or {}
+    if not provenance:
+        return "it is not a record file written by `kit data fix --write-filtered` (no sidecar)"
+    if not allowed:
+        return "the rules admit no filtered record file"
+    if not provenance.get("valid"):
+        return f"its sidecar {provenance.get('sidecar')} does not describe it: {provenance.get('problem', '')}"
+    if provenance.get("source_file") != fixed_file:
+        return f"it was filtered from {provenance.get('source_file')!r}, not from the fixed {fixed_file!r}"
+    pin = rules.data.get(f"{stage}_sha256")
+    if pin and provenance.get("source_sha256") != pin:
+        return f"its original's sha256 {provenance.get('source_sha256')} is not the pinned {pin}"
+    counts = provenance.get("counts") or {}
+    if other := sorted(r for r, n in counts.items() if n and r not in allowed["reasons"]):
+        return f"it drops records for {', '.join(other)}; only {', '.join(allowed['reasons'])} may be dropped"
+    if (dropped := int(provenance.get("dropped") or 0)) > int(allowed["max_dropped"]):
+        return f"it drops {dropped:,} records, more than the {allowed['max_dropped']:,} the rules admit"
+    return None
+
+
 def check_run(rules: Rules, facts: dict[str, Any], category: str, where: str = "") -> list[Break]:
     """The rules one run breaks. `facts`: config, synthetic, stages {name: kit_facts}, eval facts, inputs."""
     config, synthetic = facts["config"], bool(facts.get("synthetic"))
     out = check_config(rules, config, synthetic, where)
+    data_stages = (((facts.get("inputs") or {}).get("data") or {}).get("stages") or {})
+    dropped: dict[str, int] = {}
+    if not synthetic:  # a filtered record file in place of the fixed one: admitted within [data.filtered]
+        ref_data = reference_for(rules, config, synthetic).get("data", {})
+        for stage in ("pretrain", "finetune"):
+            key = f"data.{stage}_json"
+            hit = [b for b in out if b.key == key]
+            prov = (data_stages.get(stage) or {}).get("filter")
+            if hit and filter_standing(rules, stage, ref_data.get(f"{stage}_json"), prov) is None:
+                out.remove(hit[0])
+                dropped[stage] = int(prov.get("dropped") or 0)
+            elif hit and prov:  # it tried to be a filtered file: say why it does not stand in
+                why = filter_standing(rules, stage, ref_data.get(f"{stage}_json"), prov)
+                b = hit[0]
+                out[out.index(b)] = Break(f"{b.rule}; as a filtered record file: {why}", key, b.expected, b.found, b.where)
     full = category == "full"
     ref = reference_for(rules, config, synthetic)
     for stage in ("pretrain", "finetune"):
@@ -213,8 +257,9 @@ def check_run(rules: Rules, facts: dict[str, Any], category: str, where: str = "
         if full and f.get("steps_planned") != f.get("steps_total"):
             out.append(Break("one full epoch (category full)", f"{stage}.steps_planned", f.get("steps_total"),
                              f.get("steps_planned"), where))  # fmt: skip
-        if not synthetic and f.get("records") != rules.records[stage]:
-            out.append(Break("the reference data set", f"{stage}.records", rules.records[stage], f.get("records"), where))
+        if not synthetic and f.get("records") != rules.records[stage] - dropped.get(stage, 0):
+            out.append(Break("the reference data set" + (f" less the {dropped[stage]:,} records filtered out" if stage in dropped else ""),
+                             f"{stage}.records", rules.records[stage] - dropped.get(stage, 0), f.get("records"), where))  # fmt: skip
         if f.get("global_batch") != ref[stage]["global_batch"]:
             out.append(Break("the global batch as run (kit_facts)", f"{stage}.global_batch (events.log)",
                              ref[stage]["global_batch"], f.get("global_batch"), where))  # fmt: skip
@@ -235,9 +280,24 @@ def check_run(rules: Rules, facts: dict[str, Any], category: str, where: str = "
             got = (weights.get(part) or {}).get("digest")
             if pin and got != pin:
                 out.append(Break("the published initial weights", f"weights.{part}.digest", pin, got, where))
+        manifest = (inputs.get("data") or {}).get("manifest") if isinstance(inputs.get("data"), dict) else None
+        if rules.data.get("verified") and inputs.get("data") is not None:
+            if not manifest:
+                found = "none (the data root had no kit-data-manifest.json when the run started)"
+            elif not manifest.get("valid"):
+                found = f"not valid: {manifest.get('problem', '?')}"
+            elif not manifest.get("ok"):
+                found = "kit data verify found problems"
+            else:
+                found = None
+            if found:
+                out.append(Break("data verified by `kit data verify` before the run", "data.manifest", "valid and clean",
+                                 found, where))  # fmt: skip
         for stage in ("pretrain", "finetune"):
             pin = rules.data.get(f"{stage}_sha256")
             got = (((inputs.get("data") or {}).get("stages") or {}).get(stage) or {}).get("sha256")
+            if stage in dropped:  # the pin is the original's: filter_standing checked it against the sidecar
+                continue
             if pin and got != pin:
                 out.append(Break("the reference data set", f"data.{stage}.sha256", pin, got, where))
     return out

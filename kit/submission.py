@@ -424,6 +424,20 @@ class Packed:
     category: str
 
 
+def data_of(f: RunFacts) -> dict[str, Any] | None:
+    """The data's identity a submission states: the verified data manifest (`kit data verify`) and what a filtered
+    record file dropped, per stage, from the first run's inputs.json (every run must agree; verify checks)."""
+    data = f.inputs.get("data") if isinstance(f.inputs.get("data"), dict) else None
+    if data is None:
+        return None
+    stages = data.get("stages") or {}
+    return {
+        "manifest": data.get("manifest"),
+        "record_files": {s: {"file": e.get("records_file"), "sha256": e.get("sha256")} for s, e in stages.items()},
+        "filtered": {s: e["filter"] for s, e in stages.items() if e.get("filter")},
+    }
+
+
 def pack(
     run_dirs: list[Path], system_toml: Path, out: Path, rules: Rules, *, allow_synthetic: bool = False,
     sign_key: Path | None = None,
@@ -530,6 +544,7 @@ def pack(
         "rules_sha256": sha256_file(rules.path),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "runs": runs_meta,
+        "data": data_of(first),
         "breaks": [b.to_dict() for b in breaks],
         "results": stated_results(summaries, rules),
     }

@@ -34,6 +34,7 @@ from .submission import (
     SYSTEM_REQUIRED,
     SubmissionError,
     config_difference,
+    data_of,
     read_run,
     sha256_file,
     stated_results,
@@ -104,6 +105,13 @@ def _safe_extract(tar_path: Path, dest: Path) -> None:
                 raise SubmissionError(f"{tar_path}: member {m.name!r} is not a plain file or folder inside the "
                                       "archive; a submission holds nothing else")  # fmt: skip
         tar.extractall(dest, filter="data") if hasattr(tarfile, "data_filter") else tar.extractall(dest)  # noqa: S202
+
+
+def data_manifest_digest(inputs: dict[str, Any]) -> str | None:
+    """The digest of the verified data (`kit data verify`'s manifest) a run recorded, or None."""
+    data = inputs.get("data") if isinstance(inputs.get("data"), dict) else {}
+    m = data.get("manifest") if isinstance(data.get("manifest"), dict) else {}
+    return m.get("digest")
 
 
 def find_root(path: Path) -> Path:
@@ -455,6 +463,9 @@ def _verify_tree(rep: Report, root: Path, allowed_signers: Path | None, rules_pa
     # The runs against each other.
     if facts:
         first_where, first = facts[0]
+        if "data" in sub and sub.get("data") != data_of(first):
+            rep.fail("data identity", "submission.json's data (manifest, record files, filtered records) is not what "
+                     f"{first_where}/inputs.json recorded", "submission.json")  # fmt: skip
         for where, rf in facts[1:]:
             if rf.system_key() != first.system_key():
                 rep.fail("same system", f"{rf.system_key()} vs {first_where}'s {first.system_key()}", where)
@@ -468,6 +479,9 @@ def _verify_tree(rep: Report, root: Path, allowed_signers: Path | None, rules_pa
                 b = (rf.inputs.get(part) or {}).get("digest") if isinstance(rf.inputs.get(part), dict) else None
                 if a != b:
                     rep.fail("same inputs", f"{part} digest {b} vs {first_where}'s {a}", f"{where}/inputs.json")
+            a, b = (data_manifest_digest(first.inputs), data_manifest_digest(rf.inputs))
+            if a != b:
+                rep.fail("same inputs", f"data manifest digest {b} vs {first_where}'s {a}", f"{where}/inputs.json")
         seen: dict[str, str] = {}
         for where, rf in facts:
             for key in (f"run id {rf.run_id}",

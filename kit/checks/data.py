@@ -171,7 +171,44 @@ def data_checks(cfg: Any, data: Path | None, deep: bool = False) -> list[Check]:
         checks.append(Check("data", "finetune images", "ok", f"{len(FINETUNE_FOLDERS)} folders under {ft_images}"))
     if (root / "MMMU").is_dir():
         checks.append(mmmu_check(root / "MMMU"))
+    checks.append(manifest_check(root))
     return checks
+
+
+def manifest_check(root: Path) -> Check:
+    """What the last `kit data verify` found, from the manifest it wrote into the data root (a few stats, no decoding)."""
+    from ..data import manifest as data_manifest
+
+    where = data_manifest.path(root)
+    verify_cmd = f"kit data verify --data {root}"
+    try:
+        m = data_manifest.read(root)
+    except data_manifest.ManifestError as e:
+        return Check("data", "data manifest", "warn", str(e), f"run `{verify_cmd}` again to rewrite it", {"path": str(where)})
+    if m is None:
+        return Check("data", "data manifest", "warn", f"no {where.name}: the images have not been verified",
+                     f"run `{verify_cmd}`: it decodes every image the records name and writes the manifest",
+                     {"path": str(where)})  # fmt: skip
+    ident = data_manifest.identity(m)
+    data = {"path": str(where), **ident}
+    if stale := data_manifest.stale(root, m):
+        return Check("data", "data manifest", "warn",
+                     f"{', '.join(stale)} changed since `kit data verify` ({m.get('written', '?')})",
+                     f"run `{verify_cmd}` again", {**data, "stale": stale})  # fmt: skip
+    found = ident.get("problems") or {}
+    problems = {f"{kind} images": n for kind, n in (found.get("images") or {}).items() if n}
+    if bad := sum(n for n in (found.get("bad_records") or {}).values() if isinstance(n, int)):
+        problems["unusable records"] = bad
+    when = m.get("written", "?")
+    if not ident.get("ok"):
+        listed = ", ".join(f"{v:,} {k}" for k, v in sorted(problems.items())) or "problems"
+        return Check("data", "data manifest", "fail", f"`kit data verify` ({when}) found {listed}",
+                     f"run `kit data fix --data {root}` (and `--write-filtered` for records whose images cannot be had)",
+                     data)  # fmt: skip
+    images = (ident.get("images") or {}).get("referenced")
+    count = f"{images:,}" if isinstance(images, int) else "all"
+    return Check("data", "data manifest", "ok", f"verified {when}: {count} images decode; digest {str(ident.get('digest'))[:16]}",
+                 data=data)  # fmt: skip
 
 
 def mmmu_check(path: Path) -> Check:
