@@ -118,6 +118,37 @@ def exact_flops_per_step(model: dict[str, Any], step: dict[str, Any]) -> float:
     return sum(exact_flops_breakdown(model, step).values())
 
 
+# ---- data fidelity counts ----
+
+# kit_step counts of what the reference pipeline's own rules did to the step's samples (docs/fidelity.md).
+DATA_STEP_COUNTS = (
+    "masked_by_reference_rule",
+    "relabelled_by_reference_rule",
+    "pad_tokens_removed",
+    "images_dropped_by_truncation",
+    "skipped_unreadable_images",
+)
+
+
+def data_counts(steps: Sequence[dict[str, Any]], facts: dict[str, Any]) -> dict[str, Any]:
+    """The stage's data counts: kit_step counts summed over every logged step (a re-logged step counts once:
+    the last occurrence replaced it), and the load-time skips of kit_facts, in total and by category.
+
+    A count the logs do not hold (a run from before the field existed) is None, not 0.
+    """
+    out: dict[str, Any] = {}
+    for key in DATA_STEP_COUNTS:
+        vals = [s[key] for s in steps if isinstance(s.get(key), (int, float))]
+        out[key] = int(sum(vals)) if vals else None
+    skipped = facts.get("skipped_records")
+    out["skipped_records"] = skipped if isinstance(skipped, int) else None
+    by_cat = facts.get("skipped_by_category")
+    out["skipped_by_category"] = (
+        {str(k): int(v) for k, v in by_cat.items() if isinstance(v, int)} if isinstance(by_cat, dict) else None
+    )
+    return out
+
+
 # ---- steady state and throughput ----
 
 
@@ -439,6 +470,7 @@ def summarize_stage(
         "checkpoint_s": sum(checkpoint_s) if checkpoint_s else None,
         "save_s": (events.save or {}).get("seconds"),
         "save_bytes": (events.save or {}).get("bytes"),
+        "data": data_counts(steps, facts),
         "notes": notes,
     }
     if not ref_stage_ok and steps:

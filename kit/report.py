@@ -278,6 +278,29 @@ def _cells(row: dict[str, Any]) -> dict[str, str]:
     }
 
 
+# (key of a stage's "data" counts, what one of it is): the one-line data note, in this order.
+DATA_NOTE_PARTS = (
+    ("masked_by_reference_rule", "samples fully masked (reference mismatch rule)"),
+    ("relabelled_by_reference_rule", "samples relabelled (reference round arithmetic)"),
+    ("pad_tokens_removed", "<unk> tokens removed"),
+    ("images_dropped_by_truncation", "images dropped by truncation"),
+    ("skipped_unreadable_images", "unreadable images skipped"),
+)
+
+
+def data_note(stage: str, st: dict[str, Any]) -> str | None:
+    """One line saying what the reference's own rules did to this stage's data, or None when nothing happened."""
+    data = st.get("data") if isinstance(st.get("data"), dict) else {}
+    parts = [f"{data[k]:,} {what}" for k, what in DATA_NOTE_PARTS if isinstance(data.get(k), int) and data[k] > 0]
+    skipped, by_cat = data.get("skipped_records"), data.get("skipped_by_category") or {}
+    if isinstance(skipped, int) and skipped > 0:
+        cats = ", ".join(f"{k} {v:,}" for k, v in sorted(by_cat.items()) if v)
+        parts.append(f"{skipped:,} records skipped at load" + (f" ({cats})" if cats else ""))
+    if not parts:
+        return None
+    return f"[{stage}] data as the reference trains it (docs/fidelity.md): " + ", ".join(parts)
+
+
 def footnotes(summary: dict[str, Any], reference: list[dict[str, Any]] | None = None) -> list[str]:
     """What each column means, and why a value is n/a (per stage)."""
     ref_rows = load_reference(summary.get("case")) if reference is None else reference
@@ -300,6 +323,8 @@ def footnotes(summary: dict[str, Any], reference: list[dict[str, Any]] | None = 
             notes.append(f"peak: {st['peak_flops'] / 1e12:g} TFLOP/s dense bf16 ({st.get('peak_source')})")
     for name, st in summary.get("stages", {}).items():
         notes += [f"[{name}] {n}" for n in st.get("notes", [])]
+        if (line := data_note(name, st)) is not None:
+            notes.append(line)
     ev = summary.get("eval")
     if ev and ev.get("overall") is not None:
         notes.append(

@@ -1,14 +1,20 @@
 """The case's data pipeline: records -> (input_ids, labels, image) -> micro-batches, as LLaVA-1.5 builds them.
 
-What the reference does and where the kit differs on purpose:
+What the reference does and where the kit differs on purpose (docs/fidelity.md has the record-by-record account):
 - Prompts, `<image>` handling and label masks follow LLaVA's `preprocess_plain` / `preprocess_v1` and
   `tokenizer_image_token`. The kit builds ids and labels segment by segment and checks that they equal the
-  whole-string tokenization; a mismatch is an error (the reference silently masks the whole sample).
+  whole-string tokenization (a disagreement is a kit error). It then runs the reference's own round arithmetic
+  (`reference_v1_labels`): where the reference reports "tokenization mismatch" the sample is fully masked, as
+  the reference trains it, and counted.
+- The collator applies the reference's collation: text cut at max_length, then every pad-id token (`<unk>`,
+  id 0) dropped (the reference's attention mask is `input_ids != pad`), then an image whose placeholder did not
+  survive the cut is dropped (the reference splices zero features for it). Each is counted per micro-batch.
 - Bad records (malformed, non-alternating, missing or unreadable image) stop the run with a message that
-  names the file, the record and the fix, unless `skip_bad_records` allows skipping a counted few.
-  A conversation that starts with a gpt turn is a bad record here; LLaVA silently drops that first turn.
-- Sequences are not truncated here: the model truncates after splicing the image features (as the
-  reference); the collator only drops raw tokens that cannot survive that truncation.
+  names the file, the record and the fix, unless `skip_bad_records` allows skipping a counted few (counted per
+  category, records.CATEGORIES). A conversation that starts with a gpt turn is a bad record here; LLaVA
+  silently drops that first turn.
+- Sequences are not truncated after splicing here: the model truncates after splicing the image features
+  (as the reference); the collator only drops raw tokens that cannot survive that truncation.
 """
 
 from __future__ import annotations
@@ -18,14 +24,14 @@ import math
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 from PIL import Image
 
 # The record validator is standard library only, so `kit check-host --deep` applies the same rules.
-from .records import IMAGE_TOKEN, record_problem
+from .records import IMAGE_TOKEN, record_issue
 from .tokenizer import Tokenizer
 
 IGNORE_INDEX = -100
@@ -119,6 +125,59 @@ def tokenize_conversation(
     return ids, labels, why
 
 
+V1_SEP = " ASSISTANT: "  # the reference's `conv.sep + conv.roles[1] + ": "`
+V1_SEP2 = "</s>"  # the reference's `conv.sep2`: it cuts the prompt into rounds
+
+
+def round_correction(tok: Tokenizer) -> int:
+    """Tokens the role word "USER" has more at a string's start than right after `</s>`.
+
+    The reference subtracts 1 from every round after the first when the tokenizer is not legacy (LLaMA's
+    vocabulary: "▁US" "ER" at a start, "USER" after `</s>` with legacy=False; equal with legacy=True). Computed
+    here from the tokenizer, it is that 1 (or 0) on LLaMA's tokenizer, and right for any other vocabulary.
+    """
+    start, _ = tok.encode_continuation("USER", "start")
+    after, _ = tok.encode_continuation("USER", "special")
+    return len(start) - len(after)
+
+
+def reference_v1_labels(
+    prompt: str, ids: Sequence[int], tok: Tokenizer, has_image: bool, max_length: int
+) -> tuple[list[int], bool]:
+    """The reference's preprocess_v1 masking of one prompt: (its labels, whether it reports a mismatch).
+
+    Its rule, step by step: the prompt is cut at `</s>` into rounds and each round at " ASSISTANT: " into
+    instruction and answer (a round that does not cut in two ends the walk); each round advances by the length
+    of its own fresh tokenization, the instruction is masked by its fresh length minus 2; everything after the
+    walk is masked. When the walk ends short of max_length and its length differs from the count of non-pad
+    tokens, the reference prints "tokenization mismatch" and masks the whole sample. Text-only ids are cut at
+    max_length first (the reference tokenizes them with truncation). Labels are those of the (cut) ids.
+    """
+    enc: Callable[[str], list[int]] = (lambda s: tokenizer_image_token(s, tok)) if has_image else tok.encode
+    input_ids = list(ids) if has_image else list(ids[:max_length])
+    target = list(input_ids)
+    total_len = sum(1 for t in input_ids if t != tok.pad_id)
+    correction = round_correction(tok)
+    cur_len = 1
+    target[:1] = [IGNORE_INDEX] * len(target[:1])
+    for i, rou in enumerate(prompt.split(V1_SEP2)):
+        if rou == "":
+            break
+        parts = rou.split(V1_SEP)
+        if len(parts) != 2:
+            break
+        round_len = len(enc(rou))
+        instruction_len = len(enc(parts[0] + V1_SEP)) - 2
+        if i != 0:
+            round_len -= correction
+            instruction_len -= correction
+        span = target[cur_len : cur_len + instruction_len]
+        target[cur_len : cur_len + instruction_len] = [IGNORE_INDEX] * len(span)
+        cur_len += round_len
+    target[cur_len:] = [IGNORE_INDEX] * len(target[cur_len:])
+    return target, cur_len < max_length and cur_len != total_len
+
+
 # ---------------------------------------------------------------------------------------------- images
 
 
@@ -169,7 +228,11 @@ class LlavaDataset(torch.utils.data.Dataset):
     An image that fails to decode is only found at load time; within the skip budget it is replaced by the
     next record not known to be bad. Each bad record is counted once (load-time ones are remembered by index,
     so a later draw of the same record, or a replacement, never counts it again); the budget counts distinct
-    records. Each DataLoader worker holds its own copy, so load-time skips are counted per process.
+    records. Each DataLoader worker holds its own copy, so load-time skips are counted per process; the sample
+    that replaces one carries the count (`flags`) to the collator, which adds it to the step's facts.
+
+    `max_length` is the reference's `tokenizer.model_max_length` (the config's model.max_length): the v1
+    mismatch rule and the text-only truncation use it.
     """
 
     def __init__(
@@ -181,6 +244,7 @@ class LlavaDataset(torch.utils.data.Dataset):
         image_mode: str,
         image_size: int,
         skip_bad_records: int = 0,
+        max_length: int | None = None,
     ) -> None:
         if template not in TEMPLATES:
             raise ValueError(f"unknown template {template!r}: expected one of {', '.join(TEMPLATES)}")
@@ -190,22 +254,25 @@ class LlavaDataset(torch.utils.data.Dataset):
         self.template = template
         self.processor = ImageProcessor(image_size, image_mode)
         self.skip_limit = skip_bad_records
+        self.max_length = max_length or tokenizer.model_max_length
         self.skipped: list[tuple[str, str]] = []
+        self.skipped_by_category: dict[str, int] = {}  # records.CATEGORIES, "missing-image", "unreadable-image"
+        self._warned_masked = 0
         self.records: list[dict[str, Any]] = []
         self.positions: list[int] = []  # each kept record's index in the JSON file, for messages
         self.bad_at_load: dict[int, str] = {}  # indices into self.records whose image failed to load, and why
         for index, rec in enumerate(self._read_json()):
-            why = record_problem(rec, template)
-            if why is None and "image" in rec:
+            issue = record_issue(rec, template)
+            if issue is None and "image" in rec:
                 path = os.path.join(self.image_root, rec["image"])
                 if not os.path.isfile(path):
-                    why = f"image {path} does not exist (image root {self.image_root})"
-            if why is None:
+                    issue = "missing-image", f"image {path} does not exist (image root {self.image_root})"
+            if issue is None:
                 self.records.append(rec)
                 self.positions.append(index)
             else:
                 rid = str(rec.get("id")) if isinstance(rec, dict) else "?"
-                self._skip(index, rid, why)
+                self._skip(index, rid, issue[1], category=issue[0])
         if not self.records:
             raise DataError(f"{self.json_path}: no usable records; check the file and the image root {self.image_root}")
 
@@ -221,7 +288,7 @@ class LlavaDataset(torch.utils.data.Dataset):
             raise DataError(f"{self.json_path}: expected a JSON list of records, got {type(data).__name__}")
         return data
 
-    def _skip(self, index: int, rid: str, why: str, then: str = "") -> None:
+    def _skip(self, index: int, rid: str, why: str, then: str = "", category: str = "schema") -> None:
         """Count a bad record, or raise when the budget is spent: never silent."""
         where = f"{self.json_path}: record #{index} (id {rid!r})"
         n, limit = len(self.skipped), self.skip_limit
@@ -235,6 +302,7 @@ class LlavaDataset(torch.utils.data.Dataset):
                 f"Fix the data or raise data.skip_bad_records above {limit}"
             )
         self.skipped.append((rid, why))
+        self.skipped_by_category[category] = self.skipped_by_category.get(category, 0) + 1
         print(f"warning: {where} skipped (bad record {n + 1} of at most {limit}, data.skip_bad_records): {why}{then}",
               file=sys.stderr)
 
@@ -254,14 +322,16 @@ class LlavaDataset(torch.utils.data.Dataset):
         return out
 
     def sequence_length(self, i: int, image_tokens: int, max_length: int) -> int:
-        """Positions record i takes in the model: its tokens, each image placeholder spliced to `image_tokens`
-        positions, cut at `max_length`. Tokenizes the text only; the image is not read."""
+        """Positions record i takes in the model, as the collator counts them: its tokens cut at `max_length`,
+        pad-id tokens dropped, each image placeholder spliced to `image_tokens` positions, cut at `max_length`.
+        Tokenizes the text only; the image is not read."""
         rec = self.records[i]
-        ids, _, _ = tokenize_conversation(rec["conversations"], self.template, self.tokenizer, "image" in rec)
-        images = sum(1 for t in ids if t == IMAGE_TOKEN_INDEX)
-        return min(len(ids) + images * (image_tokens - 1), max_length)
+        ids, labels, _ = tokenize_conversation(rec["conversations"], self.template, self.tokenizer, "image" in rec)
+        view = reference_view(torch.tensor(ids), torch.tensor(labels), self.tokenizer.pad_id, max_length)
+        return splice_plan(view.input_ids, view.labels, image_tokens, max_length)[1]
 
     def __getitem__(self, i: int) -> dict[str, Any]:
+        before = len(self.skipped)
         for attempt in range(len(self.records)):
             j = (i + attempt) % len(self.records)
             if j in self.bad_at_load:  # known bad: already counted, never drawn as a replacement
@@ -271,9 +341,10 @@ class LlavaDataset(torch.utils.data.Dataset):
             if "image" in rec:
                 image, why = self._load_image(rec)
             if why is None:
-                return self._tokenize(self.positions[j], rec, image)
+                return self._tokenize(self.positions[j], rec, image, replaced=len(self.skipped) - before)
             self.bad_at_load[j] = why
-            self._skip(self.positions[j], str(rec["id"]), why, "; the next good record takes its place")
+            self._skip(self.positions[j], str(rec["id"]), why, "; the next good record takes its place",
+                       category="unreadable-image")
         raise DataError(
             f"{self.json_path}: no record could be loaded: all {len(self.records)} records that passed validation "
             "failed to load their image; check the image root"
@@ -288,18 +359,43 @@ class LlavaDataset(torch.utils.data.Dataset):
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
             return None, f"image {path} cannot be read ({type(e).__name__}: {e})"
 
-    def _tokenize(self, index: int, rec: dict[str, Any], image: torch.Tensor | None) -> dict[str, Any]:
-        ids, labels, why = tokenize_conversation(rec["conversations"], self.template, self.tokenizer, "image" in rec)
+    def _tokenize(self, index: int, rec: dict[str, Any], image: torch.Tensor | None, replaced: int = 0) -> dict[str, Any]:
+        """Ids and labels of one record; `flags` counts what the reference rule did to it (and, in
+        `skipped_unreadable_images`, the newly skipped records it replaces)."""
+        has_image = "image" in rec
+        ids, labels, why = tokenize_conversation(rec["conversations"], self.template, self.tokenizer, has_image)
+        where = f"{self.json_path}: record #{index} (id {str(rec['id'])!r})"
         if why is not None:
             raise DataError(
-                f"{self.json_path}: record #{index} (id {str(rec['id'])!r}): label masking failed, {why}. "
+                f"{where}: label masking failed, {why}. "
                 "This is a kit bug for this tokenizer and text: report it with the record"
             )
+        flags = {"masked_by_reference_rule": 0, "relabelled_by_reference_rule": 0,
+                 "skipped_unreadable_images": replaced}
+        if self.template == "v1":
+            prompt = "".join(t for t, _ in build_segments(rec["conversations"], "v1", has_image))
+            ref, mismatch = reference_v1_labels(prompt, ids, self.tokenizer, has_image, self.max_length)
+            if mismatch:
+                # The reference trains this sample with every label ignored (its "tokenization mismatch").
+                labels = [IGNORE_INDEX] * len(labels)
+                flags["masked_by_reference_rule"] = 1
+                if self._warned_masked < 5:
+                    self._warned_masked += 1
+                    print(f"warning: {where}: fully masked, as the reference masks it (its round arithmetic "
+                          "disagrees with the tokens: the text holds a template control string such as </s>, "
+                          "<unk> or ' ASSISTANT: '); counted in the step facts (masked_by_reference_rule)",
+                          file=sys.stderr)
+            elif ref != labels[: len(ref)]:
+                # The walk agreed on the length but not on the rounds (a whole fake round inside a turn): the
+                # reference trains its own arithmetic's labels.
+                labels = ref + labels[len(ref):]
+                flags["relabelled_by_reference_rule"] = 1
         return {
             "id": str(rec["id"]),
             "input_ids": torch.tensor(ids, dtype=torch.long),
             "labels": torch.tensor(labels, dtype=torch.long),
             "image": image,
+            "flags": flags,
         }
 
 
@@ -337,13 +433,15 @@ def modality_grouped_order(lengths: Sequence[int], micro_batch: int, num_chunks:
     """LLaVA's get_modality_length_grouped_indices (num_chunks = world size x GAS, as the reference passes).
 
     Megabatches hold one modality; they are shuffled together and the two partial leftovers (the last image
-    and the last text-only megabatch) form one mixed megabatch at the end, sorted by index.
+    and the last text-only megabatch) form one mixed megabatch at the end, sorted by index. A set of one
+    modality is grouped on its signed lengths, as the reference does: all text-only, each megabatch is sorted
+    shortest first and split_to_even_chunks balances negative loads.
     """
     if any(v == 0 for v in lengths):
         raise ValueError("modality lengths must be non-zero (positive: image, negative: text-only)")
     megabatch = micro_batch * num_chunks
     if all(v > 0 for v in lengths) or all(v < 0 for v in lengths):
-        return _length_grouped([abs(v) for v in lengths], megabatch, num_chunks, g)
+        return _length_grouped(list(lengths), megabatch, num_chunks, g)
     mm = [(i, v) for i, v in enumerate(lengths) if v > 0]
     lang = [(i, -v) for i, v in enumerate(lengths) if v < 0]
     mm_order = [mm[j][0] for j in _length_grouped([v for _, v in mm], megabatch, num_chunks, g)]
@@ -531,6 +629,34 @@ class StepBatchSampler(torch.utils.data.Sampler[list[int]]):
 # ---------------------------------------------------------------------------------------------- collator
 
 
+class ReferenceView(NamedTuple):
+    """One sample as the reference's collator and splice see it, and what that view removed."""
+
+    input_ids: torch.Tensor
+    labels: torch.Tensor
+    pad_tokens_removed: int  # pad-id (`<unk>`) tokens inside the first max_length text tokens
+    image_dropped: bool  # there was an image but its placeholder lies past the first max_length text tokens
+
+
+def reference_view(
+    input_ids: torch.Tensor, labels: torch.Tensor, pad_id: int, max_length: int, has_image: bool = False
+) -> ReferenceView:
+    """The reference's collation of one sample before its splice: the text ids cut at max_length (the
+    collator's `input_ids[:, :model_max_length]`), then every pad-id token dropped with its label (its attention
+    mask is `input_ids != pad_id`, and prepare_inputs_labels_for_multimodal keeps only masked-in positions).
+
+    pad = unk = 0 in LLaVA, so a literal `<unk>` in the text vanishes. An image sample whose placeholder did not
+    survive the cut trains on its text alone: the reference splices zero rows of that image's features.
+    """
+    ids, lab = input_ids[:max_length], labels[:max_length]
+    keep = ids != pad_id
+    removed = int((~keep).sum())
+    if removed:
+        ids, lab = ids[keep], lab[keep]
+    dropped = has_image and not bool((ids == IMAGE_TOKEN_INDEX).any())
+    return ReferenceView(ids, lab, removed, dropped)
+
+
 def splice_plan(input_ids: torch.Tensor, labels: torch.Tensor, image_tokens: int, max_length: int) -> tuple[int, int, int]:
     """(raw tokens to keep, spliced length after truncation, supervised targets) for one sample.
 
@@ -551,8 +677,18 @@ def spliced_labels(input_ids: torch.Tensor, labels: torch.Tensor, image_tokens: 
     return torch.repeat_interleave(labels, width)[:max_length]
 
 
+# Counts of the reference's own behaviour on the samples of a micro-batch (kit_step facts, docs/fidelity.md).
+FIDELITY_KEYS = (
+    "masked_by_reference_rule",  # samples fully masked: the reference reports "tokenization mismatch"
+    "relabelled_by_reference_rule",  # samples whose reference labels differ from the exact ones, no mismatch
+    "pad_tokens_removed",  # `<unk>` (pad id) tokens dropped from the sequence, as the reference's mask does
+    "images_dropped_by_truncation",  # image samples whose placeholder lay past max_length text tokens
+    "skipped_unreadable_images",  # records skipped (data.skip_bad_records) because their image did not decode
+)
+
+
 class Collator:
-    """Right-pads a list of samples and counts what the model will really compute on."""
+    """Right-pads a list of samples as the reference collates them and counts what the model will compute on."""
 
     def __init__(self, pad_id: int, max_length: int, image_tokens: int) -> None:
         self.pad_id = pad_id
@@ -560,24 +696,35 @@ class Collator:
         self.image_tokens = image_tokens
 
     def __call__(self, samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
-        plans = [splice_plan(s["input_ids"], s["labels"], self.image_tokens, self.max_length) for s in samples]
+        views = [
+            reference_view(s["input_ids"], s["labels"], self.pad_id, self.max_length, s["image"] is not None)
+            for s in samples
+        ]
+        plans = [splice_plan(v.input_ids, v.labels, self.image_tokens, self.max_length) for v in views]
         width = max(keep for keep, _, _ in plans)
         b = len(samples)
         input_ids = torch.full((b, width), self.pad_id, dtype=torch.long)
         labels = torch.full((b, width), IGNORE_INDEX, dtype=torch.long)
         mask = torch.zeros((b, width), dtype=torch.bool)
-        for row, (s, (keep, _, _)) in enumerate(zip(samples, plans, strict=True)):
-            input_ids[row, :keep] = s["input_ids"][:keep]
-            labels[row, :keep] = s["labels"][:keep]
+        for row, (v, (keep, _, _)) in enumerate(zip(views, plans, strict=True)):
+            input_ids[row, :keep] = v.input_ids[:keep]
+            labels[row, :keep] = v.labels[:keep]
             mask[row, :keep] = True
-        images = [s["image"] for s in samples if s["image"] is not None]
+        with_image = [s["image"] is not None and not v.image_dropped for s, v in zip(samples, views, strict=True)]
+        images = [s["image"] for s, keep in zip(samples, with_image, strict=True) if keep]
         lengths = [length for _, length, _ in plans]
+        counts = dict.fromkeys(FIDELITY_KEYS, 0)
+        for s, v in zip(samples, views, strict=True):
+            for k, n in (s.get("flags") or {}).items():
+                counts[k] = counts.get(k, 0) + int(n)
+            counts["pad_tokens_removed"] += v.pad_tokens_removed
+            counts["images_dropped_by_truncation"] += int(v.image_dropped)
         return {
             "input_ids": input_ids,
             "labels": labels,
             "attention_mask": mask,
             "images": torch.stack(images) if images else None,
-            "has_image": torch.tensor([s["image"] is not None for s in samples], dtype=torch.bool),
+            "has_image": torch.tensor(with_image, dtype=torch.bool),
             "ids": [s["id"] for s in samples],
             "stats": {
                 "samples": b,
@@ -586,5 +733,6 @@ class Collator:
                 "padded_tokens": b * max(lengths),
                 "real_tokens_sq": sum(n * n for n in lengths),
                 "supervised_tokens": sum(sup for _, _, sup in plans),
+                **counts,
             },
         }

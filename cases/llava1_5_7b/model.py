@@ -354,23 +354,34 @@ class LlavaForTraining(nn.Module):
         image_features: torch.Tensor | None,
         has_image: torch.Tensor,
     ) -> Spliced:
-        """Replace each sample's placeholder by its image features, truncate to max_length, right-pad."""
+        """Replace each sample's placeholder by its image features, truncate to max_length, right-pad.
+
+        As the reference's prepare_inputs_labels_for_multimodal: only positions whose attention mask is set are
+        kept (with their labels), and a sample that has an image but no placeholder left (the text was cut
+        before it) consumes its image and splices zero rows of it, training on its text alone.
+        """
         bsz = input_ids.shape[0]
         flags = [bool(x) for x in has_image.tolist()]
         n_images = sum(flags)
         if n_images != (0 if image_features is None else image_features.shape[0]):
             got = 0 if image_features is None else image_features.shape[0]
             raise ValueError(f"batch has {n_images} samples with an image but {got} images")
+        keep = attention_mask.bool()
         is_placeholder = input_ids == IMAGE_TOKEN_INDEX
-        counts = is_placeholder.sum(dim=1).tolist()
-        for i, (flag, count) in enumerate(zip(flags, counts, strict=True)):
-            if count != int(flag):
+        kept_ph = is_placeholder & keep
+        width = input_ids.shape[1]
+        # One device-to-host transfer for the whole batch (a sync per sample would stall the GPU queue): per row the
+        # kept length, the placeholders, the first placeholder's position and whether the mask is a prefix (the
+        # collator right-pads, so it always is; any other mask takes the exact, slower path below).
+        last = torch.where(keep.any(1), width - 1 - keep.flip(1).int().argmax(1), torch.full_like(keep[:, 0], -1, dtype=torch.long))
+        first_ph = torch.where(kept_ph.any(1), kept_ph.int().argmax(1), torch.full_like(last, -1))
+        meta = torch.stack([keep.sum(1), kept_ph.sum(1), first_ph, last], 1).tolist()
+        for i, (flag, (_, count, _, _)) in enumerate(zip(flags, meta, strict=True)):
+            if count > int(flag):
                 raise ValueError(
                     f"sample {i} of the batch has {count} image placeholders ({IMAGE_TOKEN_INDEX}) but has_image is "
-                    f"{flag}: a sample must carry exactly one placeholder when it has an image and none otherwise"
+                    f"{flag}: a sample must carry at most one placeholder when it has an image and none otherwise"
                 )
-        where = {int(i): int(j) for i, j in is_placeholder.nonzero().tolist()}
-        lengths_in = attention_mask.sum(dim=1).tolist()
         # The placeholder becomes a valid id (0) for the lookup; its row is dropped right after.
         embeds = self.llm.get_input_embeddings()(input_ids.masked_fill(is_placeholder, 0))
 
@@ -378,15 +389,23 @@ class LlavaForTraining(nn.Module):
         rows_l: list[torch.Tensor] = []
         k = 0
         for i in range(bsz):
-            n = int(lengths_in[i])
-            e, lab = embeds[i, :n], labels[i, :n]
+            n, count, j, end = meta[i]
+            if end + 1 == n:  # a prefix mask: slices, no sync
+                e, lab = embeds[i, :n], labels[i, :n]
+            else:  # only the positions whose mask is set, as the reference keeps them
+                m = keep[i]
+                e, lab = embeds[i][m], labels[i][m]
+                at = (input_ids[i][m] == IMAGE_TOKEN_INDEX).nonzero()
+                j = int(at[0, 0]) if len(at) else -1
             if flags[i]:
-                j = where[i]
                 feat = image_features[k].to(e.dtype)
                 k += 1
-                e = torch.cat([e[:j], feat, e[j + 1:]])
-                ignore = lab.new_full((feat.shape[0],), IGNORE_INDEX)
-                lab = torch.cat([lab[:j], ignore, lab[j + 1:]])
+                if j >= 0:
+                    e = torch.cat([e[:j], feat, e[j + 1:]])
+                    ignore = lab.new_full((feat.shape[0],), IGNORE_INDEX)
+                    lab = torch.cat([lab[:j], ignore, lab[j + 1:]])
+                else:  # the placeholder was cut away: the image's features take no position
+                    e = torch.cat([e, feat[:0]])
             elif image_features is not None:
                 # An empty slice of the features, as the reference splices: the projector stays in the graph
                 # and gets a (zero) gradient on every rank, since ZeRO reduces gradients in collectives that

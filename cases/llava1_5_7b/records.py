@@ -12,18 +12,23 @@ from typing import Any
 
 IMAGE_TOKEN = "<image>"
 
-# category -> (what it is, what the reference pipeline (haotian-liu/LLaVA train.py) does with such a record)
+# category -> (what it is, what the reference pipeline (haotian-liu/LLaVA v1.2 train.py) does with such a record);
+# docs/fidelity.md has the full account, record by record.
 CATEGORIES: dict[str, tuple[str, str]] = {
-    "schema": ("not a {id, conversations} object, or a bad 'image' or turn", "fails with a KeyError or TypeError"),
-    "empty-turn": ("an empty or whitespace-only turn", "trains it (an empty turn in the prompt)"),
-    "gpt-first": ("the first turn is gpt", "drops the leading gpt turn silently and trains the rest"),
-    "turn-order": ("turns do not alternate human, gpt", "trains it with the roles as given (asserts in some versions)"),
-    "odd-turns": ("the last human turn has no gpt answer", "trains it with the last question unanswered"),
-    "gpt-image": ("a gpt turn holds <image>", "splices the image into the answer"),
-    "placeholders": ("an image record without exactly one <image>", "0: prepends none and trains without the image; 2: fails in the splice"),
-    "text-image": ("a text-only record holds <image>", "fails in the splice (no image to put there)"),
-    "plain-shape": ("the plain template needs an image and exactly one human and one gpt turn", "trains the first caption only"),
-}
+    "schema": ("not a {id, conversations} object, or a bad 'image' or turn",
+               "fails at start or mid-run (KeyError, TypeError); a record without 'id' it trains"),
+    "empty-turn": ("an empty or whitespace-only turn",
+                   "mostly masks the whole sample (its round walk comes up short); a whitespace-only value it trains"),
+    "gpt-first": ("the first turn is gpt", "v1: drops the leading gpt turn silently and trains the rest; plain: fails"),
+    "turn-order": ("turns do not alternate human, gpt", "fails its role assertion mid-run"),
+    "odd-turns": ("the last human turn has no gpt answer", "masks the whole sample (tokenization mismatch)"),
+    "gpt-image": ("a gpt turn holds <image>", "moves the placeholder to the front of that answer and splices the image"),
+    "placeholders": ("an image record without exactly one <image>",
+                     "0: trains the text without the image (v1), fails (plain); 2: misaligns images or fails"),
+    "text-image": ("a text-only record holds <image>", "v1: trains the literal text <image>; plain: splices a zero image"),
+    "plain-shape": ("the plain template needs an image and exactly one human and one gpt turn",
+                    "fails its assertion (len(source) == 2) mid-run"),
+}  # fmt: skip
 
 
 def record_issue(rec: Any, template: str) -> tuple[str, str] | None:

@@ -244,7 +244,7 @@ def train(args: argparse.Namespace, rank: Rank, stage_dir: Path) -> None:
     import deepspeed
     from torch.utils.data import DataLoader
 
-    from .data import Collator, LlavaDataset, StepBatchSampler
+    from .data import FIDELITY_KEYS, Collator, LlavaDataset, StepBatchSampler
     from .events import EventLog
     from .model import LlavaForTraining, resolve_attn
     from .tokenizer import Tokenizer
@@ -288,6 +288,7 @@ def train(args: argparse.Namespace, rank: Rank, stage_dir: Path) -> None:
         image_mode=stage_cfg.image_mode,
         image_size=cfg.model.vision.image_size,
         skip_bad_records=d.skip_bad_records,
+        max_length=cfg.model.max_length,
     )
     gas = cfg.grad_accum(args.stage, rank.world)
     global_batch = stage_cfg.micro_batch * gas * rank.world
@@ -400,6 +401,8 @@ def train(args: argparse.Namespace, rank: Rank, stage_dir: Path) -> None:
             "global_batch": global_batch,
             "records": len(dataset),
             "skipped_records": len(dataset.skipped),
+            # Load-time skips by category (every rank validates the whole file: the same on each, not summed).
+            "skipped_by_category": dict(sorted(dataset.skipped_by_category.items())),
             "steps_total": steps_total,
             "steps_planned": steps_planned,
             "warmup_steps": warmup,
@@ -429,7 +432,10 @@ def train(args: argparse.Namespace, rank: Rank, stage_dir: Path) -> None:
         if use_cuda:
             torch.cuda.synchronize(device)
 
-    stat_keys = ("samples", "images", "real_tokens", "padded_tokens", "real_tokens_sq", "supervised_tokens")
+    # The fidelity counts come from the collator of the rank that trains each sample: summed over ranks like the
+    # token counts, logged per step, so a resumed attempt that re-logs a step replaces it (never double counts).
+    stat_keys = ("samples", "images", "real_tokens", "padded_tokens", "real_tokens_sq", "supervised_tokens",
+                 *FIDELITY_KEYS)
     stats_sum = [0] * len(stat_keys)
     loss_sum = torch.zeros((), device=device, dtype=torch.float32)  # stays on the device: no sync per micro-batch
     full_before = model.fully_recomputed_micro_batches

@@ -373,7 +373,7 @@ def test_collator_pads_and_counts_by_hand() -> None:
     assert out["ids"] == ["a", "b"]
     assert out["stats"] == {
         "samples": 2, "images": 1, "real_tokens": 7 + 3, "padded_tokens": 2 * 7,
-        "real_tokens_sq": 49 + 9, "supervised_tokens": 2 + 1,
+        "real_tokens_sq": 49 + 9, "supervised_tokens": 2 + 1, **dict.fromkeys(D.FIDELITY_KEYS, 0),
     }
     assert spliced_labels(a["input_ids"], a["labels"], 4, 7).tolist() == [IGN] * 5 + [5, 6]
 
