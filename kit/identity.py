@@ -128,7 +128,7 @@ def data_identity(data_root: Path, stages: list[str], data_cfg: dict[str, Any], 
             }  # fmt: skip
             if not entry["image_folders"]:  # a generated set: its folders are whatever it made
                 entry["image_folders"] = {
-                    p.name: folder_census(p) for p in sorted(images.iterdir()) if p.is_dir() and p.name != "tokenizer"
+                    p.name: folder_census(p) for p in sorted(images.iterdir()) if p.is_dir() and p.name not in ("tokenizer", ".kit-data")
                 } if images.is_dir() else {}  # fmt: skip
         else:
             entry["image_folders"] = {rel_images: folder_census(images)} if images.is_dir() else {}

@@ -196,12 +196,12 @@ def manifest_check(root: Path) -> Check:
                      f"{', '.join(stale)} changed since `kit data verify` ({m.get('written', '?')})",
                      f"run `{verify_cmd}` again", {**data, "stale": stale})  # fmt: skip
     found = ident.get("problems") or {}
-    problems = {f"{kind} images": n for kind, n in (found.get("images") or {}).items() if n}
+    problems = {f"{kind} image": n for kind, n in (found.get("images") or {}).items() if n}
     if bad := sum(n for n in (found.get("bad_records") or {}).values() if isinstance(n, int)):
-        problems["unusable records"] = bad
+        problems["unusable record"] = bad
     when = m.get("written", "?")
     if not ident.get("ok"):
-        listed = ", ".join(f"{v:,} {k}" for k, v in sorted(problems.items())) or "problems"
+        listed = ", ".join(f"{v:,} {k}{'s' if v != 1 else ''}" for k, v in sorted(problems.items())) or "problems"
         return Check("data", "data manifest", "fail", f"`kit data verify` ({when}) found {listed}",
                      f"run `kit data fix --data {root}` (and `--write-filtered` for records whose images cannot be had)",
                      data)  # fmt: skip

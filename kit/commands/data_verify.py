@@ -1,15 +1,256 @@
-"""`kit data verify` and `kit data fix` (being written)."""
+"""`kit data verify` and `kit data fix` (kit/data/verify.py, kit/data/fix.py): the report, progress and exit codes.
+
+Exit codes: 0 nothing a run would stop on (warnings allowed), 1 something a run would stop on, 2 bad usage.
+"""
 
 from __future__ import annotations
 
+import json
+import time
+from pathlib import Path
+from typing import Any
+
 import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+console = Console()
+err = Console(stderr=True)
+STYLE = {"fail": "bold red", "warn": "yellow", "info": "green"}
+LABEL = {"fail": "FAIL", "warn": "warn", "info": "ok"}
+SHOWN = 5
 
 
-def verify() -> None:
-    """Verify a copy of the data."""
+def _usage(message: str) -> None:
+    err.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
     raise typer.Exit(2)
 
 
-def fix() -> None:
-    """Fix what can be fixed."""
-    raise typer.Exit(2)
+def _layout(case: str, config: str, overrides: list[str] | None, data: Path):
+    from .. import cases
+    from ..data import sources
+    from ..data.verify import Layout
+
+    try:
+        c = cases.get(case)
+        cfg = cases.load_config(c, config, list(overrides or []))
+        ref = sources.for_case(case).reference
+    except (KeyError, ValueError) as e:  # UnknownCase, ConfigError, SourcesError
+        _usage(str(e))
+    return Layout.from_config(data, cfg), ref
+
+
+class _Progress:
+    """A Rich bar with an ETA on a terminal; plain lines (every 10% or 10 s) otherwise, on stderr."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet and not err.is_terminal
+        self.bar: Progress | None = None
+        self.task: Any = None
+        self.t0 = time.monotonic()
+        self.last = (0.0, -1)
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.quiet:
+            return
+        if err.is_terminal:
+            if self.bar is None:
+                self.bar = Progress(TextColumn("decoding images"), BarColumn(), MofNCompleteColumn(),
+                                    TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"),
+                                    TimeRemainingColumn(), console=err, transient=True)  # fmt: skip
+                self.bar.start()
+                self.task = self.bar.add_task("decode", total=total, rate="")
+            rate = done / max(1e-9, time.monotonic() - self.t0)
+            self.bar.update(self.task, completed=done, rate=f"{rate:,.0f} img/s")
+            if done >= total:
+                self.bar.stop()
+            return
+        now = time.monotonic()
+        step = max(1, total // 10)
+        if done in (0, total) or done // step > self.last[1] // step or now - self.last[0] > 10:
+            rate = done / max(1e-9, now - self.t0)
+            eta = (total - done) / rate if rate > 0 and done else float("nan")
+            eta_s = f", ETA {eta:,.0f} s" if eta == eta else ""
+            err.print(f"decoding images: {done:,} of {total:,} ({done / max(1, total):.0%}), {rate:,.0f}/s{eta_s}",
+                      soft_wrap=True, highlight=False)
+            self.last = (now, done)
+
+
+def _print_findings(findings: list[dict[str, Any]]) -> None:
+    for f in findings:
+        level = f["level"]
+        console.print(f"[{STYLE[level]}]{LABEL[level]:<4}[/] [bold]{escape(f['what'])}[/]: {escape(f['detail'])}",
+                      soft_wrap=True, highlight=False)
+        for x in f["examples"][:SHOWN]:
+            console.print(f"       {escape(x)}", soft_wrap=True, highlight=False)
+        if len(f["examples"]) > SHOWN or f.get("files", 0) > len(f["examples"][:SHOWN]):
+            more = max(f.get("files", 0), len(f["examples"]), f.get("count", 0)) - min(SHOWN, len(f["examples"]))
+            if more > 0:
+                console.print(f"       ... and {more:,} more (--json lists the first 20)", highlight=False)
+        if f["fix"] and level != "info":
+            console.print(f"       fix: {escape(f['fix'])}", soft_wrap=True, highlight=False)
+
+
+def _summary(r: dict[str, Any]) -> None:
+    im = r["images"]
+    console.print(
+        f"images: {im['unique']:,} unique, {im['checked']:,} checked now ({im['decoded']:,} decoded on {im['jobs']} "
+        f"process(es) in {im['decode_wall_s']:.1f} s), {im['cached']:,} unchanged since the last verify",
+        soft_wrap=True, highlight=False,
+    )  # fmt: skip
+    m = r["manifest"]
+    if m["written"]:
+        console.print(f"manifest: {escape(m['path'])} (digest {m['digest'][:16]})", soft_wrap=True, highlight=False)
+
+
+def verify(
+    data: Path = typer.Option(..., "--data", help="The data root (the layout `kit run --data` reads)."),
+    models: Path = typer.Option(None, "--models", help="The checkpoint root (the layout `kit run --models` reads)."),
+    mmmu: Path = typer.Option(None, "--mmmu", help="MMMU validation (default: DATA/MMMU when present)."),
+    jobs: int = typer.Option(0, "--jobs", "-j", help="Processes that decode images (default: every core)."),
+    full: bool = typer.Option(False, "--full", help="Decode every image again, even those unchanged since the last verify."),
+    as_json: bool = typer.Option(False, "--json", help="Print the whole result as JSON."),
+    case: str = typer.Option("llava1_5_7b", "--case", help="The case whose data this is."),
+    config: str = typer.Option("A800x1x8", "--config", help="The config whose [data] and [model] paths apply."),
+    set_: list[str] = typer.Option(None, "--set", metavar="KEY=VALUE", help="Override a config value, as `kit run`."),
+) -> None:
+    """Check a copy of the data: every record, every image decoded, the folders, the weights, MMMU.
+
+    Writes the data manifest (kit-data-manifest.json) into the data directory. Exit 0 when a run could use the
+    data (warnings allowed), 1 when it would stop on something found, 2 for bad usage.
+
+    Examples:
+
+      kit data verify --data /data/llava --models /models
+
+      kit data verify --data /data/llava --set data.finetune_json=llava_v1_5_mix665k.filtered.json
+    """
+    from ..data.verify import VerifyError
+    from ..data.verify import verify as run_verify
+
+    if jobs < 0:
+        _usage(f"--jobs {jobs}: must be at least 1 (or 0: every core)")
+    layout, ref = _layout(case, config, set_, data)
+    if models is not None and not models.is_dir():
+        _usage(f"--models {models}: no such directory")
+    try:
+        v = run_verify(layout, ref, case=case, models=models, mmmu=mmmu, jobs=jobs or None, full=full,
+                       progress=_Progress(quiet=as_json))  # fmt: skip
+    except VerifyError as e:
+        _usage(str(e))
+    r = v.result
+    if as_json:
+        print(json.dumps(r, indent=2))
+        raise typer.Exit(0 if v.ok else 1)
+    console.print(f"[bold]kit data verify[/] {escape(str(data))} (config {escape(config)})", highlight=False)
+    _print_findings(r["findings"])
+    _summary(r)
+    fails = sum(f["level"] == "fail" for f in r["findings"])
+    if v.ok:
+        console.print("[green]verified[/]: a run can use this data", highlight=False)
+    else:
+        console.print(f"[bold red]{fails} problem(s)[/] a run would stop on; each line above says what to do",
+                      highlight=False)
+    raise typer.Exit(0 if v.ok else 1)
+
+
+def fix(
+    data: Path = typer.Option(..., "--data", help="The data root (the layout `kit run --data` reads)."),
+    write_filtered: bool = typer.Option(
+        False, "--write-filtered", help="Write <stem>.filtered.json beside each record file, without the unusable records."
+    ),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Say what would change; change nothing."),
+    jobs: int = typer.Option(0, "--jobs", "-j", help="Processes that decode images (default: every core)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the whole result as JSON."),
+    case: str = typer.Option("llava1_5_7b", "--case", help="The case whose data this is."),
+    config: str = typer.Option("A800x1x8", "--config", help="The config whose [data] paths apply."),
+    set_: list[str] = typer.Option(None, "--set", metavar="KEY=VALUE", help="Override a config value, as `kit run`."),
+) -> None:
+    """Rewrite GIF/PNG images named .jpg as JPEG (originals kept under DATA/.kit-data/originals), list the records
+    that still cannot be used, and with --write-filtered write a record file without them beside the original.
+
+    Exit 0 when the data is usable afterwards (or a filtered file was written for what is not), 1 otherwise.
+
+    Examples:
+
+      kit data fix --data /data/llava --dry-run
+
+      kit data fix --data /data/llava --write-filtered
+    """
+    from ..data import fix as fix_mod
+    from ..data import manifest as manifest_mod
+    from ..data.verify import VerifyError
+    from ..data.verify import verify as run_verify
+
+    if jobs < 0:
+        _usage(f"--jobs {jobs}: must be at least 1 (or 0: every core)")
+    layout, ref = _layout(case, config, set_, data)
+    models = None
+    try:
+        old = manifest_mod.read(data) if data.is_dir() else None
+    except manifest_mod.ManifestError:
+        old = None
+    if old and isinstance(old.get("weights"), dict) and Path(old["weights"].get("root", "")).is_dir():
+        models = Path(old["weights"]["root"])  # the manifest written after the fix keeps its weights checked
+    progress = _Progress(quiet=as_json)
+
+    def again(write_state: bool):
+        return run_verify(layout, ref, case=case, models=models, jobs=jobs or None, progress=progress,
+                          write_state=write_state)  # fmt: skip
+
+    try:
+        r = fix_mod.fix(layout, again, write_filtered_files=write_filtered, dry_run=dry_run)
+    except (VerifyError, fix_mod.FixError) as e:
+        _usage(str(e))
+    usable = all(not rows for rows in r["unusable"].values())
+    covered = all(not rows or stage in r["filtered"] for stage, rows in r["unusable"].items())
+    code = 0 if usable or (write_filtered and covered) else 1
+    if as_json:
+        print(json.dumps({k: v for k, v in r.items() if k != "verification"} | {"exit": code}, indent=2))
+        raise typer.Exit(code)
+    verb = "would " if dry_run else ""
+    console.print(f"[bold]kit data fix[/] {escape(str(data))}" + (" (dry run: nothing changes)" if dry_run else ""),
+                  highlight=False)
+    for key in r["recovered"]:
+        console.print(f"completed an interrupted fix: {escape(key)}", highlight=False)
+    for a in r["actions"]:
+        if a["error"]:
+            console.print(f"[bold red]cannot fix[/] {escape(a['path'])}: {escape(a['error'])}", soft_wrap=True)
+        elif a["kind"] == "rewrite":
+            kept = f"; original kept as {a['original_kept']}" if a["original_kept"] else ""
+            console.print(f"{verb}rewrite {escape(a['path'])}: {a['format']} bytes under a .jpg name -> JPEG"
+                          f"{escape(kept)}", soft_wrap=True, highlight=False)
+        else:
+            console.print(f"{verb}write {escape(a['path'])} as JPEG from {escape(a['from'])} (left as it is)",
+                          soft_wrap=True, highlight=False)
+    if not r["actions"]:
+        console.print("no image to rewrite", highlight=False)
+    for stage, rows in r["unusable"].items():
+        if not rows:
+            continue
+        counts: dict[str, int] = {}
+        for row in rows:
+            counts[row["reason"]] = counts.get(row["reason"], 0) + 1
+        console.print(f"[bold red]{stage}[/]: {len(rows):,} record(s) cannot be used: "
+                      + ", ".join(f"{k} {n:,}" for k, n in sorted(counts.items())), highlight=False)
+        for row in rows[:20]:
+            console.print(f"       record #{row['index']} (id {row['id']!r}): {escape(row['reason'])}: "
+                          f"{escape(row['detail'])}", soft_wrap=True, highlight=False)
+        if len(rows) > 20:
+            console.print(f"       ... and {len(rows) - 20:,} more (--json lists them all)", highlight=False)
+    for f in r["filtered"].values():
+        console.print(f"{verb}write {escape(f['file'])}: {f['records']:,} records ({f['dropped']:,} dropped; "
+                      f"why in {escape(f['sidecar'])})", soft_wrap=True, highlight=False)
+        console.print(f"       a run uses it with: {escape(f['set'])}", soft_wrap=True, highlight=False)
+    if not write_filtered and not usable:
+        console.print(f"to train without these records: kit data fix --data {escape(str(data))} --write-filtered",
+                      soft_wrap=True, highlight=False)
+    raise typer.Exit(code)

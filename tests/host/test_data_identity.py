@@ -93,3 +93,63 @@ def test_real_data_must_have_been_verified(tmp_path):
     data = _data(tmp_path)
     got = _keys(rules.check_run(r, _facts(tmp_path, data, FT, 665298), "full"))
     assert got["data.manifest"] == "data verified by `kit data verify` before the run"
+
+
+def test_a_verified_copy_is_recorded_by_the_run_and_read_by_check_host(tmp_path):
+    """kit data verify -> kit-data-manifest.json -> inputs.json (kit run) and the check-host row; an edit since the
+    verify makes both say the manifest no longer holds."""
+    from typer.testing import CliRunner
+
+    from kit.checks.data import manifest_check
+    from kit.cli import app
+
+    from . import datagen
+
+    data = datagen.make(tmp_path / "data", faults=False, mmmu=False).root
+    r = CliRunner().invoke(app, ["data", "verify", "--data", str(data)], env={"COLUMNS": "200"})
+    assert r.exit_code == 0, r.output
+    cfg = case_config.load("A800x1x8").to_dict()
+
+    def inputs() -> dict:
+        return identity.collect(data=data, models=None, mmmu=None, synthetic_dir=None, stages=["pretrain", "finetune"],
+                                config=cfg, cache_path=None)["data"]  # fmt: skip
+
+    m = inputs()["manifest"]
+    assert m["valid"] and m["ok"] and len(m["digest"]) == 64
+    assert m["stages"]["finetune"]["sha256"] == _sha(data / FT)
+    assert ".kit-data" not in inputs()["stages"]["finetune"]["image_folders"]
+    row = manifest_check(data)
+    assert row.status == "ok" and row.detail.startswith("verified ") and m["digest"][:16] in row.detail
+    facts = {"config": cfg, "synthetic": False, "inputs": {"data": inputs()},
+             "stages": {"finetune": {"records": 665298, "steps_planned": 1, "steps_total": 1, "global_batch": 128}}}
+    assert "data.manifest" not in _keys(rules.check_run(rules.load("llava1_5_7b"), facts, "full"))
+    # The finetune records edited after the verify: recorded as stale, and check-host says to verify again.
+    recs = json.loads((data / FT).read_text())
+    (data / FT).write_text(json.dumps(recs[:-1]))
+    m = inputs()["manifest"]
+    assert not m["valid"] and m["stale"] == [FT] and m["problem"] == f"changed since `kit data verify`: {FT}"
+    row = manifest_check(data)
+    assert row.status == "warn" and row.detail.startswith(f"{FT} changed since `kit data verify`")
+    assert row.fix == f"run `kit data verify --data {data}` again"
+    facts["inputs"]["data"] = inputs()
+    assert "data.manifest" in _keys(rules.check_run(rules.load("llava1_5_7b"), facts, "full"))
+
+
+def test_check_host_names_what_the_verify_found(tmp_path):
+    from typer.testing import CliRunner
+
+    from kit.checks.data import manifest_check
+    from kit.cli import app
+
+    from . import datagen
+
+    data = datagen.make(tmp_path / "data", mmmu=False).root  # one of each fault
+    assert manifest_check(data).status == "warn" and "have not been verified" in manifest_check(data).detail
+    r = CliRunner().invoke(app, ["data", "verify", "--data", str(data)], env={"COLUMNS": "200"})
+    assert r.exit_code == 1, r.output
+    row = manifest_check(data)
+    assert row.status == "fail" and row.detail.endswith(
+        "found 1 empty image, 2 missing images, 1 unreadable image, 5 unusable records, 1 wrong-format image")
+    assert row.fix.startswith(f"run `kit data fix --data {data}`")
+    (data / "kit-data-manifest.json").write_text("{torn")
+    assert manifest_check(data).status == "warn" and "not valid JSON" in manifest_check(data).detail
