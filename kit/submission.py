@@ -217,7 +217,7 @@ def read_system_toml(path: Path) -> dict[str, Any]:
     try:
         data = tomllib.loads(path.read_text())
     except FileNotFoundError:
-        raise SubmissionError(f"--system {path}: no such file (see README: Submitting results)") from None
+        raise SubmissionError(f"--system {path}: no such file (see docs/submissions.md)") from None
     except tomllib.TOMLDecodeError as e:
         raise SubmissionError(f"--system {path}: not valid TOML: {e}") from None
     missing = [k for k in SYSTEM_REQUIRED if not str(data.get(k, "")).strip()]

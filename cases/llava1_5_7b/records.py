@@ -3,7 +3,7 @@
 Standard library only: the host side imports it without torch, numpy or Pillow.
 
 Every problem has a category (CATEGORIES), so a verifier can count a real file's unusable records by kind, and
-what the reference pipeline would do with each kind is written once, here (README "Where kit differs").
+what the reference pipeline would do with each kind is written once, here (docs/fidelity.md).
 """
 
 from __future__ import annotations

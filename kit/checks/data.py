@@ -1,4 +1,4 @@
-"""Data and weights in the layout the case reads (README "Real data"), checked before a run is launched.
+"""Data and weights in the layout the case reads (docs/data.md, "The layout"), checked before a run is launched.
 
 A missing file found here costs seconds; found by the training job, it costs a container start, a model load
 and a confusing traceback. Record counts are compared with the reference data sets so a truncated download
@@ -17,7 +17,7 @@ from . import Check
 
 # The reference data sets (LLaVA-1.5): LAION-CC-SBU 558K captions, the mix665k instructions.
 REFERENCE_RECORDS = {"pretrain": 558_128, "finetune": 665_298}
-# The finetune images' folders under the data root (README "Real data"; cases/llava1_5_7b/synthetic.py).
+# The finetune images' folders under the data root (docs/data.md; cases/llava1_5_7b/synthetic.py).
 FINETUNE_FOLDERS = ("coco/train2017", "gqa/images", "ocr_vqa/images", "textvqa/train_images", "vg/VG_100K", "vg/VG_100K_2")
 WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json")
 MMMU_SUBJECTS = 30
