@@ -179,29 +179,45 @@ def resume(
 
 @app.command()
 def report(
-    run_ref: str = typer.Argument(None, metavar="RUN", help="Run directory or id (default: the newest)."),
+    run_refs: list[str] = typer.Argument(
+        None, metavar="[RUN]...", help="Run directories or ids (default: the newest). Several runs of one config: "
+        "their mean and spread."
+    ),
     format: str = typer.Option("table", "--format", "-f", help="table, json, csv or markdown."),
     results: Path = typer.Option(Path("runs"), help="Where run directories are."),
+    peak_flops: float = typer.Option(
+        None, "--peak-flops", help="Peak dense bf16 FLOP/s per device for MFU (default: env/accelerators.toml's row)."
+    ),
 ) -> None:
     """The run's results in the shape of the reference table, with the reference rows beside them.
 
     Derived numbers are recomputed from the run's raw facts every time (summary.json and plots are
-    rewritten), so a report works on finished, failed, interrupted and running runs alike.
+    rewritten), so a report works on finished, failed, interrupted and running runs alike. A run that is
+    not the reference's (synthetic or other data, random weights, another model shape) is labelled, and
+    its ratios against the seed are not shown. Several runs of one config give the mean and the spread.
 
     Examples:
 
       kit report
 
       kit report runs/20261129-101500-llava1_5_7b-tiny-1a2b --format markdown
+
+      kit report runs/RUN_A runs/RUN_B runs/RUN_C
     """
-    from .commands.report import show
+    from .commands.report import show_many
+    from .report import MixedRunsError
     from .rundir import RunDirError, find_run
 
     if format not in ("table", "json", "csv", "markdown"):
         fail(f"--format {format!r}: expected table, json, csv or markdown")
+    if peak_flops is not None and peak_flops <= 0:
+        fail(f"--peak-flops {peak_flops:g}: expected a positive FLOP/s figure, e.g. 312e12")
     try:
-        show(find_run(run_ref, results), console, format)
-    except RunDirError as e:
+        runs = [find_run(r, results) for r in run_refs] if run_refs else [find_run(None, results)]
+        if len({r.resolve() for r in runs}) < len(runs):
+            fail("the same run is given more than once: each run counts once in a multi-run report")
+        show_many(runs, console, format, peak_flops)
+    except (RunDirError, MixedRunsError) as e:
         fail(str(e))
 
 
@@ -245,7 +261,7 @@ def configs(case: str = typer.Argument("llava1_5_7b", help="The case.")) -> None
 
 
 def _register_subcommands() -> None:
-    from .commands import build, check_host, compare, data, env, mmmu, submit, verify
+    from .commands import build, check_host, compare, data, env, ls, mmmu, submit, verify
 
     app.command("build")(build.build)
     app.command("check-host")(check_host.check_host)
@@ -253,6 +269,7 @@ def _register_subcommands() -> None:
     app.command("submit")(submit.submit)
     app.command("verify")(verify.verify)
     app.command("compare")(compare.compare)
+    app.command("ls")(ls.ls)
     app.add_typer(data.app, name="data", help="The case's data and weights: fetch, verify, fix.")
     app.add_typer(mmmu.app, name="mmmu", help="MMMU validation: score raw responses with the official rules.")
 

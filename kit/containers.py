@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
+
 from .cases import Case
 from .launch import (
     StageResult,
@@ -385,14 +387,18 @@ def mounts_for(results: Path, read_only: list[Path]) -> list[dict]:
 def plan(
     *, hosts: list[str], image: str | None, results: Path, read_only: list[Path], gpus_per_node: int, use_gpus: bool,
     env: dict[str, str], ssh_options: list[str], master_addr: str | None, master_port: int | None,
-    run_tag: str, connect_timeout: float = 60, ulimits: dict[str, list[int]] | None = None,
+    run_tag: str, connect_timeout: float = 60, ulimits: dict[str, list[int]] | None = None, create: bool = True,
 ) -> ContainerPlan:
-    """Reach every node's engine, pin the image by id, choose the network and the rendezvous; raises ContainerError."""
+    """Reach every node's engine, pin the image by id, choose the network and the rendezvous; raises ContainerError.
+
+    `create=False` (a dry run) writes nothing: the results directory, mounted into every container, is only
+    created for a real launch."""
     nodes = [Node(i, h, base_url_of(h)) for i, h in enumerate(hosts)]
     for node in nodes:
         connect(node, connect_timeout)
     first = nodes[0]
-    results.mkdir(parents=True, exist_ok=True)
+    if create:
+        results.mkdir(parents=True, exist_ok=True)
     image = image or default_image(results, first.client)
     import docker
 
@@ -731,7 +737,7 @@ class ContainerLauncher:
                 watch.feed(events)
                 watch.check()
             if not stepping and containers[0][2].last:  # until steps arrive, the container's own last line
-                display.note(f"node 0: {containers[0][2].last[:60]}")
+                display.note(f"node 0: {escape(containers[0][2].last[:60])}")
             for node, c, _ in containers:
                 if node.index in done:
                     continue

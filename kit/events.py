@@ -35,13 +35,42 @@ def parse_mllog_line(line: str) -> dict[str, Any] | None:
     return event
 
 
-def read_events(path: str | Path) -> list[dict[str, Any]]:
-    """All events of one events.log in file order; a missing file is an empty list (stage not started)."""
+@dataclass
+class EventsFile:
+    """The events of one events.log and where it is damaged.
+
+    `torn_lines`: 1-based numbers of complete lines (ending in a newline) that carry the `:::MLLOG` marker but
+    do not decode: damage (a crash mid-write, a bad copy), never a line still being written. `partial_tail`: the
+    last line has the marker, no newline and does not decode: normal while the stage runs, damage once it ended.
+    """
+
+    events: list[dict[str, Any]] = field(default_factory=list)
+    torn_lines: list[int] = field(default_factory=list)
+    partial_tail: int | None = None  # line number of a half-written last line
+
+
+def read_events_checked(path: str | Path) -> EventsFile:
+    """All events of one events.log in file order, with its torn lines; a missing file is empty."""
+    out = EventsFile()
     p = Path(path)
     if not p.is_file():
-        return []
+        return out
     with p.open("r", encoding="utf-8", errors="replace") as f:
-        return [e for e in map(parse_mllog_line, f) if e is not None]
+        for number, line in enumerate(f, 1):
+            event = parse_mllog_line(line)
+            if event is not None:
+                out.events.append(event)
+            elif MLLOG_PREFIX in line:
+                if line.endswith("\n"):
+                    out.torn_lines.append(number)
+                else:
+                    out.partial_tail = number
+    return out
+
+
+def read_events(path: str | Path) -> list[dict[str, Any]]:
+    """All events of one events.log in file order; a missing file is an empty list (stage not started)."""
+    return read_events_checked(path).events
 
 
 @dataclass
@@ -80,6 +109,9 @@ class StageEvents:
     last_ms: float | None = None
     # Steps that were logged more than once (re-logged by a resumed attempt): the last occurrence won.
     replaced_steps: int = 0
+    # Damage found by read_events_checked (line numbers of events.log): see EventsFile.
+    torn_lines: list[int] = field(default_factory=list)
+    partial_tail: int | None = None
 
     @property
     def resume_first_steps(self) -> list[int]:
@@ -157,7 +189,10 @@ def stage_events_from(stage: str, events: list[dict[str, Any]]) -> StageEvents:
 def load_stage(stage_dir: str | Path) -> StageEvents:
     """Read `<stage_dir>/events.log`; the stage name is the directory's name."""
     d = Path(stage_dir)
-    return stage_events_from(d.name, read_events(d / "events.log"))
+    checked = read_events_checked(d / "events.log")
+    out = stage_events_from(d.name, checked.events)
+    out.torn_lines, out.partial_tail = checked.torn_lines, checked.partial_tail
+    return out
 
 
 # ---- status.jsonl ----
@@ -187,6 +222,14 @@ class RunStatus:
     run_end_t: float | None = None
     first_t: float | None = None
     last_t: float | None = None
+    lines: int = 0  # non-blank lines in the file
+    valid: int = 0  # lines that are status objects
+    torn_lines: list[int] = field(default_factory=list)  # 1-based numbers of lines that are not a status object
+
+    @property
+    def unreadable(self) -> bool:
+        """The file has content but not one status line: no state can be read from it at all."""
+        return self.lines > 0 and self.valid == 0
 
 
 def _epoch_seconds(line: dict[str, Any]) -> float | None:
@@ -203,19 +246,28 @@ def _epoch_seconds(line: dict[str, Any]) -> float | None:
 
 
 def read_status(run_dir: str | Path) -> RunStatus:
-    """Parse `<run>/status.jsonl` (missing file: empty status); unreadable lines are skipped."""
+    """Parse `<run>/status.jsonl` (missing file: empty status); unreadable lines are skipped and counted.
+
+    A last line without its newline is one still being written and is not counted as damage.
+    """
     out = RunStatus()
     p = Path(run_dir) / "status.jsonl"
     if not p.is_file():
         return out
     with p.open("r", encoding="utf-8", errors="replace") as f:
-        for raw in f:
+        for number, raw in enumerate(f, 1):
+            if not raw.strip():
+                continue
+            out.lines += 1
             try:
                 line = json.loads(raw)
             except ValueError:
-                continue  # a line still being written, or garbage
+                line = None  # a line still being written, or garbage
             if not isinstance(line, dict) or not isinstance(line.get("state"), str):
+                if raw.endswith("\n"):
+                    out.torn_lines.append(number)
                 continue
+            out.valid += 1
             t = _epoch_seconds(line)
             if t is not None:
                 out.first_t = t if out.first_t is None else min(out.first_t, t)

@@ -19,6 +19,7 @@ from typing import Any
 
 from .cases import Case
 from .guard import HangWatch, StageHung, child_setup, collect_stacks, hang_message
+from .monitor import start_stage_monitor
 from .progress import EventTail, StageProgress, wait_with_progress
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_ENVIRONMENT, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -58,6 +59,14 @@ def tail_lines(path: Path, n: int = 15) -> str:
         return ""
 
 
+def local_name(host: str) -> str:
+    """torchrun names a host by its fully qualified name (often `localhost`), the rank's failure record and every
+    other message by socket.gethostname(): this host is called the same everywhere."""
+    if host in ("localhost", "localhost.localdomain", socket.getfqdn()):
+        return socket.gethostname()
+    return host
+
+
 def launcher_root_cause(log: Path) -> dict | None:
     """The launcher's own verdict (torchrun's "Root Cause" block): the first rank that died, and how."""
     lines = tail_lines(log, 200).splitlines()
@@ -71,7 +80,7 @@ def launcher_root_cause(log: Path) -> dict | None:
                 return {
                     "rank": int(rank.group(1)),
                     "exitcode": code.group(1).strip() if code else "?",
-                    "host": host.group(1) if host else "?",
+                    "host": local_name(host.group(1)) if host else "?",
                 }
     return None
 
@@ -182,7 +191,11 @@ def supervise(
     stop: Callable[[], None], hang_timeout: float, what: str,
 ) -> tuple[Any, StageResult | None]:
     """Every launcher's wait: (wait's value, None), or, after Ctrl-C, SIGTERM, SIGHUP or a hang, everything stopped
-    and (None, the stage's result). A hang first collects every rank's stacks, then names the hung rank(s)."""
+    and (None, the stage's result). A hang first collects every rank's stacks, then names the hung rank(s).
+
+    The devices (or the host) are sampled into `<stage>/monitor.jsonl` for as long as the stage runs (kit.monitor);
+    the sampler cannot fail the stage."""
+    monitor = start_stage_monitor(stage_dir)
     try:
         return wait(HangWatch(hang_timeout)), None
     except KeyboardInterrupt as e:
@@ -195,6 +208,9 @@ def supervise(
         stop()
         return None, StageResult(stage, "failed", EXIT_FAILED,
                                  message=hang_message(stage, str(e), stage_dir, files, waiting, elsewhere, world))  # fmt: skip
+    finally:
+        if monitor is not None:
+            monitor.stop()
 
 
 def stop_group(proc: subprocess.Popen, grace: float = 30.0) -> None:

@@ -14,14 +14,16 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from kit import __version__
 from kit.events import STAGE_TERMINAL, RunStatus, StageEvents, StageStatus, load_stage, read_status
+from kit.rundir import RunDirError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -39,6 +41,25 @@ STEADY_RULE = (
     "when 2 <= n <= 4, none when n = 1; also skip the first step of every resumed attempt"
 )
 LOSS_RULE = "loss: mean over the last max(1, floor(1% of n)) logged steps; loss_last = the last step's"
+
+# A stage whose steady step times vary more than this (coefficient of variation: population standard deviation
+# over the mean) gets a warning: its throughput is one draw from a wide spread (a shared or throttled host or
+# device), not a repeatable figure. 10%: an idle GPU node stays well under it (a few %); a loaded host does not.
+STEP_TIME_CV_WARN = 0.10
+SPREAD_RULE = (
+    "step time: median, p10 and p90 (linear interpolation between ranks) and CV (population standard deviation / "
+    f"mean) over the steady-state steps; a warning above CV {STEP_TIME_CV_WARN:.0%}"
+)
+
+# The hook for warnings about how a stage ran that other modules derive from the stage directory (the device
+# monitor's "other processes used the devices", "throttled"): each callable takes the stage directory and returns
+# warning lines (or None). run_summary calls every one for every stage; each line lands in the stage's
+# `stage_warnings` and is shown in every format of `kit report`. A hook that raises is reported, never fatal.
+STAGE_WARNING_HOOKS: list[Callable[[Path], Iterable[str] | None]] = []
+
+
+class RunInputError(RunDirError):
+    """A file of the run directory the report needs is damaged: the message names the file and the reason."""
 
 
 # ---- reference formula (the seed's) ----
@@ -199,6 +220,33 @@ def padding_waste(steps: Sequence[dict[str, Any]]) -> float | None:
     return (padded - _sum(steps, "real_tokens")) / padded
 
 
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """The q-quantile (0..1) by linear interpolation between the closest ranks (numpy's default method)."""
+    vals = sorted(values)
+    if not vals:
+        return None
+    pos = (len(vals) - 1) * q
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(vals) - 1)
+    return vals[lo] + (vals[hi] - vals[lo]) * (pos - lo)
+
+
+def step_time_spread(steps: Sequence[dict[str, Any]]) -> dict[str, float | int | None]:
+    """Median, p10, p90 and CV of step_time_s over the given (steady) steps, and how many there were.
+
+    CV = population standard deviation / mean: these steps are all the steady steps there are, not a sample.
+    """
+    times = [float(s["step_time_s"]) for s in steps if _timed(s)]
+    mean = sum(times) / len(times) if times else None
+    return {
+        "step_time_median_s": statistics.median(times) if times else None,
+        "step_time_p10_s": percentile(times, 0.10),
+        "step_time_p90_s": percentile(times, 0.90),
+        "step_time_cv": statistics.pstdev(times) / mean if len(times) > 1 and mean else None,
+        "step_time_steps": len(times),
+    }
+
+
 def reference_method_throughput(padded_tokens_total: float, wall_s: float | None, world_size: int) -> float | None:
     """The seed's token/p/s: all padded tokens / the whole stage's wall time / world_size.
 
@@ -296,8 +344,218 @@ def _read_json(path: Path) -> Any:
 
 
 def read_run_json(run_dir: str | Path) -> dict[str, Any]:
+    """run.json, or {} when it is missing or damaged (check_run_inputs is the strict reader)."""
     data = _read_json(Path(run_dir) / "run.json")
     return data if isinstance(data, dict) else {}
+
+
+_RAW_FACTS_KEPT = "the raw facts (events.log, status.jsonl) are not touched"
+
+
+def check_run_inputs(run_dir: str | Path) -> None:
+    """Raise RunInputError, naming the file and the reason, when the report cannot go on from this run directory.
+
+    The report needs run.json (a JSON object with the case: without it the rows cannot be named or set beside the
+    reference), the run's config (run.json's config table, or config.toml), and a status.jsonl with at least one
+    readable line when it has any. A damaged line among good ones is not fatal: the summary notes it.
+    """
+    rd = Path(run_dir)
+    p = rd / "run.json"
+    try:
+        text = p.read_text(errors="replace")
+    except OSError as e:
+        raise RunInputError(f"{p} cannot be read ({e.strerror or e})") from None
+    fix = f"restore it from a copy of the run (a submission keeps one); {_RAW_FACTS_KEPT}"
+    if not text.strip():
+        raise RunInputError(f"{p} is empty: the run's request (case, config, stages) is lost, so its rows cannot be "
+                            f"named or set beside the reference; {fix}")  # fmt: skip
+    try:
+        data = json.loads(text)
+    except ValueError as e:
+        raise RunInputError(f"{p} is not valid JSON ({e}): the file is damaged; {fix}") from None
+    if not isinstance(data, dict):
+        raise RunInputError(f"{p} holds a JSON {type(data).__name__}, not an object: the file is damaged; {fix}")
+    if not isinstance(data.get("case"), str):
+        raise RunInputError(f"{p} names no case (key \"case\"): the reference rows cannot be found; {fix}")
+    if not isinstance(data.get("config"), dict):
+        c = rd / "config.toml"
+        if not c.is_file():
+            raise RunInputError(f"{p} has no config table and {c} does not exist: the run's config is lost; {fix}")
+        try:
+            tomllib.loads(c.read_text(errors="replace"))
+        except (OSError, tomllib.TOMLDecodeError) as e:
+            raise RunInputError(f"{c} is damaged ({e}) and {p} has no config table: the run's config is lost; "
+                                f"{fix}") from None  # fmt: skip
+    status = read_status(rd)
+    if status.unreadable:
+        raise RunInputError(f"{rd / 'status.jsonl'} has {status.lines} line(s) and not one readable status line: "
+                            "the stages' states and launch times are lost; restore it from a copy of the run")  # fmt: skip
+
+
+def run_config(run_dir: str | Path, info: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """The run's resolved config: run.json's config table, else config.toml; (config, warnings)."""
+    if isinstance(info.get("config"), dict):
+        return info["config"], []
+    c = Path(run_dir) / "config.toml"
+    try:
+        cfg = tomllib.loads(c.read_text(errors="replace"))
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        return {}, [f"run.json has no config table and config.toml cannot be read ({e}): the config is unknown"]
+    cfg.setdefault("name", Path(info.get("config_path") or "").stem or None)
+    return cfg, ["run.json has no config table: the config is read from config.toml"]
+
+
+# ---- comparable with the seed's rows ----
+
+SHAPE_KEYS = ("llm", "vision", "projector", "max_length")  # the model section's keys that define its shape
+
+
+def model_shape(cfg: dict[str, Any]) -> dict[str, Any] | None:
+    """The model's shape in a resolved config (LLM and CLIP sizes, projector, max length); None without a model."""
+    m = cfg.get("model")
+    if not isinstance(m, dict) or not m:
+        return None
+    return {k: m.get(k) for k in SHAPE_KEYS}
+
+
+def _case_reference(case: str | None) -> tuple[Any, dict[str, Any] | None, str | None]:
+    """(the case's rules, its reference config as a dict, why not) from cases/<case>/rules.toml."""
+    if not case:
+        return None, None, "the run names no case"
+    try:
+        from kit import rules as rules_mod
+
+        r = rules_mod.load(case)
+        return r, rules_mod.reference_for(r, {}, False), None
+    except Exception as e:  # an unknown case, a case without rules: nothing to compare with, say why
+        return None, None, f"the case's rules cannot be read ({e})"
+
+
+def _data_of_stage(
+    stage: str, entry: dict[str, Any] | None, records: Any, rules: Any, ref_cfg: dict[str, Any]
+) -> tuple[str, str | None]:
+    """(reference | filtered | other, detail) for one training stage of a run on real data (inputs.json's entry)."""
+    from kit import rules as rules_mod
+
+    if not isinstance(entry, dict):
+        return "unknown", f"{stage}: inputs.json records no data for the stage"
+    fixed = (ref_cfg.get("data") or {}).get(f"{stage}_json")
+    prov = entry.get("filter")
+    expected = rules.records.get(stage)
+    if prov:
+        why = rules_mod.filter_standing(rules, stage, fixed, prov)
+        if why is not None:
+            return "other", f"{stage}: filtered record file {entry.get('records_file')} the rules do not admit: {why}"
+        dropped = int(prov.get("dropped") or 0)
+        if isinstance(records, int) and isinstance(expected, int) and records != expected - dropped:
+            return "other", f"{stage}: {records:,} records, the filtered reference set has {expected - dropped:,}"
+        return "filtered", f"{stage}: {dropped:,} records filtered out by `kit data fix` (admitted by the rules)"
+    if entry.get("missing"):
+        return "unknown", f"{stage}: the record file {entry.get('records_file')} was missing when the run started"
+    if fixed and entry.get("records_file") != fixed:
+        return "other", f"{stage}: record file {entry.get('records_file')}, the reference reads {fixed}"
+    pin = rules.data.get(f"{stage}_sha256")
+    if pin and entry.get("sha256") != pin:
+        return "other", f"{stage}: record file sha256 {str(entry.get('sha256'))[:16]}, the reference's is {pin[:16]}"
+    if isinstance(records, int) and isinstance(expected, int) and records != expected:
+        return "other", f"{stage}: {records:,} records, the reference set has {expected:,}"
+    return "reference", None
+
+
+def comparability(
+    info: dict[str, Any], cfg: dict[str, Any], inputs: dict[str, Any] | None, stages: Sequence[str],
+    stage_records: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Whether the run's figures may be set beside the seed's: its data, weights and model shape, each the
+    reference's or not, a boolean and a one-line reason. Pure (the rules and reference config are the case's).
+
+    data: reference | synthetic | filtered (a `kit data fix --write-filtered` file the rules admit) | other |
+    unknown (no inputs.json); weights: published | random init | finetuned model (eval alone) | other | unknown;
+    shape: "reference shape" or "<config> shape" | unknown. Comparable: reference or filtered data, published
+    (or, eval alone, finetuned) weights and the reference shape.
+    """
+    rules, ref_cfg, why_no_ref = _case_reference(info.get("case"))
+    synthetic = bool(info.get("synthetic")) or bool((inputs or {}).get("synthetic"))
+    training = [s for s in stages if s in ("pretrain", "finetune")]
+    details: list[str] = []
+
+    by_stage: dict[str, str] = {}
+    if synthetic:
+        data = "synthetic"
+        by_stage = {s: "synthetic" for s in training}
+    elif inputs is None:
+        data = "unknown"
+        details.append("no inputs.json: what the run read is not known by content")
+    elif not training:  # eval alone: its data is MMMU validation
+        mm = inputs.get("mmmu") if isinstance(inputs.get("mmmu"), dict) else None
+        data = "reference" if mm and mm.get("files") else "unknown"
+        if data == "unknown":
+            details.append("inputs.json records no MMMU files")
+    elif rules is None:
+        data = "unknown"
+        details.append(str(why_no_ref))
+    else:
+        stage_entries = ((inputs.get("data") or {}).get("stages") or {}) if isinstance(inputs.get("data"), dict) else {}
+        for s in training:
+            label, detail = _data_of_stage(s, stage_entries.get(s), (stage_records or {}).get(s), rules, ref_cfg or {})
+            by_stage[s] = label
+            if detail:
+                details.append(detail)
+        labels = set(by_stage.values())
+        data = next(x for x in ("other", "unknown", "filtered", "reference") if x in labels)
+
+    weights_in = (inputs or {}).get("weights") if isinstance((inputs or {}).get("weights"), dict) else None
+    if synthetic or (weights_in or {}).get("random_init"):
+        weights = "random init"
+    elif not training and (info.get("model_dir") or inputs is not None):
+        weights = "finetuned model"
+    elif weights_in is None:
+        weights = "unknown"
+        if inputs is not None:
+            details.append("inputs.json records no weights")
+    else:
+        weights = "published"
+        for part in ("llm", "vision"):
+            pin = (rules.weights.get(f"{part}_sha256") if rules is not None else None) or None
+            got = (weights_in.get(part) or {}).get("digest")
+            if pin and got != pin:
+                weights = "other"
+                details.append(f"{part} weights digest {str(got)[:16]}, the published one is {pin[:16]}")
+
+    shape_run = model_shape(cfg)
+    shape_ref = model_shape(ref_cfg) if ref_cfg else None
+    if shape_run is None:
+        shape = "unknown"
+        details.append("the run's config has no model section")
+    elif shape_ref is None:
+        shape = "unknown"
+        if why_no_ref and why_no_ref not in details:
+            details.append(why_no_ref)
+    elif shape_run == shape_ref:
+        shape = "reference shape"
+    else:
+        shape = f"{cfg.get('name') or 'its own'} shape"
+
+    ok = data in ("reference", "filtered") and weights in ("published", "finetuned model") and shape == "reference shape"
+    if ok:
+        parts = [f"{data} data", f"{weights} weights" if weights != "finetuned model" else "a finetuned model", shape]
+    else:
+        parts = []
+        if data != "reference" and data != "filtered":
+            parts.append("data unknown" if data == "unknown" else f"{data} data")
+        if weights not in ("published", "finetuned model"):
+            parts.append("weights unknown" if weights == "unknown" else f"{weights.replace(' ', '-')} weights")
+        if shape != "reference shape":
+            parts.append("shape unknown" if shape == "unknown" else shape)
+    return {
+        "comparable": ok,
+        "reason": ", ".join(parts),
+        "data": data,
+        "weights": weights,
+        "shape": shape,
+        "data_by_stage": by_stage,
+        "details": details,
+    }
 
 
 def mmmu_accuracy(run_dir: str | Path) -> float | None:
@@ -313,20 +571,27 @@ def mmmu_accuracy(run_dir: str | Path) -> float | None:
     return v / 100 if v > 1 else float(v)
 
 
-def eval_summary(run_dir: Path, status: RunStatus) -> dict[str, Any] | None:
-    """The eval stage at a glance: its state, questions, decoding and wall time (None when it never ran)."""
+def eval_summary(run_dir: Path, status: RunStatus, generated: bool = False) -> dict[str, Any] | None:
+    """The eval stage at a glance: its state, questions, decoding and wall time (None when it never ran).
+
+    generated: the questions were made by --synthetic in MMMU's format (not MMMU validation).
+    """
     st = status.stages.get("eval")
     events = load_stage(run_dir / "eval")
     if st is None and not events.facts:
         return None
     scored = _read_json(run_dir / "eval" / "mmmu" / "summary.json")
+    state = stage_state(st, events, status)
     wall = (st.end_t - st.launched_t) if st is not None and st.end_t and st.launched_t else None
     return {
-        "state": st.state if st is not None else "unknown",
+        "state": state,
         "questions": scored.get("num") if isinstance(scored, dict) else events.facts.get("questions"),
         "decoding": events.facts.get("decoding"),
         "wall_s": wall,
         "overall": mmmu_accuracy(run_dir),
+        "generated": generated,
+        "device_type": events.facts.get("device_type"),
+        "stage_warnings": damage_warnings(events, state),
     }
 
 
@@ -342,18 +607,33 @@ def stage_state(stage_status: StageStatus | None, events: StageEvents, run_statu
     with it). Without status lines, run_stop in events.log decides (success -> finished, else failed).
     """
     run_over = run_status.run_state in STAGE_TERMINAL
+    # A run line "finished" beside a stage that never ended does not make the stage finished: it stopped.
+    run_end = "stopped" if run_status.run_state == "finished" else run_status.run_state
     if stage_status is not None:
         s = stage_status.state
         if s in STAGE_TERMINAL:
             return s
         if s == "launched":
-            return run_status.run_state if run_over else "running"
+            return run_end if run_over else "running"
         return "pending"  # created
     if events.run_stop_status is not None:
         return "finished" if events.run_stop_status == "success" else "failed"
     if events.attempts:
-        return run_status.run_state if run_over else "running"
+        return run_end if run_over else "running"
     return "pending"
+
+
+def damage_warnings(events: StageEvents, state: str) -> list[str]:
+    """What the stage's events.log lost: torn lines (always damage) and a cut last line once the stage ended."""
+    log = f"{events.stage}/events.log"
+    out = []
+    if events.torn_lines:
+        lines = ", ".join(str(n) for n in events.torn_lines[:10]) + (" ..." if len(events.torn_lines) > 10 else "")
+        out.append(f"{log}: {len(events.torn_lines)} torn line(s) (line {lines}): not whole events, left out; "
+                   "the figures are computed without them")  # fmt: skip
+    if events.partial_tail is not None and state in STAGE_TERMINAL:
+        out.append(f"{log}: the last line ({events.partial_tail}) is cut short although the stage ended: left out")
+    return out
 
 
 def summarize_stage(
@@ -433,6 +713,21 @@ def summarize_stage(
     mem = memory(steps, facts)
     checkpoint_s = [c.get("seconds") for c in events.checkpoints if isinstance(c.get("seconds"), (int, float))]
     steps_done = max((int(s["step"]) for s in steps), default=0)
+    logged = {int(s["step"]) for s in steps}
+    missing = [k for k in range(1, steps_done + 1) if k not in logged]
+    warnings = damage_warnings(events, state)
+    if missing:
+        shown = ", ".join(str(k) for k in missing[:10]) + (" ..." if len(missing) > 10 else "")
+        notes.append(f"{len(logged)} of {steps_done} steps logged: step {shown} missing from {stage}/events.log")
+    spread = step_time_spread(steady)
+    cv = spread["step_time_cv"]
+    if isinstance(cv, float) and cv > STEP_TIME_CV_WARN:
+        warnings.append(
+            f"step time varies: CV {cv:.0%} over {spread['step_time_steps']} steady steps (above "
+            f"{STEP_TIME_CV_WARN:.0%}; median {spread['step_time_median_s']:.3g} s, p10-p90 "
+            f"{spread['step_time_p10_s']:.3g}-{spread['step_time_p90_s']:.3g} s): throughput is one draw from a wide "
+            "spread; rerun on an idle host and report several runs"
+        )
 
     out: dict[str, Any] = {
         "stage": stage,
@@ -446,11 +741,14 @@ def summarize_stage(
         "steps_planned": facts.get("steps_planned"),
         "steps_total": facts.get("steps_total"),
         "steps_relogged": events.replaced_steps,
+        "steps_missing": missing,
+        "records": facts.get("records"),
         "steady_steps": len(steady),
         "steady_from_step": steady[0]["step"] if steady else None,
         "tokens_per_s_per_gpu": tps,
         "padded_tokens_per_s_per_gpu": tps_padded,
         "padding_waste": padding_waste(steady),
+        **spread,
         "reference_method_tokens_per_s_per_gpu": ref_tps,
         "wall_s": wall_s,
         "startup_s": startup,
@@ -472,6 +770,7 @@ def summarize_stage(
         "save_bytes": (events.save or {}).get("bytes"),
         "data": data_counts(steps, facts),
         "notes": notes,
+        "stage_warnings": warnings,
     }
     if not ref_stage_ok and steps:
         notes.append(f"reference MFU n/a: the seed's formula has no factor for stage {stage!r}")
@@ -502,44 +801,96 @@ def stage_summary(run_dir: str | Path, stage: str, peak_flops: float | None = No
     )
 
 
+def _monitor(stage_dir: Path, st: dict[str, Any]) -> dict[str, Any] | None:
+    """The stage's device (or host) samples, summarised (kit/monitor.py; docs/monitoring.md); its warnings (throttling,
+    other processes on the devices or the CPU) join the stage's. None when the stage has no monitor.jsonl."""
+    from .monitor import monitor_summary
+
+    try:
+        mon = monitor_summary(stage_dir)
+    except Exception as e:  # noqa: BLE001 - damaged samples must not hide the report; they are named instead
+        st["stage_warnings"].append(f"monitor.jsonl could not be read: {type(e).__name__}: {e}")
+        return None
+    st["stage_warnings"] += [str(w) for w in (mon or {}).get("warnings") or []]
+    return mon
+
+
+def _hook_warnings(stage_dir: Path) -> list[str]:
+    """Every STAGE_WARNING_HOOKS line for one stage directory (a hook that fails says so instead)."""
+    out: list[str] = []
+    for hook in STAGE_WARNING_HOOKS:
+        try:
+            out += [str(w) for w in hook(stage_dir) or []]
+        except Exception as e:  # one broken source of warnings must not hide the report
+            out.append(f"warning source {getattr(hook, '__name__', hook)!r} failed on {stage_dir.name}: {e}")
+    return out
+
+
 def run_summary(run_dir: str | Path, peak_flops: float | None = None) -> dict[str, Any]:
-    """The whole run: every stage (planned or present), the run's state, MMMU; what summary.json holds."""
+    """The whole run: every stage (planned or present), the run's state, MMMU; what summary.json holds.
+
+    Tolerant of damage (a report must show what can be shown): check_run_inputs is the strict gate that
+    `kit report` passes first. Damage found here is in the `warnings` (run) and `stage_warnings` (stage).
+    """
     rd = Path(run_dir)
     info = read_run_json(rd)
     status = read_status(rd)
-    cfg = info.get("config") if isinstance(info.get("config"), dict) else {}
+    cfg, run_warnings = run_config(rd, info)
+    if status.torn_lines:
+        run_warnings.append(f"status.jsonl: {len(status.torn_lines)} damaged line(s) (line "
+                            f"{', '.join(str(n) for n in status.torn_lines[:10])}): left out of the stages' states")  # fmt: skip
+    inputs_raw = _read_json(rd / "inputs.json")
+    inputs = inputs_raw if isinstance(inputs_raw, dict) else None
+    if inputs is None and (rd / "inputs.json").exists():
+        run_warnings.append("inputs.json is damaged: what the run read is not known by content")
     mmmu = mmmu_accuracy(rd)
     # Training stages are the table's rows; the eval stage feeds the MMMU column and has a section of its own.
-    names = [n for n in _stage_names(rd, info, status) if n != "eval"]
+    all_names = _stage_names(rd, info, status)
+    names = [n for n in all_names if n != "eval"]
     stages = {
         n: summarize_stage(
             load_stage(rd / n), status.stages.get(n), status, info, peak_flops, mmmu if n == "finetune" else None
         )
         for n in names
     }
+    generated = bool(info.get("synthetic")) or bool(((inputs or {}).get("mmmu") or {}).get("generated"))
+    ev_sum = eval_summary(rd, status, generated)
+    for n, st in [*stages.items(), *([("eval", ev_sum)] if ev_sum is not None else [])]:
+        st["monitor"] = _monitor(rd / n, st)
+        st["stage_warnings"] += _hook_warnings(rd / n)
     states = [s["state"] for s in stages.values()]
-    ev = status.stages.get("eval")
-    if ev is not None:  # the eval stage decides the run's state as much as the training stages do
-        states.append(ev.state if ev.state in STAGE_TERMINAL else "running" if ev.state == "launched" else "pending")
-    if "running" in states and status.run_state not in STAGE_TERMINAL:
+    if ev_sum is not None:  # the eval stage decides the run's state as much as the training stages do
+        states.append(ev_sum["state"])
+    # A run line "finished" counts only when every stage finished: a stage launched and never ended is not done.
+    run_line = status.run_state
+    if run_line == "finished" and any(x != "finished" for x in states):
+        run_line = None
+        run_warnings.append("status.jsonl says the run finished, but not every stage did: "
+                            + ", ".join(f"{n} {st['state']}" for n, st in [*stages.items(), ("eval", ev_sum or {})]
+                                        if st and st.get("state") != "finished"))  # fmt: skip
+    if "running" in states and run_line not in STAGE_TERMINAL:
         from kit.guard import held
 
         if not held(rd):  # no kit process holds the run: it was killed (SIGKILL, a lost host); resume continues it
-            for st in stages.values():
+            for st in [*stages.values(), *([ev_sum] if ev_sum else [])]:
                 if st["state"] == "running":
                     st["state"] = "stopped"
-                    st["notes"].append("stopped: no kit process holds the run (killed?); `kit resume` continues it")
+                    st.setdefault("notes", []).append(
+                        "stopped: no kit process holds the run (killed?); `kit resume` continues it")
             states = ["stopped" if x == "running" else x for x in states]
-    if status.run_state in STAGE_TERMINAL:
-        state = status.run_state
+    if run_line in STAGE_TERMINAL:
+        state = run_line
     elif "running" in states:
         state = "running"
     elif states and all(s == "finished" for s in states):
         state = "finished"
     elif any(s in ("failed", "interrupted", "stopped") for s in states):
         state = next(s for s in states if s in ("failed", "interrupted", "stopped"))
+    elif status.run_state == "finished":  # the run line said finished, yet a planned stage never started
+        state = "stopped"
     else:
         state = "pending" if not status.stages else "running"
+    stage_records = {n: st.get("records") for n, st in stages.items()}
     return {
         "schema": SUMMARY_SCHEMA,
         "run_id": info.get("run_id") or rd.name,
@@ -552,8 +903,10 @@ def run_summary(run_dir: str | Path, peak_flops: float | None = None) -> dict[st
         "stage_order": names,
         "stages": stages,
         "mmmu_acc": mmmu,
-        "eval": eval_summary(rd, status),
-        "rules": {"steady_state": STEADY_RULE, "loss": LOSS_RULE},
+        "eval": ev_sum,
+        "comparable": comparability(info, cfg, inputs, all_names, stage_records),
+        "warnings": run_warnings,
+        "rules": {"steady_state": STEADY_RULE, "loss": LOSS_RULE, "spread": SPREAD_RULE},
         "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "kit_version": __version__,
     }

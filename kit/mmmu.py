@@ -82,6 +82,9 @@ DISCIPLINE_OF: dict[str, str] = {s: d for d, subjects in DISCIPLINES.items() for
 SUBJECTS: tuple[str, ...] = SUBJECT_ORDER
 _SUBJECT_RANK = {s: i for i, s in enumerate(SUBJECT_ORDER)}
 
+# The scorer's two classes. The official scorer tests `question_type == "multiple-choice"` and scores every other
+# type as open: its own example outputs mark open questions "short-answer". So does this one, and it counts the
+# types as the records declared them (summary `declared_types`).
 QUESTION_TYPES = ("multiple-choice", "open")
 MC_PUNCTUATION = (",", ".", "!", "?", ";", ":", "'")  # stripped one after another, in this order
 OPEN_INDICATORS = ("could be ", "so ", "is ", "thus ", "therefore ", "final ", "answer ", "result ")
@@ -309,8 +312,11 @@ def check_record(rec: Any, index: int, source: str | None = None) -> dict[str, A
         subject, _ = split_id(qid)
     except MMMUError as e:
         raise MMMUError(f"{where}: field 'id': {e}") from None
-    if qtype not in QUESTION_TYPES:
-        raise MMMUError(f"{where}: field 'question_type' must be one of {QUESTION_TYPES}, got {qtype!r}")
+    if not isinstance(qtype, str) or not qtype.strip():
+        raise MMMUError(
+            f"{where}: field 'question_type' must be a string: 'multiple-choice', or any other type (such as 'open' "
+            f"or 'short-answer'), which is scored as open, as the official scorer does; got {qtype!r}"
+        )
     if not isinstance(response, str):
         raise MMMUError(f"{where}: field 'response' must be a string, got {type(response).__name__}")
     if isinstance(answer, (int, float)) and not isinstance(answer, bool):
@@ -322,8 +328,10 @@ def check_record(rec: Any, index: int, source: str | None = None) -> dict[str, A
         raise MMMUError(
             f"{where}: field 'answer' must be a string or a non-empty list of strings, got {answer!r}"
         )
-    out = {"id": qid, "subject": subject, "question_type": qtype, "answer": answer, "response": response}
-    if qtype == "multiple-choice":
+    kind = "multiple-choice" if qtype == "multiple-choice" else "open"
+    out = {"id": qid, "subject": subject, "question_type": kind, "declared_type": qtype, "answer": answer,
+           "response": response}  # fmt: skip
+    if kind == "multiple-choice":
         if "all_choices" in rec or "index2ans" in rec:
             for field in ("all_choices", "index2ans"):
                 if field not in rec:
@@ -389,7 +397,20 @@ def load_predictions(path: Path) -> list[dict[str, Any]]:
         raise MMMUError(f"{path}: holds no records")
     for i, rec in enumerate(records):
         check_record(rec, i, str(path))
+    _no_repeats(records, str(path))
     return records
+
+
+def _no_repeats(records: Sequence[Mapping[str, Any]], source: str | None = None) -> None:
+    """Each question once: a repeated id would be scored twice and would draw the random fallback twice."""
+    seen: dict[str, int] = {}
+    for i, r in enumerate(records):
+        if r["id"] in seen:
+            raise MMMUError(
+                f"{_where(source, i, r)}: id {r['id']} repeats record {seen[r['id']]}; keep one response per "
+                "question (a merged file may hold a rank's responses twice)"
+            )
+        seen[r["id"]] = i
 
 
 # -------------------------------------------------------------------------------------------- scoring
@@ -399,18 +420,17 @@ def _acc(correct: int, num: int) -> dict[str, Any]:
     return {"accuracy": correct / num if num else 0.0, "correct": correct, "num": num}
 
 
-def score(records: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+def score(records: Iterable[Mapping[str, Any]], source: str | None = None) -> dict[str, Any]:
     """Parse and judge every record, in the official order whatever the input order (the random fallback
     depends on it), and aggregate: accuracy per subject, then micro (instance-weighted) per discipline and
-    overall, over the subjects present. Fractions in 0..1, with counts."""
-    checked = [check_record(r, i) for i, r in enumerate(records)]
+    overall, over the subjects present. Fractions in 0..1, with counts. `source` names the file in errors."""
+    checked = [check_record(r, i, source) for i, r in enumerate(records)]
     if not checked:
-        raise MMMUError("no records to score")
-    seen: dict[str, int] = {}
-    for i, r in enumerate(checked):
-        if r["id"] in seen:
-            raise MMMUError(f"record {i}: id {r['id']} repeats record {seen[r['id']]}")
-        seen[r["id"]] = i
+        raise MMMUError(f"{source}: no records to score" if source else "no records to score")
+    _no_repeats(checked, source)
+    declared: dict[str, int] = {}
+    for r in checked:
+        declared[r["declared_type"]] = declared.get(r["declared_type"], 0) + 1
     checked.sort(key=lambda r: order_key(r["id"]))
 
     rng = random.Random(RANDOM_SEED)  # one generator, consumed in scoring order
@@ -429,7 +449,8 @@ def score(records: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
             correct = judge_open(r["answer"], pred)
         questions.append({
             "id": r["id"], "subject": r["subject"], "discipline": DISCIPLINE_OF[r["subject"]],
-            "question_type": r["question_type"], "answer": r["answer"], "parsed_pred": pred, "parse": how,
+            "question_type": r["question_type"], "declared_type": r["declared_type"], "answer": r["answer"],
+            "parsed_pred": pred, "parse": how,
             "correct": correct,
         })  # fmt: skip
 
@@ -457,6 +478,8 @@ def score(records: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
         "disciplines": disciplines,
         "subjects": subjects,
         "question_types": {t: v for t, v in types.items() if v["num"]},
+        # As the records declared them: {"multiple-choice": 847, "short-answer": 53} for the official examples.
+        "declared_types": dict(sorted(declared.items())),
         "random_fallbacks": sum(q["parse"] == "random" for q in questions),
         "seed": RANDOM_SEED,
         "questions": questions,
@@ -495,6 +518,13 @@ def _pct(x: float) -> str:
     return f"{100 * x:.2f}%"
 
 
+def declared_types_text(result: Mapping[str, Any]) -> str:
+    """`900: 847 multiple-choice, 53 short-answer (scored as open)`: the records' own types, counted."""
+    declared = result.get("declared_types") or {}
+    parts = [f"{n} {t}" + ("" if t in QUESTION_TYPES else " (scored as open)") for t, n in declared.items()]
+    return f"{sum(declared.values())}: {', '.join(parts)}"
+
+
 def disciplines_markdown(result: Mapping[str, Any]) -> str:
     """One table per discipline (its subjects, then the discipline's micro average), then the overall."""
     n_mc = result["question_types"].get("multiple-choice", {}).get("num", 0)
@@ -503,6 +533,8 @@ def disciplines_markdown(result: Mapping[str, Any]) -> str:
         "",
         f"Multiple-choice responses with no letter found, given a seeded random letter: "
         f"{result['random_fallbacks']} of {n_mc}.",
+        "",
+        f"Records by question type: {declared_types_text(result)}.",
     ]
     for d, agg in result["disciplines"].items():
         lines += ["", f"## {d}: {_pct(agg['accuracy'])}", "", "| subject | correct | questions | accuracy |",

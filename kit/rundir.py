@@ -77,17 +77,25 @@ def append_status(run: Path, state: str, stage: str | None = None, detail: Any =
 
 
 def stage_states(run: Path) -> dict[str | None, str]:
-    """The last state of every stage (key None: the run itself)."""
+    """The last state of every stage (key None: the run itself).
+
+    The run counts as finished only when every stage that has a line finished too: a run line `finished` beside a
+    stage that was launched and never ended (its kit killed between the two lines, a stage the line forgot) reads
+    `stopped`, so `kit resume` continues the stage instead of calling the run done.
+    """
     states: dict[str | None, str] = {}
     path = run / "status.jsonl"
     if not path.exists():
         return states
-    for line in path.read_text().splitlines():
+    for line in path.read_text(errors="replace").splitlines():
         try:
             row = json.loads(line)
         except json.JSONDecodeError:
             continue  # a line cut short by a crash
-        states[row.get("stage")] = row.get("state")
+        if isinstance(row, dict) and isinstance(row.get("state"), str):
+            states[row.get("stage")] = row["state"]
+    if states.get(None) == "finished" and any(v != "finished" for k, v in states.items() if k is not None):
+        states[None] = "stopped"
     return states
 
 
@@ -113,10 +121,17 @@ def effective_request(run: Path) -> dict[str, Any]:
 def find_run(ref: str | None, results: Path) -> Path:
     """A run directory from a path, an id under `results`, or (None) the newest run there."""
     if ref:
-        for cand in (Path(ref), results / ref):
+        cands = list(dict.fromkeys([Path(ref), results / ref]))  # an absolute ref is the same path both ways
+        for cand in cands:
             if (cand / "run.json").is_file():
                 return cand
-        raise RunDirError(f"no run {ref!r}: neither {ref} nor {results / ref} holds a run.json")
+
+        def why(p: Path) -> str:
+            return f"{p} has no run.json" if p.is_dir() else f"{p} does not exist"
+
+        if len(cands) == 1:
+            raise RunDirError(f"no run {ref!r}: {why(cands[0])}")
+        raise RunDirError(f"no run {ref!r}: {why(cands[0])}, and {why(cands[1])}")
     runs = sorted((p for p in results.glob("*/run.json")), key=lambda p: p.stat().st_mtime)
     if not runs:
         raise RunDirError(f"no runs under {results}: start one with `kit run`, or pass --results DIR")

@@ -56,7 +56,7 @@ SYSTEM_OPTIONAL = ("host_storage_type", "host_networking_topology", "accelerator
 RUN_FILES = (
     "run.json", "environment.json", "inputs.json", "config.toml", "status.jsonl", "summary.json", "logs/*.log",
     "*/events.log", "*/logs/*.log", "*/failure-rank*.json", "eval/responses.json", "eval/responses-rank*.jsonl",
-    "eval/mmmu/*",
+    "eval/mmmu/*", "*/monitor.jsonl",
 )
 OUTPUT_FILES = ("pretrain/mm_projector.bin", "finetune/model/*")
 STAGES = ("pretrain", "finetune", "eval")

@@ -174,8 +174,9 @@ class CaseConfig:
         bad = [st for st in stages if self.stage(st).global_batch % (self.stage(st).micro_batch * world_size)]
         if not bad:
             return
-        problems = ", ".join(
-            f"[{st}] global_batch {self.stage(st).global_batch} is not a multiple of micro_batch "
+        # The stage in words, not as "[pretrain]": a console's markup would take the brackets for a style.
+        problems = "; ".join(
+            f"stage {st}: global_batch {self.stage(st).global_batch} is not a multiple of micro_batch "
             f"{self.stage(st).micro_batch} x {world_size} ranks"
             for st in bad
         )
@@ -218,10 +219,17 @@ class CaseConfig:
 
 def _check(cls: type, data: Any, where: str, path: str) -> Any:
     """Build dataclass `cls` from `data`, naming the file and the dotted key of every problem."""
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: [{where}] must be a table, got {type(data).__name__}")
-    hints = get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
+    if not isinstance(data, dict):
+        keys = sorted(names - {"path"})
+        if not where:
+            raise ConfigError(f"{path}: the config must be a table of keys ({', '.join(keys)}), got {type(data).__name__}")
+        example = "micro_batch" if "micro_batch" in names else keys[0]
+        raise ConfigError(
+            f"{path}: {where} is a table of settings ({', '.join(keys)}), not a value (got {data!r}): set one of its "
+            f"keys, e.g. --set {where}.{example}=VALUE, or the key under the {where} table of the file"
+        )
+    hints = get_type_hints(cls)
     unknown = sorted(set(data) - names)
     if unknown:
         raise ConfigError(

@@ -26,9 +26,9 @@ class EventLog:
         # Stack offset 2: the call site recorded is the caller of these wrappers.
         self._log = MLLogger(logger=logger, default_stack_offset=2)
 
-    def point(self, key: str, value: Any = None, **metadata: Any) -> None:
+    def point(self, key: str, value: Any = None, time_ms: float | None = None, **metadata: Any) -> None:
         if self.enabled:
-            self._log.event(key=key, value=value, metadata=metadata or None)
+            self._log.event(key=key, value=value, metadata=metadata or None, time_ms=time_ms)
 
     def start(self, key: str, value: Any = None, time_ms: float | None = None, **metadata: Any) -> None:
         if self.enabled:

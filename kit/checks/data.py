@@ -7,9 +7,6 @@ or a different version shows before hours of training.
 
 from __future__ import annotations
 
-import json
-import os
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +20,7 @@ WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.
 MMMU_SUBJECTS = 30
 SYNTHETIC_HINT = "or run with --synthetic, which needs no data and no weights"
 SHOWN = 5  # problems a --deep check names in its detail; the rest are counted
-NO_PILLOW = "cannot decode without Pillow (pip install pillow)"
+CASE = "llava1_5_7b"  # the case whose data-sources.toml holds the reference counts (kit/data/sources.py)
 
 
 def count_records(path: Path, chunk: int = 1 << 24) -> int:
@@ -39,9 +36,32 @@ def count_records(path: Path, chunk: int = 1 << 24) -> int:
     return n
 
 
-def _record(i: int, rec: Any) -> str:
-    """How a problem names a record: its index in the file and its id."""
-    return f"#{i} (id {rec['id']!r})" if isinstance(rec, dict) and "id" in rec else f"#{i} (no id)"
+def verify_checks(cfg: Any, root: Path, models: Path | None = None) -> list[Check]:
+    """`--deep`: `kit data verify` itself (every record through the case's validator, every image decoded on all
+    cores, the manifest written), its findings as check rows."""
+    from ..data import sources
+    from ..data import verify as data_verify
+
+    layout = data_verify.Layout.from_config(root, cfg)
+    try:
+        v = data_verify.verify(layout, sources.for_case(CASE).reference, case=CASE, models=models)
+    except data_verify.VerifyError as e:
+        return [Check("data", "data verify", "fail", str(e), "pip install pillow" if "Pillow" in str(e) else "")]
+    rows, folders = [], []
+    for f in v.result["findings"]:
+        if f["what"] in ("pretrain records", "finetune records") or f["detail"].startswith("not checked"):
+            continue  # the record counts are the rows above; weights and MMMU have rows of their own
+        if f["what"].startswith("folder ") and f["level"] == "info":
+            folders.append(f"{f['what'][7:]} {f['detail']}")
+            continue
+        examples = f.get("examples") or []
+        detail = f["detail"] + (f": {_listed(examples)}" if examples else "")
+        status = {"fail": "fail", "warn": "warn"}.get(f["level"], "ok")
+        rows.append(Check("data", f"verify: {f['what']}", status, detail, f.get("fix", ""),
+                          {k: v for k, v in f.items() if k not in ("level", "what", "detail", "fix")}))  # fmt: skip
+    if folders:
+        rows.append(Check("data", "verify: image folders", "ok", "; ".join(folders)))
+    return rows
 
 
 def _listed(problems: list[str]) -> str:
@@ -49,94 +69,21 @@ def _listed(problems: list[str]) -> str:
     return "; ".join(problems[:SHOWN]) + (f"; and {more:,} more" if more > 0 else "")
 
 
-def _image_problem(path: Path, pil: Any) -> str | None:
-    """Why the run could not use this image file (missing, or Pillow cannot decode it), or None."""
-    if not path.is_file():
-        return "not found"
-    if pil is None:  # no Pillow: presence only
-        return None
-    try:
-        with pil.open(path) as img:
-            img.load()  # decode the pixels, as the case's data loader does: a truncated file fails only here
-    except Exception as e:  # noqa: BLE001 - any decoding error makes the record unusable; it is reported
-        return f"cannot be decoded ({type(e).__name__}: {e})"
-    return None
-
-
-def _deep_checks(name: str, path: Path, records: list[Any], images_root: Path, template: str) -> list[Check]:
-    """Every record through the case's own validator, and every image it names opened and decoded."""
-    from cases.llava1_5_7b.records import record_problem  # standard library only: no torch on the host
-
-    try:
-        from PIL import Image as pil
-    except ImportError:
-        pil = None  # presence only, and the images check warns
-    n = len(records)
-    bad = [f"{_record(i, r)}: {why}" for i, r in enumerate(records) if (why := record_problem(r, template))]
-    checks = [Check("data", f"{name} records", "ok", f"all {n:,} records are well-formed ({template} template)")]
-    if bad:
-        checks[0] = Check(
-            "data", f"{name} records", "fail",
-            f"{len(bad):,} of {n:,} records in {path} cannot be used ({template} template): {_listed(bad)}",
-            "fix or remove these records: `kit run` stops at the first one (data.skip_bad_records skips a counted few)",
-            {"bad": len(bad), "first": bad[:20]},
-        )  # fmt: skip
-    # Images: every non-empty string `image` (a non-string one is a bad record above), each file decoded once.
-    named = [(i, r, r["image"]) for i, r in enumerate(records) if isinstance(r, dict) and isinstance(r.get("image"), str) and r["image"]]
-    files = sorted({images_root / image for _, _, image in named})
-    with ThreadPoolExecutor(max_workers=min(32, os.cpu_count() or 4)) as pool:  # Pillow decodes without the GIL
-        why_of = dict(zip(files, pool.map(lambda f: _image_problem(f, pil), files), strict=True))
-    problems = [f"{_record(i, r)} {images_root / image}: {why}" for i, r, image in named if (why := why_of[images_root / image])]
-    missing = sum(why_of[images_root / image] == "not found" for _, _, image in named)
-    data = {"images": len(named), "files": len(files), "bad": len(problems), "missing": missing, "first": problems[:20],
-            "decoded": pil is not None}  # fmt: skip
-    if problems:
-        checks.append(Check(
-            "data", f"{name} images", "fail",
-            f"{len(problems):,} of {len(named):,} records name an image under {images_root} that "
-            f"{'is missing or does not decode' if pil else 'is missing'}: {_listed(problems)}"
-            + ("" if pil else f" (the others not decoded: {NO_PILLOW})"),
-            f"download the missing or broken images into {images_root} again", data,
-        ))  # fmt: skip
-    elif pil is None:
-        checks.append(Check("data", f"{name} images", "warn", f"all {len(files):,} images of {n:,} records are present; {NO_PILLOW}",
-                            "pip install pillow, then run `kit check-host --deep` again", data))
-    else:
-        checks.append(Check("data", f"{name} images", "ok", f"all {len(files):,} images of {n:,} records are present and decode",
-                            data=data))
-    return checks
-
-
-def _json_check(name: str, path: Path, stage: str, deep: bool, images_root: Path, template: str) -> list[Check]:
+def _json_check(name: str, path: Path, stage: str) -> list[Check]:
     ref = REFERENCE_RECORDS[stage]
     if not path.is_file():
         return [Check("data", name, "fail", f"missing: {path}", f"download it to {path} ({SYNTHETIC_HINT})", {"path": str(path)})]
-    checks = []
-    if deep:
-        try:
-            records = json.loads(path.read_text())
-        except (OSError, ValueError) as e:
-            return [Check("data", name, "fail", f"{path}: not valid JSON ({e})", "download the file again", {"path": str(path)})]
-        if not isinstance(records, list):
-            return [Check("data", name, "fail", f"{path}: expected a JSON list of records, got {type(records).__name__}",
-                          "download the file again", {"path": str(path)})]
-        n = len(records)
-    else:
-        records, n = None, count_records(path)
+    n = count_records(path)
     data = {"path": str(path), "records": n, "reference": ref}
     if n == ref:
-        checks.append(Check("data", name, "ok", f"{n:,} records, as the reference", data=data))
-    else:
-        diff = n - ref
-        checks.append(Check(
-            "data", name, "warn",
-            f"{n:,} records, {abs(diff):,} {'more' if diff > 0 else 'fewer'} than the reference's {ref:,} "
-            f"({diff / ref:+.2%}): results will not compare one to one",
-            "download the reference version of the file (a truncated download is the usual cause)", data,
-        ))  # fmt: skip
-    if records is not None:
-        checks += _deep_checks(name, path, records, images_root, template)
-    return checks
+        return [Check("data", name, "ok", f"{n:,} records, as the reference", data=data)]
+    diff = n - ref
+    return [Check(
+        "data", name, "warn",
+        f"{n:,} records, {abs(diff):,} {'more' if diff > 0 else 'fewer'} than the reference's {ref:,} "
+        f"({diff / ref:+.2%}): results will not compare one to one",
+        "download the reference version of the file (a truncated download is the usual cause)", data,
+    )]  # fmt: skip
 
 
 def _dir_check(name: str, path: Path) -> Check:
@@ -156,10 +103,9 @@ def data_checks(cfg: Any, data: Path | None, deep: bool = False) -> list[Check]:
                       f"pass the directory that holds {cfg.data.pretrain_json} and {cfg.data.finetune_json}")]
     ft_images = root / cfg.data.finetune_images
     checks = [
-        *_json_check("pretrain JSON", root / cfg.data.pretrain_json, "pretrain", deep, root / cfg.data.pretrain_images,
-                     cfg.pretrain.template),
+        *_json_check("pretrain JSON", root / cfg.data.pretrain_json, "pretrain"),
         _dir_check("pretrain images", root / cfg.data.pretrain_images),
-        *_json_check("finetune JSON", root / cfg.data.finetune_json, "finetune", deep, ft_images, cfg.finetune.template),
+        *_json_check("finetune JSON", root / cfg.data.finetune_json, "finetune"),
     ]
     missing = [f for f in FINETUNE_FOLDERS if not (ft_images / f).is_dir()]
     if missing:
@@ -171,6 +117,9 @@ def data_checks(cfg: Any, data: Path | None, deep: bool = False) -> list[Check]:
         checks.append(Check("data", "finetune images", "ok", f"{len(FINETUNE_FOLDERS)} folders under {ft_images}"))
     if (root / "MMMU").is_dir():
         checks.append(mmmu_check(root / "MMMU"))
+    # --deep runs the verifier, which writes the manifest; the manifest row then says what it found.
+    if deep:
+        checks += verify_checks(cfg, root)
     checks.append(manifest_check(root))
     return checks
 

@@ -287,22 +287,36 @@ def os_info(root: str | Path = "/") -> tuple[str, str]:
     return pretty, kernel
 
 
+def cpu_check(cfg: Any, cores: int, model: str) -> Check:
+    """Cores against what one node's processes want: a process per rank plus its DataLoader workers.
+
+    A GPU rank wants two cores at least (its Python thread and the image decoding); a CPU rank does the
+    computing itself and wants one, plus one per worker. A fix never suggests more workers than the config has:
+    with none, only more cores (or, on a CPU, fewer ranks) can help."""
+    ranks, w = cfg.gpus_per_node, cfg.data.num_workers
+    on_cpu = str(cfg.device).lower() == "cpu"
+    want = ranks * (w + 1) if on_cpu else max(2 * ranks, ranks * (w + 1))
+    what = "CPU ranks" if on_cpu else "GPU ranks"
+    detail = f"{model}, {cores} cores; {ranks} {what} x ({w} DataLoader workers + 1) want {want}"
+    data = {"model": model, "cores": cores, "want": want}
+    if cores >= want:
+        return Check("system", "CPU", "ok", detail, data=data)
+    fewer = cores // ranks - 1  # the workers per rank that fit the cores (< w whenever cores < ranks x (w + 1))
+    if not on_cpu and cores < 2 * ranks:
+        fix = f"use a host with >= {want} cores"
+        if w:
+            fix += " or lower data.num_workers (`--set data.num_workers=0`: each rank decodes its own images)"
+        return Check("system", "CPU", "warn", f"{detail}: under 2 per GPU, image decoding starves the GPUs", fix, data)
+    if w and fewer >= 0 and fewer < w:
+        fix = f"`--set data.num_workers={fewer}` to match the cores, or use a host with >= {want} cores"
+    else:  # no workers to take away: only cores help (on a CPU, fewer ranks too, where the global batch allows)
+        fix = f"use a host with >= {want} cores" + (" (or run fewer CPU ranks with --gpus)" if on_cpu else "")
+    return Check("system", "CPU", "warn", f"{detail}: processes share cores, steps slow down", fix, data)
+
+
 def host_checks(cfg: Any, root: str | Path = "/") -> list[Check]:
     model, cores = cpu_info(root)
-    gpus, w = cfg.gpus_per_node, cfg.data.num_workers
-    want = gpus * (w + 1)
-    checks = []
-    detail = f"{model}, {cores} cores; {gpus} ranks x ({w} DataLoader workers + 1) want {want}"
-    if cores < 2 * gpus:
-        checks.append(Check("system", "CPU", "warn", f"{detail}: under 2 per GPU, image decoding starves the GPUs",
-                            f"use a host with >= {want} cores or lower data.num_workers (`--set data.num_workers=1`)",
-                            {"model": model, "cores": cores}))
-    elif cores < want:
-        checks.append(Check("system", "CPU", "warn", f"{detail}: workers share cores",
-                            f"`--set data.num_workers={max(1, cores // gpus - 1)}` to match the cores",
-                            {"model": model, "cores": cores}))
-    else:
-        checks.append(Check("system", "CPU", "ok", detail, data={"model": model, "cores": cores}))
+    checks = [cpu_check(cfg, cores, model)]
 
     sz = model_sizes(cfg)
     offload = max(cfg.pretrain.offload_optimizer, cfg.finetune.offload_optimizer)

@@ -195,12 +195,11 @@ def is_local(host: str) -> bool:
 # ---------------------------------------------------------------- output
 
 
-def _short(text: str, width: int = 60) -> str:
-    return text if len(text) <= width else text[: width - 1] + "…"
-
-
 def render(host_results: dict[str, list[Check]], console: Console) -> None:
-    """One table, a column per host (rows: checks), then the fixes of every warn and fail, grouped."""
+    """One table, a column per host (rows: checks), then the fixes of every warn and fail, grouped.
+
+    Every detail is shown whole: a cell wraps at the console's width (a word longer than the column folds),
+    it is never cut, since the reading is what the user acts on."""
     hosts = list(host_results)
     rows: list[tuple[str, str]] = []
     for checks in host_results.values():
@@ -208,10 +207,10 @@ def render(host_results: dict[str, list[Check]], console: Console) -> None:
             if (c.group, c.name) not in rows:
                 rows.append((c.group, c.name))
     table = Table(title="kit check-host", show_lines=False)
-    table.add_column("group", style="dim")
-    table.add_column("check")
+    table.add_column("group", style="dim", no_wrap=True)
+    table.add_column("check", no_wrap=True)
     for h in hosts:
-        table.add_column(h, overflow="fold")
+        table.add_column(h, overflow="fold", ratio=1)
     index = {h: {(c.group, c.name): c for c in checks} for h, checks in host_results.items()}
     for key in rows:
         cells: list[Text | str] = []
@@ -221,7 +220,7 @@ def render(host_results: dict[str, list[Check]], console: Console) -> None:
                 cells.append(Text(""))
                 continue
             glyph, style = GLYPHS[c.status]
-            cells.append(Text.assemble((glyph, style), " ", _short(c.detail)))
+            cells.append(Text.assemble((glyph, style), " ", c.detail, overflow="fold"))
         table.add_row(key[0], key[1], *cells)
     console.print(table)
 
@@ -296,7 +295,9 @@ def check_host(
         c = cases.get(case)
         cfg = cases.load_config(c, config)
     except (cases.UnknownCase, ValueError) as e:
-        Console(stderr=True).print(f"[bold red]error:[/] {e}")
+        from rich.markup import escape
+
+        Console(stderr=True).print(f"[bold red]error:[/] {escape(str(e))}", soft_wrap=True)
         raise typer.Exit(2) from None
     names = [h.strip() for h in hosts.split(",") if h.strip()] if hosts else []
     nodes = nodes or max(cfg.nodes, len(names) or 1)

@@ -31,9 +31,9 @@ def main() -> None:
 
     Examples:
 
-      kit mmmu score runs/RUN/mmmu/responses.json
+      kit mmmu score runs/RUN/eval/responses.json
 
-      kit mmmu score responses.json --subjects --out runs/RUN/mmmu
+      kit mmmu score responses.json --subjects --out runs/RUN/eval/mmmu
     """
 
 
@@ -71,7 +71,8 @@ def table(result: dict[str, Any], subjects: bool = False) -> Table:
 @app.command()
 def score(
     predictions: Path = typer.Argument(
-        ..., help="JSON list of raw responses: id, question_type, answer, all_choices, index2ans, response."
+        ..., help="JSON list (or .jsonl) of raw responses: id, question_type, answer, all_choices and index2ans (or "
+        "options), response; a run's are in runs/RUN/eval/responses.json."
     ),
     json_: bool = typer.Option(
         False, "--json", help="Print per-subject, per-discipline and overall as JSON."
@@ -86,19 +87,21 @@ def score(
     Accuracy is per subject, then instance-weighted (micro) per discipline and overall.
 
     Records are scored in the official order whatever the file's order, so the random fallback repeats.
+    A question_type other than "multiple-choice" (such as "open" or "short-answer") is scored as open, as the
+    official scorer does; the summary counts the records of each type.
 
     Exit 0, or 2 on a bad file (the message names the file, the record and the field).
 
     Examples:
 
-      kit mmmu score runs/RUN/mmmu/responses.json
+      kit mmmu score runs/RUN/eval/responses.json
 
       kit mmmu score responses.json --subjects
 
-      kit mmmu score responses.json --json --out runs/RUN/mmmu
+      kit mmmu score responses.json --json --out runs/RUN/eval/mmmu
     """
     try:
-        result = mmmu.score(mmmu.load_predictions(predictions))
+        result = mmmu.score(mmmu.load_predictions(predictions), source=str(predictions))
         if out is not None:
             mmmu.write_outputs(out, result, protect=[predictions])
     except mmmu.MMMUError as e:
@@ -108,5 +111,7 @@ def score(
         typer.echo(json.dumps(mmmu.jsonable(mmmu.summary(result)), indent=2))
     else:
         console.print(table(result, subjects))
+        console.print(f"records by question type: {escape(mmmu.declared_types_text(result))}", soft_wrap=True,
+                      highlight=False)  # fmt: skip
     if out is not None and not json_:
         console.print(f"wrote {', '.join(mmmu.OUTPUT_FILES)} to {escape(str(out))}")

@@ -2,17 +2,52 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 
-def show(run: Path, console: Console, fmt: str = "table") -> dict:
-    from .. import report
+def _warn_unwritten(summary: dict, fmt: str) -> None:
+    """The table shows the warning itself; json/csv/markdown go to a pipe, so stderr gets the line too."""
+    if summary.get("not_written") and fmt != "table":
+        Console(stderr=True).print(f"[yellow]warning:[/] {escape(summary['not_written'])}", soft_wrap=True)
 
-    summary = report.write_summary(run)
+
+def show(run: Path, console: Console, fmt: str = "table", peak_flops: float | None = None) -> dict:
+    """One run: check its inputs (RunInputError names the damaged file), recompute, write, print."""
+    from .. import metrics, report
+
+    metrics.check_run_inputs(run)
+    summary = report.write_summary(run, peak_flops=peak_flops)
     if fmt == "table":
         console.print(report.table_renderable(summary))
     else:
         console.print(report.render(summary, fmt), markup=False, highlight=False, soft_wrap=True)
+    _warn_unwritten(summary, fmt)
     return summary
+
+
+def show_many(runs: list[Path], console: Console, fmt: str = "table", peak_flops: float | None = None) -> dict:
+    """Several runs of one config: each one's summary recomputed (and written), then the mean and spread."""
+    from .. import metrics, report
+
+    if len(runs) == 1:
+        return show(runs[0], console, fmt, peak_flops)
+    for run in runs:
+        metrics.check_run_inputs(run)
+    report.check_one_config(runs)  # before anything is written
+    summaries = [report.write_summary(run, peak_flops=peak_flops) for run in runs]
+    ms = report.multi_summary(runs, summaries)
+    if fmt == "table":
+        console.print(report.multi_renderable(ms))
+    else:
+        console.print(report.render_multi(ms, fmt), markup=False, highlight=False, soft_wrap=True)
+    for s in summaries:
+        _warn_unwritten(s, fmt)
+    return ms
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit("use `kit report`")

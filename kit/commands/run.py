@@ -26,6 +26,7 @@ from ..launch import (
     tail_lines,
 )
 from ..progress import StageProgress
+from .env import source_revision
 
 
 class UsageError(ValueError):
@@ -100,9 +101,11 @@ def plan(
         stages = [stage]
     else:
         raise UsageError(f"--stage {stage!r}: expected all, train or one of {', '.join(case.stages)}")
+    # --gpus None: not given, the config's; --gpus 0 is a request like --nodes 0, and refused the same way.
+    for flag, n, default in (("--nodes", nodes, "1"), ("--gpus", gpus, f"the config's {cfg.gpus_per_node} per node")):
+        if n is not None and n < 1:
+            raise UsageError(f"{flag} {n}: must be at least 1 (leave {flag} out for {default})")
     gpus = gpus or cfg.gpus_per_node
-    if nodes < 1 or gpus < 1:
-        raise UsageError("--nodes and --gpus must be at least 1")
     if native:
         if nodes > 1:
             raise UsageError("--native runs on this host only (--nodes 1); several nodes run in containers")
@@ -344,6 +347,55 @@ def preflight(req: RunRequest, cfg, console: Console, dry_run: bool = False) -> 
     if stops:
         raise EnvironmentProblem("\n".join(stops))  # each its own line: "error: " on the first
     record_check(req, cfg, console)
+    manifest_check(req, cfg, console)
+
+
+def manifest_check(req: RunRequest, cfg, console: Console) -> None:
+    """What the last `kit data verify` found (the data manifest: a few stats, no decoding). An image that is missing,
+    empty or does not decode stops a run when its record is drawn, hours in: more of them among the records this
+    run reads than data.skip_bad_records tolerates is a UsageError now. No manifest, or one older than the record
+    files, is a warning: the images are then checked only as they are drawn."""
+    if req.synthetic or not req.data or not any(s in TRAIN_STAGES for s in req.stages):
+        return
+    from ..data import manifest as data_manifest
+
+    root = Path(req.data)
+    verify_cmd = f"kit data verify --data {root}"
+
+    def warn(message: str) -> None:
+        console.print(Text(f"warning: {message}", style="yellow"))
+
+    try:
+        m = data_manifest.read(root)
+    except data_manifest.ManifestError as e:
+        return warn(str(e))
+    if m is None:
+        return warn(f"{root} has no {data_manifest.MANIFEST_NAME}: its images have not been verified, so a missing or "
+                    f"corrupt one stops the run when it is drawn, and a submission needs a verified copy; `{verify_cmd}` "
+                    "checks every image")  # fmt: skip
+    if stale := data_manifest.stale(root, m):
+        return warn(f"{', '.join(stale)} changed since `kit data verify` ({m.get('written', '?')}): run `{verify_cmd}` "
+                    "again (the run records the manifest as stale)")  # fmt: skip
+    problems = (m.get("images") or {}).get("problems") or {}
+    for stage in (s for s in req.stages if s in TRAIN_STAGES):
+        want = getattr(cfg.data, f"{stage}_json")
+        entry = (m.get("stages") or {}).get(stage) or {}
+        if entry.get("file") != want:
+            warn(f"the data manifest describes the {stage} records {entry.get('file')!r}, not {want!r}: run "
+                 f"`{verify_cmd} --set data.{stage}_json={want}`")  # fmt: skip
+            continue
+        ours = (lambda src: src == "pretrain") if stage == "pretrain" else (lambda src: src != "pretrain")
+        found = {kind: sum(n for src, n in (p.get("by_source") or {}).items() if ours(src))
+                 for kind, p in problems.items() if kind in ("missing", "empty", "unreadable")}  # fmt: skip
+        bad = sum(found.values())
+        if bad > cfg.data.skip_bad_records:
+            listed = ", ".join(f"{n:,} {kind}" for kind, n in sorted(found.items()) if n)
+            raise UsageError(
+                f"{root}: `kit data verify` ({m.get('written', '?')}) found {bad:,} image(s) named by the {stage} "
+                f"records {want} that cannot be used ({listed}): the run would stop when it draws the first; run "
+                f"`kit data fix --data {root} --write-filtered` and pass the filtered file (--set data.{stage}_json=..."
+                f"), or set data.skip_bad_records (--set data.skip_bad_records=N)"
+            )  # fmt: skip
 
 
 def resume_overrides(run: Path, python: str | None, data: Path | None, models: Path | None) -> dict[str, str]:
@@ -372,8 +424,9 @@ def resume_overrides(run: Path, python: str | None, data: Path | None, models: P
     return out
 
 
-def container_plan(req: RunRequest, cfg, run_tag: str):
-    """Reach the nodes' engines and fix the containers' shape (raises ContainerError, exit 3)."""
+def container_plan(req: RunRequest, cfg, run_tag: str, create: bool = True):
+    """Reach the nodes' engines and fix the containers' shape (raises ContainerError, exit 3); with create=False
+    (a dry run) nothing is written, not even the results directory."""
     from .. import containers
 
     read_only = [Path(p) for p in (req.data, req.models, req.mmmu, req.model_dir) if p]
@@ -381,7 +434,7 @@ def container_plan(req: RunRequest, cfg, run_tag: str):
         hosts=req.hosts, image=req.image, results=Path(req.results).resolve(), read_only=read_only,
         gpus_per_node=req.gpus, use_gpus=cfg.device != "cpu", env=containers.forwarded_env(req.env),
         ssh_options=req.ssh_options, master_addr=req.master_addr, master_port=req.master_port, run_tag=run_tag,
-        ulimits=containers.parse_ulimits(req.ulimits),
+        ulimits=containers.parse_ulimits(req.ulimits), create=create,
     )  # fmt: skip
 
 
@@ -405,7 +458,7 @@ def dry_run(req: RunRequest, cfg, console: Console) -> int:
     from .. import containers
 
     with containers.SshPolicy(req.ssh_options):
-        p = container_plan(req, cfg, "<run id>")
+        p = container_plan(req, cfg, "<run id>", create=False)
     case = cases.get(req.case)
     for node in p.nodes:
         for stage, args in cmds.items():
@@ -486,6 +539,7 @@ def start(req: RunRequest, cfg, console: Console) -> tuple[Path, int]:
                     "run_id": run.name,
                     "created": time.time(),
                     "kit_version": __version__,
+                    "kit_source": source_revision(),  # git commit and dirty flag, or the installed version
                     **asdict(req),
                     "config": cfg.to_dict(),  # resolved: every value the run used, the name among them
                     "config_path": str(resolved.resolve()),

@@ -80,7 +80,7 @@ def test_missing_required_key_and_bad_toml(tmp_path):
 
 
 def test_global_batch_must_divide():
-    with pytest.raises(c.ConfigError, match=r"\[pretrain\] global_batch 16 is not a multiple of micro_batch 4 x 3 ranks"):
+    with pytest.raises(c.ConfigError, match=r"stage pretrain: global_batch 16 is not a multiple of micro_batch 4 x 3 ranks"):
         c.load("tiny").grad_accum("pretrain", 3)
 
 
@@ -145,12 +145,12 @@ def test_refusal_names_the_config_and_the_micro_batch_that_work():
         ref.grad_accum("pretrain", 16)
     msg = str(e.value)
     assert "\n" not in msg
-    assert "[pretrain] global_batch 256 is not a multiple of micro_batch 32 x 16 ranks: use --config A800x2x8 " \
+    assert "stage pretrain: global_batch 256 is not a multiple of micro_batch 32 x 16 ranks: use --config A800x2x8 " \
            "(made for 2 x 8), or --set pretrain.micro_batch=16" in msg
     # Both stages at once: one line names both fixes.
     with pytest.raises(c.ConfigError) as e:
         ref.check_world_size(16, ("pretrain", "finetune"))
-    assert "[finetune] global_batch 128 is not a multiple of micro_batch 16 x 16 ranks" in str(e.value)
+    assert "stage finetune: global_batch 128 is not a multiple of micro_batch 16 x 16 ranks" in str(e.value)
     assert str(e.value).endswith("use --config A800x2x8 (made for 2 x 8), or --set pretrain.micro_batch=16 "
                                  "--set finetune.micro_batch=8")
     # No shipped config for 32 ranks: the micro batch alone.

@@ -293,3 +293,29 @@ def test_a_run_with_a_changed_learning_rate(throughput_run, tmp_path, system_tom
     (root / "submission.json").write_text(json.dumps(sub))
     write_manifest(root)
     assert any(c == "rules" and "unlisted" in d and "pretrain.lr" in d for c, _, d in failures(root))
+
+
+def test_the_data_identity_is_stated_and_checked(copy):
+    """submission.json states the data's identity from the runs' inputs.json; a claim that differs, or runs that
+    read different verified copies, fail by name."""
+    sub = json.loads((copy / "submission.json").read_text())
+    inputs = json.loads((copy / RUN_1 / "inputs.json").read_text())
+    stages = inputs["data"]["stages"]
+    assert sub["data"] == {
+        "manifest": None,  # synthetic: generated data has no `kit data verify` manifest
+        "record_files": {s: {"file": e["records_file"], "sha256": e["sha256"]} for s, e in stages.items()},
+        "filtered": {},
+    }
+    sub["data"]["filtered"] = {"finetune": {"dropped": 0}}
+    (copy / "submission.json").write_text(json.dumps(sub))
+    write_manifest(copy)
+    assert ("data identity", "submission.json",
+            "submission.json's data (manifest, record files, filtered records) is not what "
+            "results/cpu_box/llava1_5_7b/run_1/inputs.json recorded") in failures(copy)  # fmt: skip
+    run2 = copy / "results/cpu_box/llava1_5_7b/run_2/inputs.json"
+    other = json.loads(run2.read_text())
+    other["data"]["manifest"] = {"digest": "f" * 64, "valid": True, "ok": True}
+    run2.write_text(json.dumps(other))
+    write_manifest(copy)
+    assert any(c == "same inputs" and d.startswith(f"data manifest digest {'f' * 64} vs")
+               for c, _, d in failures(copy))  # fmt: skip

@@ -495,14 +495,18 @@ def test_deep_finds_missing_images(tmp_path):
     root = data_tree(tmp_path)
     write_records(root / cfg().data.pretrain_json, 3, image="00000/missing.jpg")
     c = by_name(data_mod.data_checks(cfg(), root, deep=True))
-    assert c["pretrain JSON images"].status == "fail" and "3 of 3" in c["pretrain JSON images"].detail
+    row = c["verify: images: missing"]
+    assert row.status == "fail" and row.detail.startswith("pretrain: 1 missing file(s) named by 3 record(s)")
+    assert c["data manifest"].status == "fail"  # --deep is `kit data verify`: it wrote the manifest
 
 
 def test_deep_on_good_data_validates_records_and_decodes_images(tmp_path):
-    c = by_name(data_mod.data_checks(cfg(), data_tree(tmp_path), deep=True))
-    assert c["pretrain JSON records"].status == "ok" and "plain template" in c["pretrain JSON records"].detail
-    assert c["finetune JSON records"].status == "ok" and "v1 template" in c["finetune JSON records"].detail
-    assert c["pretrain JSON images"].status == "ok" and "all 1 images of 5 records are present and decode" in c["pretrain JSON images"].detail
+    root = data_tree(tmp_path)
+    c = by_name(data_mod.data_checks(cfg(), root, deep=True))
+    assert c["verify: images"].status == "ok"
+    assert c["verify: images"].detail == "all 1 images named by 5 records are present and decode"
+    assert not [n for n, row in c.items() if n.startswith("verify: ") and row.status == "fail"]
+    assert c["data manifest"].status == "ok" and (root / "kit-data-manifest.json").is_file()
 
 
 def bad_tree(root: Path) -> Path:
@@ -533,37 +537,37 @@ def test_deep_names_undecodable_images_and_records_kit_run_rejects(tmp_path):
     assert r.exit_code == 1 and not isinstance(r.exception, TypeError)
     rows = {c["name"]: c for c in next(iter(json.loads(r.output)["hosts"].values()))}
     assert not any("the check itself failed" in c["detail"] for c in rows.values())
-    images = rows["pretrain JSON images"]
-    assert images["status"] == "fail" and "2 of 4 records" in images["detail"]
+    images = rows["verify: images: unreadable"]
+    assert images["status"] == "fail" and images["detail"].startswith("pretrain: 2 unreadable file(s) named by 2 record(s)")
     for i, name in ((1, "b"), (3, "c")):
-        assert f"#{i} (id 'p{i}') {root / cfg().data.pretrain_images / f'00000/{name}.jpg'}: cannot be decoded (OSError" in images["detail"]
-    assert "#0 (id 'p0')" not in images["detail"] and images["data"]["bad"] == 2
-    assert rows["pretrain JSON records"]["status"] == "ok"
-    recs = rows["finetune JSON records"]
-    assert recs["status"] == "fail" and f"3 of 4 records in {root / cfg().data.finetune_json}" in recs["detail"]
-    assert "#1 (id 'f1'): missing 'conversations'" in recs["detail"]
-    assert "#2 (id 'f2'): turns must alternate human, gpt" in recs["detail"]
-    assert "#3 (id 'f3'): 'image' must be a non-empty relative path, got 123" in recs["detail"]
-    assert "#0 (id 'f0')" not in recs["detail"] and recs["fix"]
-    assert rows["finetune JSON images"]["status"] == "ok"  # f1's image decodes; f3's is a bad record, not a crash
+        assert f"pretrain record #{i} (id 'p{i}'): LLaVA-Pretrain/images/00000/{name}.jpg: OSError" in images["detail"]
+    assert "#0 (id 'p0')" not in images["detail"]
+    schema = rows["verify: finetune records: schema"]
+    assert schema["status"] == "fail" and schema["detail"].startswith("2 record(s) in llava_v1_5_mix665k.json")
+    assert "finetune record #1 (id 'f1'): missing 'conversations'" in schema["detail"]
+    assert "finetune record #3 (id 'f3'): 'image' must be a non-empty relative path, got 123" in schema["detail"]
+    order = rows["verify: finetune records: gpt-first"]
+    assert order["status"] == "fail" and "finetune record #2 (id 'f2'): turns must alternate human, gpt" in order["detail"]
+    assert "#0 (id 'f0')" not in schema["detail"] + order["detail"] and schema["fix"]
     shown = runner.invoke(app(), argv, env={"COLUMNS": "250"})  # what a user reads
     assert shown.exit_code == 1 and "Traceback" not in shown.output
-    assert "cannot be decoded" in shown.output and "missing 'conversations'" in shown.output and "got 123" in shown.output
+    assert "Truncated File Read" in shown.output and "missing 'conversations'" in shown.output and "got 123" in shown.output
 
 
 def test_deep_lists_the_first_problems_then_a_count(tmp_path):
     root = data_tree(tmp_path)
     (root / cfg().data.finetune_json).write_text(json.dumps([{"id": f"x{i}"} for i in range(12)]))
-    d = by_name(data_mod.data_checks(cfg(), root, deep=True))["finetune JSON records"].detail
+    d = by_name(data_mod.data_checks(cfg(), root, deep=True))["verify: finetune records: schema"].detail
+    assert d.startswith("12 record(s) in llava_v1_5_mix665k.json")
     assert d.count("missing 'conversations'") == data_mod.SHOWN and d.endswith("; and 7 more")
     assert "#4 (id 'x4')" in d and "#5 (id 'x5')" not in d
 
 
-def test_deep_without_pillow_warns_instead_of_pretending(tmp_path, monkeypatch):
+def test_deep_without_pillow_says_what_to_install(tmp_path, monkeypatch):
     root = data_tree(tmp_path)
     monkeypatch.setitem(sys.modules, "PIL", None)  # as if Pillow were not installed on this host
-    c = by_name(data_mod.data_checks(cfg(), root, deep=True))["pretrain JSON images"]
-    assert c.status == "warn" and "cannot decode without Pillow (pip install pillow)" in c.detail
+    c = by_name(data_mod.data_checks(cfg(), root, deep=True))["data verify"]
+    assert c.status == "fail" and "Pillow" in c.detail and c.fix == "pip install pillow"
 
 
 def test_mmmu_checked_when_its_folder_exists(tmp_path):

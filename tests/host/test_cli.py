@@ -20,7 +20,7 @@ def test_version():
 
 
 @pytest.mark.parametrize("command", ["run", "resume", "report", "configs", "mmmu score", "check-host", "env", "build", "submit",
-                                     "verify", "compare"])
+                                     "verify", "compare", "ls", "data fetch", "data verify", "data fix"])
 def test_every_command_has_help_with_examples(command):
     r = runner.invoke(app, [*command.split(), "--help"], env={"COLUMNS": "200"})
     assert r.exit_code == 0
@@ -33,7 +33,8 @@ def test_host_side_never_imports_the_training_stack():
         "kit.metrics, kit.rundir, kit.cases, kit.mmmu, kit.commands.mmmu, kit.nvml, "
         "kit.commands.check_host, kit.commands.env, kit.checks.docker, kit.checks.remote, kit.build, "
         "kit.commands.build, kit.submission, kit.verify, kit.compare, kit.rules, kit.identity, kit.guard, "
-        "kit.hostfacts\n"
+        "kit.hostfacts, kit.data.sources, kit.data.http, kit.data.fetch, kit.data.verify, kit.data.fix, "
+        "kit.data.manifest, kit.commands.data, kit.commands.ls, kit.monitor\n"
         "from kit import cases\n"
         "cases.load_config(cases.get('llava1_5_7b'), 'A800x1x8')\n"
         "bad = sorted(m for m in ('torch', 'deepspeed', 'transformers', 'mlperf_logging') if m in sys.modules)\n"
@@ -101,16 +102,16 @@ def test_a_given_config_is_kept_and_an_unshipped_scale_falls_back_to_the_referen
     from kit.commands import run as run_cmd
 
     # No A800x4x8: the reference's config at 4 x 8, refused with the micro batches that keep the global batches.
-    with pytest.raises(ValueError, match=r"32 x 32 ranks, .*: use --set pretrain\.micro_batch=8 --set finetune\.micro_batch=4$"):
+    with pytest.raises(ValueError, match=r"32 x 32 ranks; .*: use --set pretrain\.micro_batch=8 --set finetune\.micro_batch=4$"):
         planned(None, 4, 8, "a,b,c,d")
     with pytest.raises(ValueError) as e:
         planned("A800x1x8", 1, 3)
     msg = str(e.value)
-    assert "[pretrain] global_batch 256 is not a multiple of micro_batch 32 x 3 ranks" in msg
+    assert "stage pretrain: global_batch 256 is not a multiple of micro_batch 32 x 3 ranks" in msg
     assert "cannot keep the global batches with any --set pretrain.micro_batch / --set finetune.micro_batch" in msg
     assert "choose nodes x gpus dividing 256 and 128" in msg
     # --stage pretrain: only pretrain's batch is checked and named.
-    with pytest.raises(ValueError, match=r"\[pretrain\][^,]*: use --config A800x2x8 \(made for 2 x 8\), or "
+    with pytest.raises(ValueError, match=r"stage pretrain:[^;]*: use --config A800x2x8 \(made for 2 x 8\), or "
                                          r"--set pretrain\.micro_batch=16$"):  # fmt: skip
         run_cmd.plan("llava1_5_7b", "A800x1x8", "pretrain", nodes=2, gpus=8, synthetic=True, hosts="a,b")
 
@@ -126,7 +127,7 @@ def test_the_refusal_reaches_the_user_as_one_line_with_exit_2(tmp_path):
     assert "Traceback" not in r.output and isinstance(r.exception, SystemExit)  # typer.Exit(2), nothing raised
     (line,) = r.output.strip().splitlines()
     assert line.startswith("error: ") and line.endswith(
-        "A800x1x8.toml: [pretrain] global_batch 256 is not a multiple of micro_batch 32 x 16 ranks, [finetune] "
+        "A800x1x8.toml: stage pretrain: global_batch 256 is not a multiple of micro_batch 32 x 16 ranks; stage finetune: "
         "global_batch 128 is not a multiple of micro_batch 16 x 16 ranks: use --config A800x2x8 (made for 2 x 8), "
         "or --set pretrain.micro_batch=16 --set finetune.micro_batch=8"
     )

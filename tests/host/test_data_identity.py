@@ -153,3 +153,43 @@ def test_check_host_names_what_the_verify_found(tmp_path):
     assert row.fix.startswith(f"run `kit data fix --data {data}`")
     (data / "kit-data-manifest.json").write_text("{torn")
     assert manifest_check(data).status == "warn" and "not valid JSON" in manifest_check(data).detail
+
+
+def test_kit_run_reads_the_manifest_before_the_launch(tmp_path, monkeypatch):
+    """Unusable images that `kit data verify` found among the records a run reads stop `kit run` before anything is
+    created (beyond data.skip_bad_records); no manifest at all is a warning."""
+    from typer.testing import CliRunner
+
+    from kit.checks import system
+    from kit.cli import app
+    from kit.commands import run as run_cmd
+
+    from . import datagen
+
+    data = datagen.make(tmp_path / "data", faults=False, mmmu=False).root
+    models = tmp_path / "models"
+    datagen.write_models(models)
+    monkeypatch.setattr(system, "free_bytes", lambda p: (Path(p), 10**15))
+    started = []
+    monkeypatch.setattr(run_cmd, "start", lambda req, cfg, console: started.append(req) or (tmp_path, 0))
+
+    def run(*extra: str):
+        r = CliRunner().invoke(app, ["run", "llava1_5_7b", "--config", "tiny", "--native", "--stage", "train",
+                                     "--data", str(data), "--models", str(models), "--results", str(tmp_path / "runs"),
+                                     *extra], env={"COLUMNS": "1000"})  # fmt: skip
+        return r, " ".join(r.output.split())
+
+    r, out = run()
+    assert r.exit_code == 0 and len(started) == 1, r.output
+    assert f"warning: {data} has no kit-data-manifest.json: its images have not been verified" in out
+    gqa = data / "gqa/images/1.jpg"
+    gqa.write_bytes(gqa.read_bytes()[:100])  # truncated: it no longer decodes
+    assert CliRunner().invoke(app, ["data", "verify", "--data", str(data)]).exit_code == 1
+    r, out = run()
+    assert r.exit_code == 2 and len(started) == 1, r.output
+    assert (f"error: {data}: `kit data verify` (" in out and "found 1 image(s) named by the finetune records "
+            "llava_v1_5_mix665k.json that cannot be used (1 unreadable): the run would stop when it draws the first; "
+            f"run `kit data fix --data {data} --write-filtered`" in out)  # fmt: skip
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+    r, out = run("--set", "data.skip_bad_records=1")
+    assert r.exit_code == 0 and len(started) == 2, r.output

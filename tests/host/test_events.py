@@ -24,6 +24,8 @@ def test_load_stage_skips_other_lines_and_partial_last(tmp_path: Path) -> None:
                                        extra_lines=["[W socket.cpp] warning", ":::MLLOG {broken"])])
     ev = load_stage(rd / "pretrain")
     assert [s["step"] for s in ev.steps] == [1, 2, 3, 4, 5, 6]  # step 7 is half-written
+    # ":::MLLOG {broken" (line 3) is a whole line that is no event: torn; the unfinished last line is not.
+    assert ev.torn_lines == [3] and ev.partial_tail == len((rd / "pretrain" / "events.log").read_text().splitlines())
     assert ev.attempts == 1 and ev.facts["world_size"] == 2
     assert ev.init_start_ms == (T0 + 2 + 1) * 1000
     assert ev.init_stop_ms == ev.run_start_ms == (T0 + 2 + 30) * 1000
@@ -63,6 +65,7 @@ def test_read_status_states_and_partial_line(tmp_path: Path) -> None:
     rd = make_run(tmp_path, [StageSpec("pretrain", steps=5, resume_at=2), StageSpec("finetune", state="failed")],
                   partial_status_line=True)
     st = read_status(rd)
+    assert st.torn_lines == [] and not st.unreadable  # a last line still being written is not damage
     pre, fin = st.stages["pretrain"], st.stages["finetune"]
     assert pre.state == "finished" and pre.launches == 2 and pre.launched_t == T0 + 2
     assert pre.last_launched_t > pre.launched_t and pre.end_t > pre.last_launched_t
@@ -76,3 +79,12 @@ def test_read_status_iso_time_only(tmp_path: Path) -> None:
     st = read_status(tmp_path)
     assert st.stages["pretrain"].launched_t == 1704067200.0
     assert read_status(tmp_path / "nowhere").stages == {}
+
+
+def test_read_status_counts_damaged_lines(tmp_path: Path) -> None:
+    good = json.dumps({"t": T0, "stage": "pretrain", "state": "launched"})
+    (tmp_path / "status.jsonl").write_text(f"{good}\nnot json\n[1]\n{good}\n")
+    st = read_status(tmp_path)
+    assert st.torn_lines == [2, 3] and st.valid == 2 and not st.unreadable
+    (tmp_path / "status.jsonl").write_text("garbage\n\x00\x01\n")
+    assert read_status(tmp_path).unreadable

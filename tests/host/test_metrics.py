@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -196,3 +197,41 @@ def test_summary_start_is_run_launch(tmp_path: Path) -> None:
     assert m.read_run_json(rd)["case"] == "llava1_5_7b"
     assert m.stage_summary(rd, "pretrain")["startup_s"] == pytest.approx(30)
     assert T0 > 0
+
+
+def test_step_time_spread_by_hand() -> None:
+    steps = [{**step_facts(k), "step_time_s": t} for k, t in enumerate([1.0, 2.0, 3.0, 4.0, 10.0], 1)]
+    sp = m.step_time_spread(steps)
+    mean = 4.0
+    pstdev = math.sqrt(sum((t - mean) ** 2 for t in (1, 2, 3, 4, 10)) / 5)
+    assert sp["step_time_median_s"] == 3.0 and sp["step_time_steps"] == 5
+    assert sp["step_time_p10_s"] == pytest.approx(1.4) and sp["step_time_p90_s"] == pytest.approx(7.6)
+    assert sp["step_time_cv"] == pytest.approx(pstdev / mean)
+    assert m.step_time_spread([])["step_time_cv"] is None and m.step_time_spread(steps[:1])["step_time_cv"] is None
+
+
+def test_summary_keeps_every_key_compare_and_verify_read(tmp_path: Path) -> None:
+    s = m.run_summary(make_run(tmp_path))
+    for key in ("schema", "run_id", "case", "config", "device", "nodes", "gpus", "state", "stage_order", "stages",
+                "mmmu_acc", "eval", "rules", "generated_at", "kit_version", "comparable", "warnings"):
+        assert key in s, key
+    st = s["stages"]["pretrain"]
+    for key in ("tokens_per_s_per_gpu", "reference_method_tokens_per_s_per_gpu", "mfu_reference", "mfu_exact",
+                "loss_tail_mean", "mem_used_peak_gib", "steps_done", "steps_logged", "notes", "step_time_median_s",
+                "step_time_p10_s", "step_time_p90_s", "step_time_cv", "step_time_steps", "stage_warnings"):
+        assert key in st, key
+
+
+def test_a_launched_stage_of_a_finished_run_is_stopped_not_finished(tmp_path: Path) -> None:
+    rd = make_run(tmp_path, [StageSpec("pretrain", state="running")], run_state="finished")
+    s = m.run_summary(rd)
+    assert s["stages"]["pretrain"]["state"] == "stopped" and s["state"] == "stopped"
+
+
+def test_a_finished_run_line_with_a_stage_never_started_is_stopped(tmp_path: Path) -> None:
+    rd = make_run(tmp_path, [StageSpec("pretrain")])
+    info = json.loads((rd / "run.json").read_text())
+    (rd / "run.json").write_text(json.dumps({**info, "stages": ["pretrain", "finetune"]}))
+    s = m.run_summary(rd)
+    assert s["stages"]["finetune"]["state"] == "pending" and s["state"] == "stopped"
+    assert any("not every stage did: finetune pending" in w for w in s["warnings"])

@@ -319,8 +319,8 @@ def test_bad_files_are_named_with_record_and_field(tmp_path):
     with pytest.raises(mmmu.MMMUError, match=r"record 2 \(id validation_Design_1\): missing field 'index2ans'"):
         mmmu.load_predictions(write(tmp_path, recs))
     recs = hand_records()
-    recs[0]["question_type"] = "mcq"
-    with pytest.raises(mmmu.MMMUError, match=r"record 0 \(id validation_Art_1\): field 'question_type'"):
+    recs[0]["question_type"] = None  # a type that is not even a string (any string is a type: open unless MC)
+    with pytest.raises(mmmu.MMMUError, match=r"record 0 \(id validation_Art_1\): field 'question_type' must be a string"):
         mmmu.load_predictions(write(tmp_path, recs))
     recs = [{"id": "validation_Art_1", "question_type": "multiple-choice", "answer": "A", "options": "['a',",
              "response": "A"}]  # fmt: skip
@@ -330,8 +330,10 @@ def test_bad_files_are_named_with_record_and_field(tmp_path):
         mmmu.load_predictions(write(tmp_path, hand_records()[:3] + ["x"]))
     with pytest.raises(mmmu.MMMUError, match=r"nope.json: no such file"):
         mmmu.load_predictions(tmp_path / "nope.json")
-    with pytest.raises(mmmu.MMMUError, match=r"record 1: id validation_Art_1 repeats record 0"):
+    with pytest.raises(mmmu.MMMUError, match=r"record 1 \(id validation_Art_1\): id validation_Art_1 repeats record 0"):
         mmmu.score([mc("validation_Art_1", "A"), mc("validation_Art_1", "B")])
+    with pytest.raises(mmmu.MMMUError, match=r"dup.json: record 1 \(id validation_Art_1\): id validation_Art_1 repeats"):
+        mmmu.load_predictions(write(tmp_path, [mc("validation_Art_1", "A"), mc("validation_Art_1", "B")], "dup.json"))
 
 
 def test_jsonl_responses_are_read_too(tmp_path):
@@ -396,3 +398,51 @@ def test_scorer_is_standard_library_only():
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ------------------------------------------------- the official repository's types, duplicates, help
+
+
+def official_style_records() -> list[dict]:
+    """Records shaped as the official repository's example outputs: open questions are "short-answer"."""
+    return [
+        mc("validation_Art_1", "(A)", "A"),
+        mc("validation_Art_2", "B", "A"),
+        {"id": "validation_Math_1", "question_type": "short-answer", "answer": "3.5", "response": "so it is 3.50"},
+        {"id": "validation_Math_2", "question_type": "short-answer", "answer": "12", "response": "the answer is 13"},
+        op("validation_Math_3", "therefore 7", "7"),
+    ]
+
+
+def test_short_answer_records_are_open_questions_as_the_official_scorer_has_them(tmp_path):
+    result = mmmu.score(mmmu.load_predictions(write(tmp_path, official_style_records())))
+    assert result["correct"] == 3 and result["num"] == 5
+    assert result["question_types"] == {"multiple-choice": {"accuracy": 0.5, "correct": 1, "num": 2},
+                                        "open": {"accuracy": 2 / 3, "correct": 2, "num": 3}}  # fmt: skip
+    assert result["declared_types"] == {"multiple-choice": 2, "open": 1, "short-answer": 2}
+    math1 = next(q for q in result["questions"] if q["id"] == "validation_Math_1")
+    assert math1["question_type"] == "open" and math1["declared_type"] == "short-answer" and 3.5 in math1["parsed_pred"]
+    mmmu.write_outputs(tmp_path / "out", result)
+    md = (tmp_path / "out" / "disciplines.md").read_text()
+    assert "Records by question type: 5: 2 multiple-choice, 1 open, 2 short-answer (scored as open)." in md
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["declared_types"]["short-answer"] == 2
+
+
+def test_cli_scores_short_answer_and_says_how_many_of_each_type(tmp_path):
+    r = runner.invoke(app, ["score", str(write(tmp_path, official_style_records()))], env={"COLUMNS": "200"})
+    assert r.exit_code == 0, r.output
+    assert "records by question type: 5: 2 multiple-choice, 1 open, 2 short-answer (scored as open)" in r.output
+    assert "60.00%" in r.output
+
+
+def test_cli_names_the_file_of_a_repeated_question(tmp_path):
+    dup = write(tmp_path, [mc("validation_Art_1", "A"), mc("validation_Art_1", "B")], "dup.json")
+    r = runner.invoke(app, ["score", str(dup)], env={"COLUMNS": "400"})
+    assert r.exit_code == 2
+    assert f"error: {dup}: record 1 (id validation_Art_1): id validation_Art_1 repeats record 0" in r.output
+
+
+def test_cli_help_points_at_the_runs_eval_responses():
+    for args in (["--help"], ["score", "--help"]):
+        out = " ".join(runner.invoke(app, args, env={"COLUMNS": "200"}).output.split())
+        assert "runs/RUN/eval/responses.json" in out and "runs/RUN/mmmu/" not in out

@@ -61,10 +61,13 @@ def test_plots_skipped_without_matplotlib(tmp_path: Path, monkeypatch: pytest.Mo
 
 
 def test_render_all_formats_finished(tmp_path: Path) -> None:
-    s = _fresh(tmp_path, mmmu=0.35)
+    from .test_report_honest import make_reference_like
+
+    s = report.write_summary(make_reference_like(make_run(tmp_path, mmmu=0.35)))
+    assert s["comparable"]["comparable"] is True
     text = report.render(s, "table")
     for needle in ("H200x1x1 pretrain", "seed A800 1x8", "ratio run/seed", "4013", "2.1025",
-                   "74/81", "18.01%", "39.57%", "35.9%", "35.0%", "finished", "20/20", "exact"):
+                   "74/81 GB", "18.01%", "39.57%", "35.9%", "35.0%", "finished", "20/20", "exact"):
         assert needle in text, needle
     assert json.loads(report.render(s, "json")) == s
 
@@ -72,13 +75,18 @@ def test_render_all_formats_finished(tmp_path: Path) -> None:
     assert [r["kind"] for r in rows] == ["run", "reference", "ratio"] * 2
     assert float(rows[1]["tokens_per_s"]) == 4013 and float(rows[1]["mfu"]) == 0.1801
     run_tps = s["stages"]["pretrain"]["tokens_per_s_per_gpu"]
+    ref_tps = s["stages"]["pretrain"]["reference_method_tokens_per_s_per_gpu"]
     assert float(rows[0]["tokens_per_s"]) == pytest.approx(run_tps)
     assert float(rows[2]["tokens_per_s"]) == pytest.approx(run_tps / 4013)
+    assert float(rows[2]["ref_method_tokens_per_s"]) == pytest.approx(ref_tps / 4013)
     assert float(rows[5]["mmmu"]) == pytest.approx(0.35 / 0.359)
+    assert rows[0]["comparable"] == "true" and rows[2]["comparability"] == s["comparable"]["reason"]
 
     md = report.render(s, "markdown")
     lines = md.splitlines()
-    assert lines[0].startswith("| config | token/p/s | loss | mem (GB used/total) | MMMU acc | MFU |")
+    assert lines[0].startswith("**run-1 (finished)**: comparable with the seed")
+    header = next(ln for ln in lines if ln.startswith("| config"))
+    assert header.startswith("| config | token/p/s (seed method) | MFU (seed method) | loss | mem used/total | MMMU acc |")
     assert sum(1 for ln in lines if ln.startswith("| ")) == 2 + 6
     with pytest.raises(ValueError, match="markdown"):
         report.render(s, "yaml")
