@@ -759,11 +759,7 @@ def plot_monitor(stage_dir: Path, png: Path) -> bool:
         ax2.grid(alpha=0.3)
         fig.suptitle(f"{title}: host")
     FigureCanvasAgg(fig)
-    png = Path(png)
-    tmp = png.with_name(f".{png.name}.tmp.{os.getpid()}")
-    try:
-        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
-        os.replace(tmp, png)
-    finally:
-        tmp.unlink(missing_ok=True)
+    from .report import write_png
+
+    write_png(fig, Path(png), dpi=100)
     return True

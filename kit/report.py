@@ -113,14 +113,18 @@ def _save_plot(fig: Any, run_dir: Path, rel: str, steady_from: int | None) -> st
         ax.axvline(steady_from, color="grey", linestyle=":", label="steady state from")
     ax.legend(loc="best", fontsize="small")
     FigureCanvasAgg(fig)  # a canvas of its own: no pyplot, no global backend
-    target = run_dir / rel
+    write_png(fig, run_dir / rel, dpi=110)
+    return rel
+
+
+def write_png(fig: Any, target: Path, dpi: int) -> None:
+    """A matplotlib figure (with its canvas) as a PNG, atomically: a temporary file, then os.replace."""
     tmp = target.with_name(f".{target.name}.tmp.{os.getpid()}")
     try:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+        fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
-    return rel
 
 
 def write_plots(run_dir: str | Path, summary: dict[str, Any]) -> tuple[list[str], list[str]]:

@@ -465,21 +465,9 @@ def check_mmmu(root: Path) -> dict[str, Any]:
 
 def count_files(path: Path) -> int | None:
     """Files under a folder, recursively, from directory entries alone (no stat per file); None when absent."""
-    if not path.is_dir():
-        return None
-    n, stack = 0, [str(path)]
-    while stack:
-        d = stack.pop()
-        try:
-            with os.scandir(d) as it:
-                for e in it:
-                    if e.is_dir(follow_symlinks=True):
-                        stack.append(e.path)
-                    elif e.is_file(follow_symlinks=True):
-                        n += 1
-        except OSError:
-            continue
-    return n
+    from ..identity import folder_census
+
+    return folder_census(path, sizes=False)["files"] if path.is_dir() else None
 
 
 # ---- the whole verification -------------------------------------------------------------------------------------
