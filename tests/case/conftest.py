@@ -59,3 +59,13 @@ def write_json(path: Path, records: Any) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(records))
     return path
+
+
+def H(v: str) -> dict[str, str]:
+    """A human turn of a LLaVA record."""
+    return {"from": "human", "value": v}
+
+
+def G(v: str) -> dict[str, str]:
+    """A gpt turn of a LLaVA record."""
+    return {"from": "gpt", "value": v}

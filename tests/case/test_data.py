@@ -21,17 +21,9 @@ from cases.llava1_5_7b.data import (
 )
 from cases.llava1_5_7b.tokenizer import Tokenizer
 
-from .conftest import SYSTEM_PIECES, P, write_json
+from .conftest import SYSTEM_PIECES, G, H, P, write_json
 
 IGN, IMG = D.IGNORE_INDEX, D.IMAGE_TOKEN_INDEX
-
-
-def H(v: str) -> dict[str, str]:
-    return {"from": "human", "value": v}
-
-
-def G(v: str) -> dict[str, str]:
-    return {"from": "gpt", "value": v}
 
 
 def masked(ids: list[int]) -> list[int]:

@@ -29,17 +29,9 @@ from cases.llava1_5_7b.model import LlavaForTraining
 from cases.llava1_5_7b.records import CATEGORIES
 from cases.llava1_5_7b.tokenizer import Tokenizer, train_tokenizer
 
-from .conftest import write_json
+from .conftest import G, H, write_json
 
 IGN, IMG = D.IGNORE_INDEX, D.IMAGE_TOKEN_INDEX
-
-
-def H(v: str) -> dict[str, str]:
-    return {"from": "human", "value": v}
-
-
-def G(v: str) -> dict[str, str]:
-    return {"from": "gpt", "value": v}
 
 
 def _jpeg(path: Path, colour: tuple[int, int, int] = (200, 40, 40)) -> None:
