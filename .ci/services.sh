@@ -35,6 +35,10 @@ command -v dockerd >/dev/null || missing+=(docker.io)
 dpkg -s busybox-static >/dev/null 2>&1 || [ -x /bin/busybox ] || missing+=(busybox-static)
 command -v docker-compose >/dev/null || missing+=(docker-compose)   # validates docker-compose.yml in tests
 [ -x /usr/bin/chromium ] || missing+=(chromium)   # opens kit compare's html page in tests/host/test_compare.py
+command -v munged >/dev/null || missing+=(munge)   # the Slurm test cluster of .ci/slurm.sh
+command -v slurmctld >/dev/null || missing+=(slurmctld)
+command -v slurmd >/dev/null || missing+=(slurmd)
+command -v sbatch >/dev/null || missing+=(slurm-client)
 if [ ${#missing[@]} -gt 0 ]; then
   say "installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -136,5 +140,7 @@ export KIT_TEST_SSH_KEY='$DIR/id_ed25519'
 export KIT_TEST_SSH_OPTIONS='$SSH_OPTIONS'
 EOF
 mv "$ENV_FILE.tmp" "$ENV_FILE"
+# A Slurm cluster on loopback: it appends SLURM_CONF and KIT_TEST_SLURM_* to $ENV_FILE.
+KIT_SERVICES_ENV="$ENV_FILE" bash "$(dirname "$0")/slurm.sh"
 cat "$ENV_FILE"
 say "ready (written to $ENV_FILE)"

@@ -92,7 +92,12 @@ else
 fi
 
 deps_id="$(docker image inspect -f '{{.Id}}' "$DEPS")"
-src_key="$({ echo "$deps_id"; cat tests/image/kit.sh; (cd "$ctx/src" && find . -type f | LC_ALL=C sort | xargs sha256sum); } \
+# The image carries the current stack's labels (env/stacks.toml; what `kit build --stack current` sets), so that
+# kit.stacks.image_stack() reads it as that stack: it holds the current library set of env/requirements-dev.txt
+# (CPU torch, no CUDA and no liger-kernel: Triton needs a GPU), so its "lock" sha256 is that file's sha256.
+dev_sha="$(sha256sum env/requirements-dev.txt | cut -d' ' -f1)"
+stack_labels="kit.build.stack=current kit.build.lock-sha256=$dev_sha kit.build.variant=cpu"
+src_key="$({ echo "$deps_id"; echo "$stack_labels"; cat tests/image/kit.sh; (cd "$ctx/src" && find . -type f | LC_ALL=C sort | xargs sha256sum); } \
   | sha256sum | cut -c1-16)"
 if [ "$(docker image inspect -f '{{index .Config.Labels "kit.test.key"}}' "$IMAGE" 2>/dev/null)" = "$src_key" ]; then
   say "$IMAGE is up to date with this working tree"
@@ -105,7 +110,7 @@ else
     --change 'ENV VIRTUAL_ENV=/opt/kit/venv' \
     --change 'ENV PATH=/opt/kit/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
     --change "LABEL org.opencontainers.image.title=\"kit (CPU test image)\" org.opencontainers.image.base.name=$BASE" \
-    --change "LABEL kit.version=$version kit.cuda=cpu kit.test.key=$src_key" \
+    --change "LABEL kit.version=$version kit.cuda=cpu kit.test.key=$src_key $stack_labels" \
     --change 'WORKDIR /workspace' --change 'CMD ["/bin/bash"]'
   [ -z "$old_id" ] || docker image rm -f "$old_id" >/dev/null 2>&1 || true
 fi

@@ -1,4 +1,10 @@
-"""`kit build`: the image of one CUDA variant, tagged by what it is made of, with a record of what it was built on.
+"""`kit build`: the image of one software stack and CUDA variant, tagged by what it is made of, with a record of
+what it was built on.
+
+Stacks (env/stacks.toml, kit/stacks.py): `reference` (the default: the reference's pins, Dockerfile) and
+`current` (the versions of the bench/results GPU figures, Dockerfile.current). The reference's plan is exactly
+what it was before stacks existed (same hash inputs, tag, args and labels); another stack adds `stack NAME` to
+the hash, its name to the tag (kit-llava:VERSION-NAME-cuXXX-HASH12) and the label kit.build.stack=NAME.
 
 Two steps, so that the decisions are testable without an engine:
 
@@ -35,14 +41,25 @@ from . import __version__
 
 KIT_ROOT = Path(__file__).resolve().parents[1]
 IMAGE_REPO = "kit-llava"
-# Variant -> lock files (relative to the build context: the Dockerfile COPYs env/lock-*.txt from there) and the
-# default base image (each lock's "# base-image:" line wins when present; these agree with the Dockerfile).
-VARIANTS: dict[str, dict[str, Any]] = {
-    "12.1": {"short": "cu121", "locks": ["env/lock-cu121.txt"],
-             "base": "nvidia/cuda:12.1.1-cudnn8-devel-ubuntu20.04"},
-    "11.8": {"short": "cu118", "locks": ["env/lock-cu118.txt", "env/lock-cu118-torch.txt"],
-             "base": "nvidia/cuda:11.8.0-cudnn8-devel-ubuntu20.04"},
-}  # fmt: skip
+REFERENCE = "reference"
+
+
+def stack_variants(name: str = REFERENCE) -> dict[str, dict[str, Any]]:
+    """Variant -> lock files (relative to the build context: the Dockerfile COPYs env/lock-*.txt from there) and
+    the default base image (each lock's "# base-image:" line wins when present), from env/stacks.toml, in the
+    stack's order of preference."""
+    from .stacks import stacks
+
+    return {v.cuda: {"short": v.short, "locks": list(v.locks), "base": v.base} for v in stacks().get(name).variants}
+
+
+def __getattr__(name: str) -> Any:
+    """`VARIANTS`: the reference stack's variants (they agree with the Dockerfile), read from env/stacks.toml when
+    first asked for, never at import: kit installed without the source tree (in an image) must still start."""
+    if name == "VARIANTS":
+        return stack_variants(REFERENCE)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 # The CA bundle is copied into the context under this name for the build and removed afterwards; the
 # Dockerfile's CA_BUNDLE arg is a path in the context (it COPYs it and installs it as a system CA).
 CA_IN_CONTEXT = ".kit-build-ca.crt"
@@ -85,7 +102,7 @@ class BuildFailed(RuntimeError):
 
 @dataclass
 class BuildPlan:
-    variant: str  # "12.1" or "11.8"
+    variant: str  # "12.1" or "11.8" (reference), "13.0" (current)
     variant_reason: str  # why this variant (explicit, or the driver's verdict)
     base_image: str
     dockerfile: Path
@@ -99,6 +116,7 @@ class BuildPlan:
     ca_bundle: Path | None = None  # the host file; copied to CONTEXT/CA_IN_CONTEXT during the build
     results: Path = Path("runs")
     warnings: list[str] = field(default_factory=list)
+    stack: str = REFERENCE  # env/stacks.toml
 
     @property
     def record_path(self) -> Path:
@@ -175,22 +193,54 @@ def parse_build_args(items: list[str] | None) -> dict[str, str]:
     return out
 
 
+def _read_driver(driver: Any) -> tuple[str, int | None]:
+    """(driver version, the CUDA version NVML reports) from a version string or an NVML handle."""
+    if isinstance(driver, str):
+        return driver, None
+    version = driver.nvmlSystemGetDriverVersion()
+    version = version.decode() if isinstance(version, bytes) else version
+    try:
+        return version, driver.nvmlSystemGetCudaDriverVersion()
+    except Exception:  # noqa: BLE001 - older drivers lack it; the table still answers
+        return version, None
+
+
+def choose_stack_variant(driver: Any, stack: str) -> tuple[str, str, list[str]]:
+    """For a stack other than the reference: its first variant the driver runs fully, else the first it runs
+    through minor-version compatibility, else BuildRequestError with the driver's fix."""
+    from .checks.driver import assess
+
+    version, cuda_reported = _read_driver(driver)
+    order = list(stack_variants(stack))
+    try:
+        verdict = assess(version, cuda_reported)
+    except ValueError as e:
+        raise BuildRequestError(f"cannot read the driver version: {e}",
+                                f"pass --cuda {' or --cuda '.join(order)}") from None  # fmt: skip
+    by = {v.cuda: v for v in verdict.variants}
+    missing = [c for c in order if c not in by]
+    if missing:
+        raise BuildRequestError(f"env/cuda-drivers.toml has no [[variant]] for CUDA {', '.join(missing)} of the "
+                                f"{stack} stack", "add it there (cuda, stack, build), as for the others")  # fmt: skip
+    for want in ("full", "compat"):
+        for cuda in order:
+            v = by[cuda]
+            if v.support == want:
+                warns = [f"{v.detail}; {v.fix}"] if want == "compat" else []
+                return cuda, f"driver {version}: {v.detail} (newest full: {verdict.newest_full})", warns
+    details = "; ".join(by[c].detail for c in order)
+    raise BuildRequestError(f"no variant of the {stack} stack runs on driver {version}: {details}",
+                            f"{by[order[0]].fix}; or build the reference stack (`kit build --stack reference`), "
+                            "whose CUDA 11.8 variant runs on older drivers")  # fmt: skip
+
+
 def choose_variant(driver: Any) -> tuple[str, str, list[str]]:
     """12.1 when the driver fully supports it, else 11.8 when it runs (fully or through minor-version
     compatibility), else BuildRequestError with the driver's fix. `driver` is a version string or an NVML
     handle (pynvml, or a replay of a recording)."""
     from .checks.driver import assess
 
-    cuda_reported: int | None = None
-    if isinstance(driver, str):
-        version = driver
-    else:
-        version = driver.nvmlSystemGetDriverVersion()
-        version = version.decode() if isinstance(version, bytes) else version
-        try:
-            cuda_reported = driver.nvmlSystemGetCudaDriverVersion()
-        except Exception:  # noqa: BLE001 - older drivers lack it; the table still answers
-            cuda_reported = None
+    version, cuda_reported = _read_driver(driver)
     try:
         verdict = assess(version, cuda_reported)
     except ValueError as e:
@@ -206,20 +256,23 @@ def choose_variant(driver: Any) -> tuple[str, str, list[str]]:
     raise BuildRequestError(f"no image variant runs on driver {version}: {v118.detail}; {v121.detail}", v118.fix)
 
 
-def _read_lock(path: Path, variant: str) -> None:
+def _read_lock(path: Path, variant: str, stack: str = REFERENCE) -> None:
     """Refuse a lock that is missing, or that pins something without its hash (pip --require-hashes would stop
     an hour in; better now)."""
+    lock_fix = LOCK_FIX if stack == REFERENCE else LOCK_FIX.replace(
+        "`bash env/lock.sh`", f"`bash env/lock.sh {stack}`").replace(" (and download.pytorch.org for 11.8)", "")
+    what = f"CUDA {variant}" if stack == REFERENCE else f"{stack} stack's CUDA {variant}"
     if not path.is_file():
-        raise BuildRequestError(f"the CUDA {variant} lock {path} is missing", LOCK_FIX)
+        raise BuildRequestError(f"the {what} lock {path} is missing", lock_fix)
     for line in path.read_text().splitlines():
         req = line.strip()
         if req and not req.startswith("#") and "--hash=sha256:" not in req:
             name = req.split()[0]
-            fix = LOCK_FIX
+            fix = lock_fix
             if "+cu118" in name:
                 fix = ("run `bash env/lock.sh` on a machine that reaches https://download.pytorch.org/whl (or set "
                        "TORCH_INDEX_URL to a mirror of it), then build again; or build --cuda 12.1")
-            raise BuildRequestError(f"{path} pins {name} without its sha256: the CUDA {variant} image cannot be "
+            raise BuildRequestError(f"{path} pins {name} without its sha256: the {what} image cannot be "
                                     "built from it", fix)
 
 
@@ -257,19 +310,31 @@ def plan_build(
     *,
     context: Path | str | None = None,
     results: Path | str = "runs",
+    stack: str | None = None,
 ) -> BuildPlan:
     """Decide the whole build; raise BuildRequestError (with the fix) for anything that cannot be built.
 
     `root` is the kit checkout (the default context, holding Dockerfile and env/). `driver` is used only with
-    `cuda="auto"`: a driver version string, an NVML handle, or None to open NVML here.
+    `cuda="auto"`: a driver version string, an NVML handle, or None to open NVML here. `stack` names a stack
+    of env/stacks.toml (None: its default, the reference).
     """
     from .nvml import NVMLUnavailable, open_nvml
+    from .stacks import StacksError, stacks
+
+    try:
+        all_stacks = stacks()
+        stack = stack or all_stacks.default
+        spec_stack = all_stacks.get(stack)
+    except StacksError as e:
+        raise BuildRequestError(str(e), f"pass --stack {' or --stack '.join(stacks().names())}"
+                                if "no stack" in str(e) else "fix env/stacks.toml") from None  # fmt: skip
+    variants = stack_variants(stack)
 
     root = Path(root).resolve()
     ctx = Path(context).resolve() if context else root
     if not ctx.is_dir():
         raise BuildRequestError(f"the build context {ctx} is not a directory", "pass --context DIR (the kit checkout)")
-    df = Path(dockerfile) if dockerfile else ctx / "Dockerfile"
+    df = Path(dockerfile) if dockerfile else ctx / spec_stack.dockerfile
     df = df if df.is_absolute() else (Path.cwd() / df if dockerfile else df)
     df = df.resolve()
     if not df.is_file():
@@ -281,19 +346,25 @@ def plan_build(
             try:
                 driver = open_nvml()
             except NVMLUnavailable as e:
+                hint = ("pass --cuda 12.1 (driver >= 525.60.13) or --cuda 11.8 (driver >= 450.80.02)" if stack == REFERENCE
+                        else f"pass --cuda {' or --cuda '.join(variants)}")  # fmt: skip
                 raise BuildRequestError(f"--cuda auto reads the driver through NVML, and NVML is not available here "
-                                        f"({e})", "pass --cuda 12.1 (driver >= 525.60.13) or --cuda 11.8 "
-                                        "(driver >= 450.80.02) for the host the image will run on") from None
-        variant, reason, warnings = choose_variant(driver)
-    elif cuda in VARIANTS:
+                                        f"({e})", f"{hint} for the host the image will run on") from None
+        variant, reason, warnings = choose_variant(driver) if stack == REFERENCE else choose_stack_variant(driver, stack)
+    elif cuda in variants:
         variant, reason = cuda, f"--cuda {cuda}"
-    else:
+    elif stack == REFERENCE:
         raise BuildRequestError(f"--cuda {cuda!r} is not a variant", "pass --cuda auto, 12.1 or 11.8")
-    spec = VARIANTS[variant]
+    else:
+        others = [s for s in all_stacks.names() if cuda in (stack_variants(s))]
+        raise BuildRequestError(f"--cuda {cuda!r} is not a variant of the {stack} stack (its variants: "
+                                f"{', '.join(variants)})", f"pass --cuda auto or {', '.join(variants)}"
+                                + (f"; CUDA {cuda} is a variant of: --stack {', '.join(others)}" if others else ""))  # fmt: skip
+    spec = variants[variant]
 
     locks = [ctx / p for p in spec["locks"]]
     for lock in locks:
-        _read_lock(lock, variant)
+        _read_lock(lock, variant, stack)
     lock_sha = hashlib.sha256(b"".join(p.read_bytes() for p in locks)).hexdigest()
 
     default_base = _lock_base(locks[0]) or spec["base"]
@@ -310,6 +381,8 @@ def plan_build(
 
     h = hashlib.sha256()
     h.update(b"kit-build v1\n")
+    if stack != REFERENCE:  # the reference's hash inputs are what they were before stacks existed
+        h.update(f"stack {stack}\n".encode())
     h.update(f"dockerfile {sha256_file(df)}\n".encode())
     for lock in locks:
         h.update(f"lock {lock.name} {sha256_file(lock)}\n".encode())
@@ -318,7 +391,8 @@ def plan_build(
         h.update(f"arg {key}={extra[key]}\n".encode())
     content_hash = h.hexdigest()
 
-    tag = tag or f"{IMAGE_REPO}:{__version__}-{spec['short']}-{content_hash[:12]}"
+    flavour = spec["short"] if stack == REFERENCE else f"{stack}-{spec['short']}"
+    tag = tag or f"{IMAGE_REPO}:{__version__}-{flavour}-{content_hash[:12]}"
     if not TAG_RE.match(tag):
         raise BuildRequestError(f"--tag {tag!r} is not a valid image reference",
                                 "use lowercase NAME[:TAG], e.g. --tag kit-llava:mine")
@@ -355,8 +429,10 @@ def plan_build(
         f"{LABEL_PREFIX}.lock-sha256": lock_sha,
         "org.opencontainers.image.base.name": base,
     }
+    if stack != REFERENCE:  # a reference image is known by its variant label (kit.stacks.image_stack)
+        labels[f"{LABEL_PREFIX}.stack"] = stack
     return BuildPlan(variant, reason, base, df, ctx, locks, lock_sha, content_hash, tag, args, labels, ca,
-                     Path(results), warnings)
+                     Path(results), warnings, stack)
 
 
 # --- the engine side ------------------------------------------------------------------------------------
@@ -476,6 +552,7 @@ def run_build(plan: BuildPlan, client: Any, console: Any, tail: int = 30) -> dic
     record = {
         "tag": plan.tag,
         "image_id": image.id,
+        "stack": plan.stack,
         "variant": plan.variant,
         "variant_reason": plan.variant_reason,
         "base_image": base,

@@ -91,6 +91,19 @@ def run(
         None, "--ulimit", metavar="NAME=SOFT[:HARD]", help="Container limit over kit's (memlock=-1, stack=64 MiB)."
     ),
     dry_run: bool = typer.Option(False, help="Print the plan (containers, mounts, commands) and start nothing."),
+    launcher: str = typer.Option(
+        "local", help="local (this host: --native, or Docker containers on --hosts) or slurm (sbatch/srun)."
+    ),
+    partition: str = typer.Option(None, help="Slurm partition (--launcher slurm; default: the cluster's)."),
+    account: str = typer.Option(None, help="Slurm account to charge (--launcher slurm)."),
+    time_limit: str = typer.Option(None, "--time", help="Slurm time limit, e.g. 04:00:00 (--launcher slurm)."),
+    sbatch_arg: list[str] = typer.Option(
+        None, "--sbatch-arg", metavar="ARG", help="One more sbatch option for the batch script, e.g. --qos=bench."
+    ),
+    container_image: str = typer.Option(
+        None, help="With --launcher slurm: the image pyxis runs the stages in (e.g. a squashfs made by enroot import)."
+    ),
+    follow: bool = typer.Option(True, help="With --launcher slurm: follow the job to its end (--no-follow: submit, print the job id)."),
     hang_timeout: float = typer.Option(
         0.0, help="Seconds without a step before a stage is declared hung, its stacks dumped and it is stopped "
         "(0: the larger of 600 s and 20 x the median step time)."
@@ -113,10 +126,13 @@ def run(
       kit run llava1_5_7b --config tiny --synthetic --native --set pretrain.micro_batch=2
 
       kit run llava1_5_7b --stage eval --model-dir runs/RUN/finetune/model --models /models --mmmu /data/MMMU
+
+      kit run llava1_5_7b --launcher slurm --nodes 2 --partition gpu --container-image /shared/kit.sqsh --data /shared/llava --models /shared/models
     """
     from .cases import UnknownCase
     from .commands import run as run_cmd
-    from .containers import ContainerError
+    from .launchers.containers import ContainerError
+    from .launchers.slurm import SlurmError
     from .rundir import RunDirError
 
     try:
@@ -125,15 +141,18 @@ def run(
             synthetic=synthetic, max_steps=max_steps, native=native, save=save, python=python, overrides=set_ or [],
             mmmu=mmmu, model_dir=model_dir, mmmu_decoding=mmmu_decoding, eval_limit=eval_limit, image=image,
             hosts=hosts, ssh_options=ssh_option or [], master_addr=master_addr, master_port=master_port, env=env or [],
-            ulimits=ulimit or [], hang_timeout=hang_timeout,
+            ulimits=ulimit or [], hang_timeout=hang_timeout, launcher=launcher, partition=partition, account=account,
+            time_limit=time_limit, sbatch_args=sbatch_arg or [], container_image=container_image,
         )
+        if req.slurm is not None:
+            req.slurm["follow"] = follow
         # GPUs, disk under --results, the record files: before anything is created (a dry run says what would stop)
         run_cmd.preflight(req, cfg, console, dry_run=dry_run)
         if dry_run:
             code = run_cmd.dry_run(req, cfg, console)
         else:
             _, code = run_cmd.start(req, cfg, console)
-    except (ContainerError, run_cmd.EnvironmentProblem) as e:
+    except (ContainerError, SlurmError, run_cmd.EnvironmentProblem) as e:
         fail(str(e), 3)
     except (run_cmd.UsageError, UnknownCase, ValueError, RunDirError) as e:
         fail(str(e))
@@ -147,6 +166,7 @@ def resume(
     python: str = typer.Option(None, help="A corrected Python for a --native run (the first one moved or broke)."),
     data: Path = typer.Option(None, help="A corrected data root (the same data at a new path)."),
     models: Path = typer.Option(None, help="A corrected checkpoint directory (the same weights at a new path)."),
+    follow: bool = typer.Option(True, help="A Slurm run: follow the new job to its end (--no-follow: submit only)."),
 ) -> None:
     """Continue an interrupted or failed run from its stages' last checkpoints.
 
@@ -161,7 +181,8 @@ def resume(
       kit resume runs/20261129-101500-llava1_5_7b-tiny-1a2b --python .venv/bin/python
     """
     from .commands import run as run_cmd
-    from .containers import ContainerError
+    from .launchers.containers import ContainerError
+    from .launchers.slurm import SlurmError
     from .rundir import RunDirError, find_run, stage_states
 
     try:
@@ -169,8 +190,26 @@ def resume(
         if stage_states(run_dir).get(None) == "finished":
             fail(f"{run_dir} has finished; nothing to resume (start a new run with `kit run`)")
         overrides = run_cmd.resume_overrides(run_dir, python, data, models)
-        code = run_cmd.execute(run_dir, console, resumed=True, overrides=overrides)
-    except ContainerError as e:
+        code = run_cmd.execute(run_dir, console, resumed=True, overrides=overrides, follow=follow)
+    except (ContainerError, SlurmError) as e:
+        fail(str(e), 3)
+    except (RunDirError, run_cmd.UsageError) as e:
+        fail(str(e))
+    raise typer.Exit(code)
+
+
+@app.command("slurm-job", hidden=True)
+def slurm_job(run_dir: Path = typer.Argument(..., metavar="RUN")) -> None:
+    """The batch script's command, inside the run's allocation: the run's stages, one srun step each."""
+    from .commands import run as run_cmd
+    from .launchers.slurm import SlurmError, in_allocation
+    from .rundir import RunDirError
+
+    if not in_allocation():
+        fail("kit slurm-job runs inside the run's Slurm job (its batch script); use `kit resume RUN` to submit it")
+    try:  # `kit resume` recorded the resume (and its corrections) when it submitted the job
+        code = run_cmd.execute(run_dir, console)
+    except SlurmError as e:
         fail(str(e), 3)
     except (RunDirError, run_cmd.UsageError) as e:
         fail(str(e))

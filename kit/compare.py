@@ -248,13 +248,34 @@ def _short(v: str | None) -> str:
 
 
 def _software_text(sw: dict[str, Any]) -> str:
+    """The image or environment and its software stack: two entries of different stacks never read alike (a
+    submission packed before stacks were recorded says "stack unknown")."""
+    from .stacks import describe
+
     if not isinstance(sw, dict) or not sw:
         return NA
     ident = str(sw.get("id") or "?")
     short = ident[:19] + "..." if len(ident) > 22 else ident
+    stack = f"; stack {describe(sw.get('stack')) if sw.get('stack') else 'unknown (not recorded)'}"
     if sw.get("kind") == "image":
-        return f"image {short}" + (f" ({sw['tag']})" if sw.get("tag") else "")
-    return f"native {short}" + (f" (Python {sw['python']})" if sw.get("python") else "")
+        return f"image {short}" + (f" ({sw['tag']})" if sw.get("tag") else "") + stack
+    return f"native {short}" + (f" (Python {sw['python']})" if sw.get("python") else "") + stack
+
+
+def _stack_note(e: Entry, base: Entry) -> str | None:
+    """Two entries of different software stacks: their ratio measures the software as well as the system."""
+    from .stacks import describe, stack_key
+
+    a, b = (x.software.get("stack") if isinstance(x.software, dict) else None for x in (e, base))
+    known = [x for x in (a, b) if isinstance(x, dict) and x.get("name") not in (None, "unknown")]
+    if len(known) < 2:
+        missing = " and ".join(x.label for x, st in ((e, a), (base, b)) if st not in known)
+        return (f"[{e.label}] vs {base.label}: the software stack of {missing} is not recorded (made before the kit "
+                "recorded it): whether both ran the same libraries is not known")  # fmt: skip
+    if stack_key(a) == stack_key(b):
+        return None
+    return (f"[{e.label}] vs {base.label}: different software stacks ({describe(a)} vs {describe(b)}): the ratio "
+            "compares the libraries as well as the systems")  # fmt: skip
 
 
 def load_submission(root: Path, source: str) -> tuple[Entry, list[Path]]:
@@ -617,6 +638,8 @@ def _notes(c: Comparison) -> list[str]:
                 notes.append(f"[{e.label}] vs {base.label}: not comparable: {'; '.join(why)}.")
             if base.kind != "seed":
                 notes += _inputs_notes(e, base)
+                if note := _stack_note(e, base):
+                    notes.append(note)
         notes += e.notes
     if c.seed is not None:
         notes += c.seed.notes

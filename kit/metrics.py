@@ -50,6 +50,15 @@ SPREAD_RULE = (
     "step time: median, p10 and p90 (linear interpolation between ranks) and CV (population standard deviation / "
     f"mean) over the steady-state steps; a warning above CV {STEP_TIME_CV_WARN:.0%}"
 )
+# Whether the steady steps are steady: real tokens per second over the second half of them against the first half.
+# Step times alone cannot tell (micro-batches cut by tokens carry different token counts); a drift above this says
+# the stage was still warming up (kernels compiled late, caches filling) or slowing down (throttling, a neighbour).
+STEADY_DRIFT_WARN = 0.05
+STEADY_DRIFT_MIN_STEPS = 6
+DRIFT_RULE = (
+    f"steady state reached: real tokens/s over the second half of the steady steps within {STEADY_DRIFT_WARN:.0%} "
+    f"of the first half's (judged from {STEADY_DRIFT_MIN_STEPS} steady steps on)"
+)
 
 # The hook for warnings about how a stage ran that other modules derive from the stage directory (the device
 # monitor's "other processes used the devices", "throttled"): each callable takes the stage directory and returns
@@ -245,6 +254,17 @@ def step_time_spread(steps: Sequence[dict[str, Any]]) -> dict[str, float | int |
         "step_time_cv": statistics.pstdev(times) / mean if len(times) > 1 and mean else None,
         "step_time_steps": len(times),
     }
+
+
+def steady_drift(steps: Sequence[dict[str, Any]]) -> float | None:
+    """Real tokens/s over the second half of the (steady) steps over the first half's, minus 1; None with fewer
+    than STEADY_DRIFT_MIN_STEPS steps (too few to tell)."""
+    timed = [s for s in steps if _timed(s)]
+    if len(timed) < STEADY_DRIFT_MIN_STEPS:
+        return None
+    half = len(timed) // 2
+    first, second = throughput(timed[:half], 1), throughput(timed[-half:], 1)
+    return second / first - 1 if first and second else None
 
 
 def reference_method_throughput(padded_tokens_total: float, wall_s: float | None, world_size: int) -> float | None:
@@ -720,6 +740,20 @@ def summarize_stage(
         shown = ", ".join(str(k) for k in missing[:10]) + (" ..." if len(missing) > 10 else "")
         notes.append(f"{len(logged)} of {steps_done} steps logged: step {shown} missing from {stage}/events.log")
     spread = step_time_spread(steady)
+    drift = steady_drift(steady)
+    if isinstance(drift, float) and abs(drift) > STEADY_DRIFT_WARN:
+        half = len(steady) // 2
+        warnings.append(
+            f"no steady state: real tokens/s {'rose' if drift > 0 else 'fell'} {abs(drift):.0%} from the first half of "
+            f"the steady steps ({steady[0]['step']}-{steady[half - 1]['step']}) to the second "
+            f"({steady[-half]['step']}-{steady[-1]['step']}), more than {STEADY_DRIFT_WARN:.0%}: "
+            + ("the stage was still warming up (kernels compiled late, caches filling); run more steps"
+               if drift > 0 else "the stage slowed down as it ran (throttling, another load); see the monitor")
+        )  # fmt: skip
+    elif drift is None and len(steady) > 1:
+        notes.append(f"{len(steady)} steady steps: too few to tell whether a steady state was reached "
+                     f"(from {STEADY_DRIFT_MIN_STEPS})")  # fmt: skip
+    first_step = next((float(s["step_time_s"]) for s in steps if _timed(s)), None)
     cv = spread["step_time_cv"]
     if isinstance(cv, float) and cv > STEP_TIME_CV_WARN:
         warnings.append(
@@ -752,6 +786,8 @@ def summarize_stage(
         "reference_method_tokens_per_s_per_gpu": ref_tps,
         "wall_s": wall_s,
         "startup_s": startup,
+        "first_step_s": first_step,
+        "steady_drift": drift,
         "peak_flops": peak,
         "peak_source": peak_source,
         "mfu_reference": reference_mfu(tps, stage, peak) if ref_stage_ok else None,
@@ -906,7 +942,7 @@ def run_summary(run_dir: str | Path, peak_flops: float | None = None) -> dict[st
         "eval": ev_sum,
         "comparable": comparability(info, cfg, inputs, all_names, stage_records),
         "warnings": run_warnings,
-        "rules": {"steady_state": STEADY_RULE, "loss": LOSS_RULE, "spread": SPREAD_RULE},
+        "rules": {"steady_state": STEADY_RULE, "loss": LOSS_RULE, "spread": SPREAD_RULE, "drift": DRIFT_RULE},
         "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "kit_version": __version__,
     }

@@ -2,7 +2,7 @@
 
 A benchmark figure is only as good as the machine was quiet: a GPU that throttled, or another job on the same
 GPUs or cores, changes the step time without changing anything the run logs. `Monitor` runs as a thread of the
-kit process for the life of each stage (started and stopped by `launch.supervise()`, so native and container
+kit process for the life of each stage (started and stopped by `launchers.base.supervise()`, so native and container
 stages get it alike) and appends one JSON line every `MONITOR_INTERVAL_S` seconds to `<stage>/monitor.jsonl`:
 
 - with NVML (a GPU host): per GPU utilization, memory, power and its limit, SM clock and its maximum,

@@ -324,18 +324,3 @@ class StageProgress:
             self.progress.stop_task(self.task)
             return
         self._print(self.st.line(time.monotonic()))
-
-
-def wait_with_progress(proc, tail: EventTail, display: StageProgress, poll: float = 0.5, watch=None) -> int:
-    """Feed the display (and the hang watch, which raises StageHung) until the process ends; returns its exit code."""
-    while True:
-        events = tail.read()
-        display.feed(events)
-        if watch is not None:
-            watch.feed(events)
-            watch.check()
-        code = proc.poll()
-        if code is not None:
-            display.feed(tail.read())
-            return code
-        time.sleep(poll)

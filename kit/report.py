@@ -52,6 +52,7 @@ COLUMNS: list[tuple[str, str]] = [
     ("step_p10_p90", "step s p10-p90"),
     ("step_cv", "step time CV (steps)"),
     ("startup_s", "start-up s"),
+    ("first_step_s", "first step s"),
     ("padding_waste", "padding waste"),
     ("steps", "steps"),
     ("state", "state"),
@@ -61,7 +62,7 @@ COLUMNS: list[tuple[str, str]] = [
 CSV_COLUMNS = [
     "kind", "config", "stage", "tokens_per_s", "loss", "mem_used_gb", "mem_total_gb", "mem_used_fraction",
     "mmmu", "mfu", "mfu_exact", "padded_tokens_per_s", "ref_method_tokens_per_s", "ref_method_mfu",
-    "startup_s", "padding_waste", "steps_done", "steps_planned", "state",
+    "startup_s", "first_step_s", "steady_drift", "padding_waste", "steps_done", "steps_planned", "state",
     "steps_logged", "mem_used_gib", "mem_total_gib", "mem_meaning", "step_time_median_s", "step_time_p10_s",
     "step_time_p90_s", "step_time_cv", "step_time_steps", "comparable", "comparability", "warnings",
 ]
@@ -182,6 +183,7 @@ def write_summary(run_dir: str | Path, peak_flops: float | None = None, plots: b
     """
     rd = Path(run_dir)
     summary = run_summary(rd, peak_flops=peak_flops)
+    summary["stack"] = stack_of_run(rd)
     failed: list[str] = []
     problem: OSError | None = None
     try:
@@ -203,6 +205,28 @@ def write_summary(run_dir: str | Path, peak_flops: float | None = None, plots: b
         summary["not_written"] = line
         summary.setdefault("warnings", []).append(line)
     return summary
+
+
+def stack_of_run(run_dir: str | Path) -> dict[str, Any]:
+    """run.json's `stack` (the software the run ran on: kit/stacks.py's record), "unknown" in older runs."""
+    from kit.metrics import read_run_json
+    from kit.stacks import run_stack
+
+    try:
+        environment = json.loads((Path(run_dir) / "environment.json").read_text())
+    except (OSError, ValueError):
+        environment = None
+    return run_stack(read_run_json(run_dir), environment if isinstance(environment, dict) else None)
+
+
+def stack_line(summary: dict[str, Any]) -> str:
+    """The report header's software line: the stack's name and its lock hash (or the native versions)."""
+    from kit.stacks import describe
+
+    st = summary.get("stack")
+    if not isinstance(st, dict) or st.get("name") in (None, "unknown"):
+        return "stack: unknown (run.json records none: a run made before the kit recorded its software stack)"
+    return f"stack: {describe(st)}" + (f", lock sha256 {st['lock_sha256']}" if st.get("lock_sha256") else "")
 
 
 # ---- rows ----
@@ -294,6 +318,7 @@ def build_rows(
             "padded_tokens_per_s": st.get("padded_tokens_per_s_per_gpu"),
             "ref_method_tokens_per_s": st.get("reference_method_tokens_per_s_per_gpu"),
             "ref_method_mfu": st.get("mfu_reference_method"), "startup_s": st.get("startup_s"),
+            "first_step_s": st.get("first_step_s"), "steady_drift": st.get("steady_drift"),
             "padding_waste": st.get("padding_waste"), "steps_done": st.get("steps_done"),
             "steps_logged": st.get("steps_logged"), "steps_planned": st.get("steps_planned"), "state": st.get("state"),
             **{k: st.get(k) for k in ("step_time_median_s", "step_time_p10_s", "step_time_p90_s", "step_time_cv",
@@ -432,6 +457,7 @@ def _cells(row: dict[str, Any]) -> dict[str, str]:
         "step_cv": (f"{cv:.0%} ({row.get('step_time_steps')})" if isinstance(cv, float) else NA)
         if not published else blank,
         "startup_s": _num(row.get("startup_s"), ".1f") if not published else blank,
+        "first_step_s": _num(row.get("first_step_s"), ".3g") if not published else blank,
         "padding_waste": _pct(row.get("padding_waste")) if not published else blank,
         "steps": _steps_cell(row) if not published else blank,
         "state": row.get("state") or NA,
@@ -514,7 +540,8 @@ MAIN = (("label", "config"), ("ref_method_tokens_per_s", "token/p/s"), ("ref_met
         ("loss", "loss"), ("mem", "mem\nused/total"), ("mmmu", "MMMU"), ("tokens_per_s", "steady\ntok/p/s"))
 DETAIL = (("stage", "stage"), ("padded_tokens_per_s", "padded\ntok/p/s"), ("mfu", "steady\nMFU"),
           ("mfu_exact", "exact\nMFU"),
-          ("startup_s", "start-up\ns"), ("padding_waste", "padding\nwaste"), ("steps", "steps"),
+          ("startup_s", "start-up\ns"), ("first_step_s", "first\nstep s"), ("padding_waste", "padding\nwaste"),
+          ("steps", "steps"),
           ("state", "state"))  # fmt: skip
 SPREAD = (("stage", "stage"), ("step_n", "steady\nsteps"), ("step_median", "median s"), ("step_p10", "p10 s"),
           ("step_p90", "p90 s"), ("step_cv_only", "CV"))  # fmt: skip
@@ -538,7 +565,7 @@ def table_renderable(
     """Rich tables (the reference table's shape; how it was measured; the step-time spread), warnings, footnotes."""
     rows = build_rows(summary, reference, show_other)
     comparable = comparable_of(summary)["comparable"]
-    title = Text(f"{summary.get('run_id')} ({summary.get('state')})\n")
+    title = Text(f"{summary.get('run_id')} ({summary.get('state')})\n{stack_line(summary)}\n")
     title.append(comparability_line(summary), style="" if comparable else "bold yellow")
     main = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True, title_justify="left")
     for k, header in MAIN:
@@ -610,7 +637,8 @@ def _esc(s: Any) -> str:
 
 def _markdown(summary: dict[str, Any], reference: list[dict[str, Any]] | None, show_other: bool) -> str:
     rows = build_rows(summary, reference, show_other)
-    lines = [f"**{_esc(summary.get('run_id'))} ({_esc(summary.get('state'))})**: {_esc(comparability_line(summary))}", ""]
+    lines = [f"**{_esc(summary.get('run_id'))} ({_esc(summary.get('state'))})**: {_esc(comparability_line(summary))}", "",
+             _esc(stack_line(summary)), ""]
     if warnings := warning_lines(summary):
         lines += [f"> warning: {_esc(w)}  " for w in warnings] + [""]
     lines += [
@@ -705,6 +733,16 @@ def check_one_config(run_dirs: list[Path]) -> None:
     for rd in run_dirs:
         info = read_run_json(rd)
         idents.append((rd, _run_identity(info, run_config(rd, info)[0])))
+    from kit.stacks import describe, stack_key
+
+    stacks = [(rd, stack_of_run(rd)) for rd, _ in idents]
+    for rd, st in stacks[1:]:
+        if stack_key(st) != stack_key(stacks[0][1]):
+            raise MixedRunsError(
+                f"runs of different software stacks cannot be reported together: {stacks[0][0].name} ran "
+                f"{describe(stacks[0][1])} and {rd.name} ran {describe(st)}. Their spread would mix the libraries' "
+                "difference into the runs' noise; report them one at a time, or side by side with `kit compare`"
+            )
     (first, a), rest = idents[0], idents[1:]
     for rd, b in rest:
         if a == b:
@@ -773,6 +811,7 @@ def multi_summary(
         "schema": MULTI_SCHEMA,
         "case": first.get("case"),
         "config": first.get("config"),
+        "stack": first.get("stack") or stack_of_run(run_dirs[0]),
         "n_runs": len(summaries),
         "runs": [{"run_id": s.get("run_id"), "path": str(p), "state": s.get("state")}
                  for p, s in zip(run_dirs, summaries, strict=True)],  # fmt: skip
@@ -849,7 +888,7 @@ def _multi_notes(ms: dict[str, Any]) -> list[str]:
 
 def multi_renderable(ms: dict[str, Any]) -> Group:
     comparable = ms["comparable"]["comparable"]
-    title = Text(_multi_title(ms) + "\n")
+    title = Text(_multi_title(ms) + "\n" + stack_line(ms) + "\n")
     title.append(_multi_label(ms), style="" if comparable else "bold yellow")
     t = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True, title_justify="left")
     cols = _multi_columns(ms)
@@ -895,7 +934,7 @@ def render_multi(ms: dict[str, Any], fmt: str = "table") -> str:
             })  # fmt: skip
         return buf.getvalue()
     if fmt == "markdown":
-        lines = [f"**{_esc(_multi_title(ms))}**: {_esc(_multi_label(ms))}", ""]
+        lines = [f"**{_esc(_multi_title(ms))}**: {_esc(_multi_label(ms))}", "", _esc(stack_line(ms)), ""]
         lines += [f"> warning: {_esc(w)}  " for w in ms["warnings"]] + ([""] if ms["warnings"] else [])
         cols = _multi_columns(ms)
         lines += ["| " + " | ".join(h for _, h in cols) + " |", "| " + " | ".join("---" for _ in cols) + " |"]

@@ -10,7 +10,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-RUN_STATES = ("created", "launched", "resumed", "finished", "failed", "interrupted")
+# submitted: a Slurm job was queued for the run; allocated: a job (or the allocation kit runs in) got its nodes.
+RUN_STATES = ("created", "submitted", "allocated", "launched", "resumed", "finished", "failed", "interrupted")
 
 
 class RunDirError(RuntimeError):
@@ -74,6 +75,20 @@ def append_status(run: Path, state: str, stage: str | None = None, detail: Any =
         import sys
 
         print(f"kit: cannot record state {state!r} in {run / 'status.jsonl'}: {e}", file=sys.stderr)
+
+
+def read_status(run: Path) -> list[dict[str, Any]]:
+    """Every readable line of status.jsonl, oldest first (a line cut short by a crash is skipped)."""
+    path = run / "status.jsonl"
+    rows = []
+    for line in path.read_text(errors="replace").splitlines() if path.exists() else []:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
 
 
 def stage_states(run: Path) -> dict[str | None, str]:

@@ -37,6 +37,8 @@ from . import __version__
 from .events import load_stage, read_status
 from .metrics import run_summary
 from .rules import Break, Rules, check_run, olympic_mean
+from .stacks import describe as describe_stack
+from .stacks import stack_key
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -124,15 +126,23 @@ class RunFacts:
     def category(self) -> str:
         return "throughput" if self.run.get("max_steps") or self.run.get("eval_limit") else "full"
 
+    def stack(self) -> dict[str, Any]:
+        """The software stack the run ran on (run.json `stack`: kit/stacks.py's record); "unknown" when the run
+        was made before the kit recorded it."""
+        from .stacks import run_stack
+
+        return run_stack(self.run, self.environment)
+
     def software(self) -> dict[str, Any]:
-        """The image the run ran in (its id), or for a native run the Python environment (a hash of pip freeze)."""
+        """The image the run ran in (its id), or for a native run the Python environment (a hash of pip freeze),
+        with the stack it was built from or matches."""
         containers = self.run.get("containers")
         if isinstance(containers, dict) and containers.get("image_id"):
-            return {"kind": "image", "id": containers["image_id"], "tag": containers.get("image")}
+            return {"kind": "image", "id": containers["image_id"], "tag": containers.get("image"), "stack": self.stack()}
         case = self.environment.get("case") if isinstance(self.environment.get("case"), dict) else {}
         freeze = "\n".join(case.get("pip_freeze") or [])
         ident = sha256_bytes(f"{case.get('python')}\n{freeze}".encode())
-        return {"kind": "native", "id": f"sha256:{ident}", "python": case.get("python")}
+        return {"kind": "native", "id": f"sha256:{ident}", "python": case.get("python"), "stack": self.stack()}
 
     def accelerator(self) -> dict[str, Any]:
         facts = self.stage_facts.get("finetune") or self.stage_facts.get("pretrain") or {}
@@ -282,6 +292,7 @@ def system_description(person: dict[str, Any], rf: RunFacts) -> dict[str, Any]:
                                           if v and k not in ("torch", "deepspeed")),  # fmt: skip
         "python": case.get("python"),
         "software": sw,
+        "software_stack": describe_stack(rf.stack()),
         "facts_from": f"run {rf.run_id}: environment.json (host, NVML, /proc, /sys) and events.log kit_facts",
     }
     for k in SYSTEM_OPTIONAL:
@@ -478,6 +489,10 @@ def pack(
             raise SubmissionError(f"runs {first.run_id} and {f.run_id} ran different software "
                                   f"({first.software()['id'][:23]} vs {f.software()['id'][:23]}): one image per "
                                   "submission")  # fmt: skip
+        if stack_key(f.stack()) != stack_key(first.stack()):
+            raise SubmissionError(f"runs {first.run_id} and {f.run_id} ran different software stacks "
+                                  f"({describe_stack(first.stack())} vs {describe_stack(f.stack())}): one stack per "
+                                  "submission")  # fmt: skip
         if differ := config_difference(first.config, f.config):
             raise SubmissionError(f"runs {first.run_id} and {f.run_id} ran different configs ({differ}): the runs of "
                                   "a submission repeat one config, so their spread means something")  # fmt: skip
@@ -540,6 +555,7 @@ def pack(
         "category": category,
         "synthetic": first.synthetic,
         "software": first.software(),
+        "stack": first.stack(),
         "kit_version": __version__,
         "rules_sha256": sha256_file(rules.path),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

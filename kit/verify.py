@@ -25,6 +25,8 @@ from . import mmmu
 from . import rules as rules_mod
 from .events import load_stage
 from .metrics import run_summary
+from .stacks import describe as describe_stack
+from .stacks import stack_key
 from .submission import (
     MANIFEST_SCHEMA,
     SIGN_NAMESPACE,
@@ -466,6 +468,9 @@ def _verify_tree(rep: Report, root: Path, allowed_signers: Path | None, rules_pa
         if "data" in sub and sub.get("data") != data_of(first):
             rep.fail("data identity", "submission.json's data (manifest, record files, filtered records) is not what "
                      f"{first_where}/inputs.json recorded", "submission.json")  # fmt: skip
+        if "stack" in sub and stack_key(sub.get("stack")) != stack_key(first.stack()):
+            rep.fail("stack identity", f"submission.json names the stack {describe_stack(sub.get('stack'))}, but "
+                     f"{first_where}/run.json ran {describe_stack(first.stack())}", "submission.json")  # fmt: skip
         for where, rf in facts[1:]:
             if rf.system_key() != first.system_key():
                 rep.fail("same system", f"{rf.system_key()} vs {first_where}'s {first.system_key()}", where)
@@ -474,6 +479,9 @@ def _verify_tree(rep: Report, root: Path, allowed_signers: Path | None, rules_pa
             if rf.software()["id"] != first.software()["id"]:
                 rep.fail("same software", f"{rf.software()['id'][:30]} vs {first_where}'s {first.software()['id'][:30]}",
                          where)  # fmt: skip
+            if stack_key(rf.stack()) != stack_key(first.stack()):
+                rep.fail("same software stack", f"{describe_stack(rf.stack())} vs {first_where}'s "
+                         f"{describe_stack(first.stack())}", f"{where}/run.json")  # fmt: skip
             for part in ("data", "weights", "mmmu"):
                 a = (first.inputs.get(part) or {}).get("digest") if isinstance(first.inputs.get(part), dict) else None
                 b = (rf.inputs.get(part) or {}).get("digest") if isinstance(rf.inputs.get(part), dict) else None

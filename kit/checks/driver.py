@@ -10,6 +10,9 @@ only compares versions. A variant runs
   version (11.x: 450.80.02, 12.x: 525.60.13). Limited: no PTX JIT, so every kernel must ship SASS for the GPU,
   and APIs newer than the driver fail;
 - not at all.
+
+Each variant belongs to a software stack (env/stacks.toml: `reference`, `current`); `kit check-host` also says,
+per stack, whether this driver runs it and which variant `kit build --stack NAME --cuda auto` would take.
 """
 
 from __future__ import annotations
@@ -139,7 +142,9 @@ def driver_checks(driver: str, cuda_reported: int | None = None) -> list[Check]:
         )  # fmt: skip
     ]
     runnable = [x for x in v.variants if x.support != "none"]
-    builds = {b["cuda"]: b["build"] for b in load_table()["variants"]}
+    rows = load_table()["variants"]
+    builds = {b["cuda"]: b["build"] for b in rows}
+    stack_of = {b["cuda"]: b.get("stack", "reference") for b in rows}
     best = next((x for x in v.variants if x.support == "full"), runnable[0] if runnable else None)
     best_build = builds.get(best.cuda) if best else None
     for x in v.variants:
@@ -147,10 +152,58 @@ def driver_checks(driver: str, cuda_reported: int | None = None) -> list[Check]:
         fix = x.fix
         if x.support == "none" and best_build:
             fix = f"{fix}; or use an image variant that runs here: {best_build}"
-        checks.append(
-            Check("driver", f"image CUDA {x.cuda}", status, x.detail, fix, {"cuda": x.cuda, "support": x.support})
-        )
+        stack = stack_of.get(x.cuda, "reference")
+        name = f"image CUDA {x.cuda}" + ("" if stack == "reference" else f" ({stack} stack)")
+        checks.append(Check("driver", name, status, x.detail, fix, {"cuda": x.cuda, "support": x.support, "stack": stack}))
+    checks += stack_checks(v, rows)
     return checks
+
+
+def stack_verdicts(verdict: DriverVerdict, rows: list[dict[str, str]] | None = None) -> dict[str, dict[str, Any]]:
+    """Per stack (in the table's order): the variant `kit build --stack NAME --cuda auto` would take on this
+    driver (its first variant run fully, else the first run through minor-version compatibility) and how it
+    runs, or None when none of its variants runs."""
+    rows = rows if rows is not None else load_table()["variants"]
+    by = {x.cuda: x for x in verdict.variants}
+    out: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        stack = row.get("stack", "reference")
+        out.setdefault(stack, {"stack": stack, "variants": [], "variant": None, "support": "none"})
+        out[stack]["variants"].append(row["cuda"])
+    for st in out.values():
+        for want in ("full", "compat"):
+            pick = next((c for c in st["variants"] if c in by and by[c].support == want), None)
+            if pick:
+                st["variant"], st["support"] = pick, want
+                break
+    return out
+
+
+def stack_checks(verdict: DriverVerdict, rows: list[dict[str, str]] | None = None) -> list[Check]:
+    """One row per software stack: which variant of it this driver runs. A stack that cannot run warns while
+    another stack runs (the host can run the kit), and fails when none can."""
+    stacks = stack_verdicts(verdict, rows)
+    any_runs = any(st["variant"] for st in stacks.values())
+    by = {x.cuda: x for x in verdict.variants}
+    out = []
+    for name, st in stacks.items():
+        flag = "" if name == "reference" else f" --stack {name}"
+        if st["variant"]:
+            how = "fully" if st["support"] == "full" else "only through minor-version compatibility"
+            detail = (f"runs {how} on driver {verdict.driver} with its CUDA {st['variant']} variant "
+                      f"(`kit build{flag} --cuda auto` takes it)")  # fmt: skip
+            status, fix = ("ok", "") if st["support"] == "full" else ("warn", by[st["variant"]].fix)
+        else:
+            first = by.get(st["variants"][0])
+            detail = f"no variant runs on driver {verdict.driver} (CUDA {', '.join(st['variants'])})"
+            status = "warn" if any_runs else "fail"
+            fix = first.fix if first else "add the variant to env/cuda-drivers.toml"
+            others = [n for n, o in stacks.items() if o["variant"] and n != name]
+            if others:
+                fix += f"; or use the {others[0]} stack, which runs here"
+        out.append(Check("driver", f"stack {name}", status, detail, fix,
+                         {"stack": name, "variant": st["variant"], "support": st["support"]}))  # fmt: skip
+    return out
 
 
 def nvml_driver_checks(nvml: Any) -> list[Check]:

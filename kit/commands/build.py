@@ -19,6 +19,7 @@ from .. import build as b
 def show_plan(plan: b.BuildPlan, console: Console) -> None:
     """What --dry-run prints (and a real build prints first): every decision and the exact SDK call."""
     rows = [
+        ("stack", f"{plan.stack} (env/stacks.toml)"),
         ("variant", f"CUDA {plan.variant} ({plan.variant_reason})"),
         ("base image", plan.base_image),
         ("Dockerfile", str(plan.dockerfile)),
@@ -42,9 +43,10 @@ def show_plan(plan: b.BuildPlan, console: Console) -> None:
 
 
 def build(
-    cuda: str = typer.Option("auto", "--cuda", help="auto (from this host's driver), 12.1 or 11.8."),
+    stack: str = typer.Option("reference", "--stack", help="Software stack (env/stacks.toml): reference or current."),
+    cuda: str = typer.Option("auto", "--cuda", help="auto (from this host's driver); reference: 12.1 or 11.8; current: 13.0."),
     base_image: str = typer.Option(None, "--base-image", help="Base image (default: the variant's nvidia/cuda)."),
-    tag: str = typer.Option(None, "--tag", help="Image tag (default: kit-llava:VERSION-cuXXX-HASH12)."),
+    tag: str = typer.Option(None, "--tag", help="Image tag (default: kit-llava:VERSION[-STACK]-cuXXX-HASH12)."),
     file: Path = typer.Option(None, "--file", "-f", help="Dockerfile (default: CONTEXT/Dockerfile)."),
     context: Path = typer.Option(None, "--context", help="Build context (default: the kit checkout)."),
     build_arg: list[str] = typer.Option(None, "--build-arg", metavar="K=V", help="Extra build arg (repeatable)."),
@@ -56,14 +58,18 @@ def build(
     json_out: bool = typer.Option(False, "--json", help="With --dry-run: the plan as JSON."),
     nvml_recording: Path = typer.Option(None, "--nvml-recording", hidden=True, help="Read the driver from a recording."),
 ) -> None:
-    """Build the kit's image for one CUDA variant, tagged by a hash of the Dockerfile and the lock.
+    """Build the kit's image for one software stack and CUDA variant, tagged by a hash of the Dockerfile and the lock.
 
-    --cuda auto picks 12.1 when this host's driver fully supports it, else 11.8 (also through minor-version
-    compatibility). The base image's digest and the build go to RESULTS/builds/TAG.json.
+    --stack reference (the default) is the reference's pins; --stack current the versions the bench/results GPU
+    figures ran (liger-kernel included). --cuda auto picks, for the reference, 12.1 when this host's driver
+    fully supports it, else 11.8 (also through minor-version compatibility); for current, 13.0. The base
+    image's digest and the build go to RESULTS/builds/TAG.json.
 
     Examples:
 
       kit build --cuda auto
+
+      kit build --stack current --dry-run
 
       kit build --cuda 11.8 --dry-run
 
@@ -87,7 +93,7 @@ def build(
     try:
         plan = b.plan_build(
             b.KIT_ROOT if context is None else context, cuda, base_image, tag, file, list(build_arg or []),
-            pip_index_url, ca_bundle, driver, results=results,
+            pip_index_url, ca_bundle, driver, results=results, stack=stack,
         )  # fmt: skip
     except b.BuildRequestError as e:
         fail(e.message, e.fix, 2)

@@ -17,8 +17,15 @@ kit/checks/remote.py):
   `argv = CheckArgs.remote_argv()` are the `kit check-host` options to run there with `--json`. Without that
   module, each remote host fails with "remote checks not available".
 
-`--json` prints {"case", "config", "ready": bool, "status": {host: worst}, "hosts": {host: [check, ...]}},
-a check being `Check.to_dict()`; kit/checks/remote.py reads exactly that from the remote host.
+- A Slurm cluster (`--launcher slurm [--partition P] [--nodes N] [--native]`): kit/checks/slurm.py asks the
+  cluster (client commands, controller, partition, GPUs per node, node count, pyxis and enroot unless
+  --native), then the disk, data and weights checks run here, where the shared paths are seen. The GPU,
+  driver, Docker and host-limit checks are left out: they describe the compute nodes, not this login host.
+  The table has one column, `slurm` (`slurm:P` with --partition).
+
+`--json` prints {"case", "config", "ready": bool, "status": {host: worst}, "hosts": {host: [check, ...]}}
+(and "launcher": "slurm" with that launcher), a check being `Check.to_dict()`; kit/checks/remote.py reads
+exactly that from the remote host.
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -61,6 +68,9 @@ class CheckArgs:
     docker_host: str | None = None  # this host's engine only: another host checks its own
     ssh_options: list[str] = field(default_factory=list)
     remote_kit: str = "kit"
+    launcher: str = "local"  # local | slurm
+    partition: str | None = None  # slurm only
+    native: bool = False  # the run uses no containers: no Docker (local) or pyxis (slurm) checks
 
     def remote_argv(self) -> list[str]:
         """The options of the same check on another host (the caller adds `kit check-host --json`)."""
@@ -68,6 +78,7 @@ class CheckArgs:
         out += ["--data", self.data] if self.data else []
         out += ["--models", self.models] if self.models else []
         out += ["--deep-image", self.deep_image] if self.deep_image else []
+        out += ["--native"] if self.native else []
         return out + (["--deep"] if self.deep else [])
 
 
@@ -84,6 +95,8 @@ class CheckContext:
 
 def docker_host_checks(ctx: CheckContext) -> list[Check]:
     """kit.checks.docker on this host, told how many GPUs NVML found (None: it counts /dev/nvidia*)."""
+    if ctx.args.native:
+        return [Check("docker", "docker", "skip", "--native: the run uses this host's Python, no container")]
     try:
         docker = importlib.import_module("kit.checks.docker")
     except ModuleNotFoundError as e:
@@ -97,6 +110,8 @@ def docker_host_checks(ctx: CheckContext) -> list[Check]:
 
 
 extra_checks: list[Callable[[CheckContext], list[Check]]] = [docker_host_checks]
+
+LAUNCHERS = ("local", "slurm")
 
 GLYPHS = {"ok": ("✓", "green"), "warn": ("!", "yellow"), "fail": ("✗", "bold red"), "skip": ("-", "dim")}
 LOCAL_NAMES = {"localhost", "127.0.0.1", "local"}
@@ -188,6 +203,19 @@ def remote_checks(hosts: list[str], args: CheckArgs) -> dict[str, list[Check]]:
     return remote.check_remotes(hosts, argv, ssh_options=args.ssh_options or None, remote_kit=args.remote_kit)
 
 
+def slurm_host_checks(cfg: Any, args: CheckArgs, data: Path | None, models: Path | None, results: Path,
+                      nodes: int) -> list[Check]:
+    """`--launcher slurm`: the cluster's rows (kit.checks.slurm), then disk, data and weights as seen from here."""
+    from ..checks import slurm as slurm_checks
+
+    checks = _guard("slurm", "slurm", lambda: slurm_checks.slurm_checks(
+        cfg, args.partition, nodes, containers=not args.native))
+    checks += _guard("system", "disk", lambda: system_checks.disk_checks(cfg, data, Path(results)))
+    checks += _guard("data", "data", lambda: data_checks.data_checks(cfg, data, args.deep))
+    checks += _guard("data", "weights", lambda: data_checks.model_checks(cfg, models))
+    return checks
+
+
 def is_local(host: str) -> bool:
     return host in LOCAL_NAMES or host in {socket.gethostname(), socket.getfqdn()}
 
@@ -277,6 +305,13 @@ def check_host(
     docker_host: str = typer.Option(None, "--docker-host", help="Docker engine URL (default: the environment's)."),
     ssh_option: list[str] = typer.Option(None, "--ssh-option", help="Extra ssh argument for --hosts (repeatable)."),
     remote_kit: str = typer.Option("kit", "--remote-kit", help="The kit command on the remote hosts."),
+    launcher: str = typer.Option(
+        "local", "--launcher", help="How the run starts: local (this host, or --hosts over ssh) or slurm (a cluster)."
+    ),
+    partition: str = typer.Option(None, "--partition", help="Slurm partition (default: the cluster's default)."),
+    native: bool = typer.Option(
+        False, "--native", help="The run uses the hosts' own Python, no containers: no Docker or pyxis checks."
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print the results as JSON (same content)."),
     nvml_recording: Path = typer.Option(None, "--nvml-recording", hidden=True, help="Check GPUs from an NVML recording."),
 ) -> None:
@@ -289,30 +324,49 @@ def check_host(
       kit check-host --config A800x1x8 --data /data/llava --models /models
 
       kit check-host --hosts node1,node2 --json
+
+      kit check-host --launcher slurm --partition gpu --config A800x2x8 --data /shared/llava
     """
     console = Console()
+
+    def usage(message: str) -> NoReturn:
+        from rich.markup import escape
+
+        Console(stderr=True).print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
+        raise typer.Exit(2)
+
+    if launcher not in LAUNCHERS:
+        usage(f"unknown --launcher {launcher!r}; use one of: {', '.join(LAUNCHERS)}")
+    if launcher == "slurm" and hosts:
+        usage("--hosts is for --launcher local; with --launcher slurm the cluster picks the nodes (use --nodes "
+              "and --partition)")
+    if launcher != "slurm" and partition:
+        usage("--partition is for --launcher slurm; add `--launcher slurm`")
     try:
         c = cases.get(case)
         cfg = cases.load_config(c, config)
     except (cases.UnknownCase, ValueError) as e:
-        from rich.markup import escape
-
-        Console(stderr=True).print(f"[bold red]error:[/] {escape(str(e))}", soft_wrap=True)
-        raise typer.Exit(2) from None
+        usage(str(e))
     names = [h.strip() for h in hosts.split(",") if h.strip()] if hosts else []
     nodes = nodes or max(cfg.nodes, len(names) or 1)
     args = CheckArgs(case, config, None if data is None else str(data), None if models is None else str(models),
-                     str(results), nodes, deep, deep_image, docker_host, list(ssh_option or []), remote_kit)
-    local = [h for h in names if is_local(h)] if names else [socket.gethostname()]
-    others = remote_checks([h for h in names if h not in local], args) if len(local) < len(names) else {}
-    host_results = {
-        h: run_checks(case, cfg, data, models, results, nodes, nvml_recording, deep=deep, args=args)
-        if h in local
-        else others[h]
-        for h in names or local
-    }
+                     str(results), nodes, deep, deep_image, docker_host, list(ssh_option or []), remote_kit,
+                     launcher, partition, native)
+    if launcher == "slurm":
+        column = f"slurm:{partition}" if partition else "slurm"
+        host_results = {column: slurm_host_checks(cfg, args, data, models, results, nodes)}
+    else:
+        local = [h for h in names if is_local(h)] if names else [socket.gethostname()]
+        others = remote_checks([h for h in names if h not in local], args) if len(local) < len(names) else {}
+        host_results = {
+            h: run_checks(case, cfg, data, models, results, nodes, nvml_recording, deep=deep, args=args)
+            if h in local
+            else others[h]
+            for h in names or local
+        }
     if json_out:
-        out = {"case": case, "config": config, **as_json(host_results)}
+        out = {"case": case, "config": config, **({"launcher": launcher} if launcher != "local" else {}),
+               **as_json(host_results)}
         typer.echo(json.dumps(out, indent=2, default=str))
     else:
         render(host_results, console)

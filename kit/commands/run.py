@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shlex
 import signal
 import sys
 import time
@@ -14,17 +16,18 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.text import Text
 
-from .. import __version__, cases, rundir
-from ..launch import (
+from .. import __version__, cases, rundir, stacks
+from ..launchers import (
     EXIT_ENVIRONMENT,
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_USAGE,
-    NativeLauncher,
     StageResult,
+    run_stage,
     tail_lines,
 )
+from ..launchers.native import NativeLauncher
 from ..progress import StageProgress
 from .env import source_revision
 
@@ -68,6 +71,11 @@ class RunRequest:
     ulimits: list[str] = field(default_factory=list)
     # Seconds without a step before the stage is declared hung (0: the larger of 600 s and 20 x the median step).
     hang_timeout: float = 0.0
+    # local (this host: --native, or Docker containers) or slurm (sbatch/srun; kit.launchers.slurm).
+    launcher: str = "local"
+    # With --launcher slurm: partition, account, time, sbatch_args, container_image, master_port; and once
+    # submitted, the job id and the batch script (run.json is written after the held submission).
+    slurm: dict | None = None
 
 
 TRAIN_STAGES = ("pretrain", "finetune")
@@ -81,6 +89,8 @@ def plan(
     mmmu_decoding: str = "greedy", eval_limit: int = 0, image: str | None = None, hosts: str | None = None,
     ssh_options: list[str] | None = None, master_addr: str | None = None, master_port: int | None = None,
     env: list[str] | None = None, ulimits: list[str] | None = None, hang_timeout: float = 0.0,
+    launcher: str = "local", partition: str | None = None, account: str | None = None, time_limit: str | None = None,
+    sbatch_args: list[str] | None = None, container_image: str | None = None,
 ) -> tuple[RunRequest, object]:
     """Check the request before anything is written, so a bad one leaves no half-made run behind.
 
@@ -106,7 +116,12 @@ def plan(
         if n is not None and n < 1:
             raise UsageError(f"{flag} {n}: must be at least 1 (leave {flag} out for {default})")
     gpus = gpus or cfg.gpus_per_node
-    if native:
+    slurm = slurm_request(launcher, native, partition, account, time_limit, sbatch_args, container_image, master_port,
+                          image=image, hosts=hosts, ssh_options=ssh_options, master_addr=master_addr, env=env,
+                          ulimits=ulimits)  # fmt: skip
+    if slurm is not None:
+        host_list = []
+    elif native:
         if nodes > 1:
             raise UsageError("--native runs on this host only (--nodes 1); several nodes run in containers")
         given = [o for o, v in (("--image", image), ("--hosts", hosts), ("--master-addr", master_addr),
@@ -115,7 +130,7 @@ def plan(
             raise UsageError(f"{', '.join(given)} belong(s) to the container path; drop --native to use it")
         host_list: list[str] = []
     else:
-        from ..containers import forwarded_env, parse_hosts, parse_ulimits
+        from ..launchers.containers import forwarded_env, parse_hosts, parse_ulimits
 
         try:
             host_list = parse_hosts(hosts, nodes)
@@ -169,7 +184,7 @@ def plan(
             raise UsageError("--no-save leaves no finetuned model for the eval stage: use --stage train with --no-save")
     if problem := results_problem(results) or (python_problem(python) if native else None):
         raise UsageError(problem)
-    if not native:  # the containers see every directory at its absolute host path
+    if not native or slurm is not None:  # containers and other nodes see every directory at its absolute host path
         results, data, models, mmmu, model_dir = (
             p.resolve() if p is not None else None for p in (results, data, models, mmmu, model_dir)
         )
@@ -180,9 +195,46 @@ def plan(
         mmmu=str(mmmu) if mmmu else None, model_dir=str(model_dir) if model_dir else None,
         mmmu_decoding=mmmu_decoding, eval_limit=eval_limit, command=sys.argv, image=image, hosts=host_list,
         ssh_options=list(ssh_options or []), master_addr=master_addr, master_port=master_port, env=list(env or []),
-        ulimits=list(ulimits or []), hang_timeout=hang_timeout,
+        ulimits=list(ulimits or []), hang_timeout=hang_timeout, launcher=launcher, slurm=slurm,
     )  # fmt: skip
+    if slurm is not None and native and os.sep in python:
+        req.python = os.path.abspath(python)  # the nodes run it from the shared file system
     return req, cfg
+
+
+def slurm_request(
+    launcher: str, native: bool, partition: str | None, account: str | None, time_limit: str | None,
+    sbatch_args: list[str] | None, container_image: str | None, master_port: int | None, **docker_only,
+) -> dict | None:
+    """--launcher slurm's part of the request, checked (UsageError); None for the local launchers."""
+    from ..launchers.slurm import valid_time
+
+    given = {"--partition": partition, "--account": account, "--time": time_limit, "--sbatch-arg": sbatch_args,
+             "--container-image": container_image}  # fmt: skip
+    if launcher not in ("local", "slurm"):
+        raise UsageError(f"--launcher {launcher!r}: expected local (this host, or Docker engines) or slurm")
+    if launcher == "local":
+        if used := [k for k, v in given.items() if v]:
+            raise UsageError(f"{', '.join(used)} belong(s) to --launcher slurm; add it, or drop them")
+        return None
+    flags = {"image": "--image", "hosts": "--hosts", "ssh_options": "--ssh-option", "master_addr": "--master-addr",
+             "env": "--env", "ulimits": "--ulimit"}  # fmt: skip
+    if used := [flags[k] for k, v in docker_only.items() if v]:
+        raise UsageError(f"{', '.join(used)} belong(s) to the Docker container path; with --launcher slurm the "
+                         "containers are pyxis's (--container-image), on the nodes Slurm allocates")  # fmt: skip
+    if native and container_image:
+        raise UsageError("--native and --container-image exclude each other: --native runs --python on the nodes, "
+                         "--container-image runs the stages in that image through pyxis")  # fmt: skip
+    if not native and not container_image:
+        raise UsageError("--launcher slurm runs the stages in containers through pyxis: pass --container-image IMAGE "
+                         "(an enroot image, e.g. one made by `enroot import dockerd://TAG`; see docs/slurm.md), or "
+                         "--native to run --python on the nodes")  # fmt: skip
+    if time_limit and not valid_time(time_limit):
+        raise UsageError(f"--time {time_limit!r}: expected a Slurm time limit (MM, HH:MM:SS, D-HH:MM:SS, ...)")
+    if master_port is not None and not 1024 <= master_port <= 65535:
+        raise UsageError(f"--master-port {master_port}: expected a port from 1024 to 65535")
+    return {"partition": partition, "account": account, "time": time_limit, "sbatch_args": list(sbatch_args or []),
+            "container_image": container_image, "master_port": master_port}  # fmt: skip
 
 
 PYTHON_FIX = "pass --python PATH: the Python of an environment with the case's packages (torch, deepspeed)"
@@ -230,8 +282,8 @@ def gpu_problem(req: RunRequest, cfg) -> str | None:
     of them, or the run would start building the 7B model in host memory. None when it does (or does not apply)."""
     import os
 
-    if cfg.device == "cpu":
-        return None
+    if cfg.device == "cpu" or req.launcher == "slurm":
+        return None  # Slurm's nodes: `kit check-host --launcher slurm` counts the partition's GPUs
     local_engine = all(h == "local" for h in req.hosts) and os.environ.get("DOCKER_HOST", "unix://").startswith("unix://")
     if not (req.native or local_engine):
         return None  # other hosts' GPUs: `kit check-host --hosts` counts them
@@ -427,7 +479,7 @@ def resume_overrides(run: Path, python: str | None, data: Path | None, models: P
 def container_plan(req: RunRequest, cfg, run_tag: str, create: bool = True):
     """Reach the nodes' engines and fix the containers' shape (raises ContainerError, exit 3); with create=False
     (a dry run) nothing is written, not even the results directory."""
-    from .. import containers
+    from ..launchers import containers
 
     read_only = [Path(p) for p in (req.data, req.models, req.mmmu, req.model_dir) if p]
     return containers.plan(
@@ -448,6 +500,22 @@ def dry_run(req: RunRequest, cfg, console: Console) -> int:
     for stage in req.stages:
         args = ["--stage", stage, "--run-dir", str(run), *case_args(req, str(run / "config.toml"), stage, mmmu_q)]
         cmds[stage] = args
+    if req.launcher == "slurm":
+        from ..launchers import slurm
+
+        case = cases.get(req.case)
+        meta = {**asdict(req), "config": cfg.to_dict()}
+        console.print(Text(f"{slurm.describe(meta)}; the batch script (RUN/slurm/{slurm.SCRIPT}):", style="bold"))
+        console.print(Text(slurm.batch_script(run, meta, cfg.device != "cpu")), soft_wrap=True)
+        python = req.python if req.native else "python"
+        for stage, args in cmds.items():
+            step = run / "slurm" / f"{stage}.sh"
+            console.print(Text(f"{stage}: {shlex.join(slurm.stage_srun(meta, run / stage, step))}"), soft_wrap=True)
+            console.print(Text(slurm.step_script(python, case.stage_module(stage), req.nodes, req.gpus,
+                                                 "FIRST_NODE_ADDR", req.master_port or 0, args)
+                               .replace("--master-port=0", "--master-port=FREE_PORT"), style="dim"),
+                          soft_wrap=True)  # fmt: skip
+        return EXIT_OK
     if req.native:
         console.print("native: torchrun on this host with " + req.python)
         for stage, args in cmds.items():
@@ -455,7 +523,7 @@ def dry_run(req: RunRequest, cfg, console: Console) -> int:
             cmd = NativeLauncher(case, python=req.python).command(case.stage_module(stage), req.gpus, 0, args)
             console.print(f"{stage}: {' '.join(cmd)}".replace("--master-port=0", "--master-port=<free port>"))
         return EXIT_OK
-    from .. import containers
+    from ..launchers import containers
 
     with containers.SshPolicy(req.ssh_options):
         p = container_plan(req, cfg, "<run id>", create=False)
@@ -521,10 +589,17 @@ def start(req: RunRequest, cfg, console: Console) -> tuple[Path, int]:
     On the container path the nodes' engines are reached and the image pinned first, so an unreachable node
     or a missing image leaves no run directory behind (ContainerError, exit 3).
     """
-    from .. import containers
+    from ..launchers import containers
 
+    if req.launcher == "slurm":
+        return start_slurm(req, cfg, console)
     with containers.SshPolicy(req.ssh_options if not req.native else []):
         plan_ = None if req.native else container_plan(req, cfg, uuid.uuid4().hex[:8])
+        stack = None
+        if plan_ is not None:  # the image's stack must meet the config's needs: refused before anything starts
+            stack = image_stack_of(plan_)
+            if problem := stacks.config_problem(cfg.to_dict(), stack, plan_.image):
+                raise UsageError(problem)
         if plan_ is not None and not plan_.own_network and len(plan_.nodes) > 1:
             with console.status("checking the nodes: shared results, rendezvous port, reachability"):
                 containers.preflight(plan_, Path(req.results))
@@ -535,17 +610,8 @@ def start(req: RunRequest, cfg, console: Console) -> tuple[Path, int]:
             resolved.write_text(cases.config_module(cases.get(req.case)).dumps(cfg))
             rundir.write_json(
                 run / "run.json",
-                {
-                    "run_id": run.name,
-                    "created": time.time(),
-                    "kit_version": __version__,
-                    "kit_source": source_revision(),  # git commit and dirty flag, or the installed version
-                    **asdict(req),
-                    "config": cfg.to_dict(),  # resolved: every value the run used, the name among them
-                    "config_path": str(resolved.resolve()),
-                    "seed": cfg.train.seed,
-                    "containers": plan_.to_dict() if plan_ else None,
-                },
+                run_record(run, req, cfg, resolved, containers=plan_.to_dict() if plan_ else None,
+                           stack=stack or {"name": "native", "python": req.python}),
             )
             rundir.append_status(run, "created")
             console.print(f"run directory [bold]{run}[/]")
@@ -563,6 +629,124 @@ def start(req: RunRequest, cfg, console: Console) -> tuple[Path, int]:
             raise
 
 
+def run_record(run: Path, req: RunRequest, cfg, resolved: Path, **more) -> dict:
+    """run.json: written once, when the run is created."""
+    return {
+        "run_id": run.name,
+        "created": time.time(),
+        "kit_version": __version__,
+        "kit_source": source_revision(),  # git commit and dirty flag, or the installed version
+        **asdict(req),
+        "config": cfg.to_dict(),  # resolved: every value the run used, the name among them
+        "config_path": str(resolved.resolve()),
+        "seed": cfg.train.seed,
+        **more,
+    }
+
+
+def start_slurm(req: RunRequest, cfg, console: Console, follow: bool | None = None) -> tuple[Path, int]:
+    """--launcher slurm: inside an allocation, the stages run here as srun steps; outside, the batch script is
+    submitted held, its job id recorded in run.json, the job released and (unless --no-follow) followed."""
+    from ..launchers import slurm
+
+    follow = req.slurm.get("follow", True) if follow is None else follow
+    run = rundir.new_run_dir(Path(req.results), req.case, req.config)
+    job = None
+    try:
+        resolved = run / "config.toml"
+        resolved.write_text(cases.config_module(cases.get(req.case)).dumps(cfg))
+        request = {k: v for k, v in (req.slurm or {}).items() if k != "follow"}
+        if slurm.in_allocation():
+            nodes = slurm.hostnames(os.environ.get("SLURM_JOB_NODELIST", ""))
+            if len(nodes) < req.nodes:
+                raise UsageError(f"--nodes {req.nodes}: this allocation (job {os.environ['SLURM_JOB_ID']}) has "
+                                 f"{len(nodes)} node(s): {', '.join(nodes)}; ask for fewer, or allocate more")  # fmt: skip
+            record = {**request, "job_id": os.environ["SLURM_JOB_ID"], "in_allocation": True, "nodes": nodes,
+                      "script": None}  # fmt: skip
+            req.slurm = record
+            rundir.write_json(run / "run.json", run_record(run, req, cfg, resolved, containers=None,
+                                                           stack=slurm_stack(req)))  # fmt: skip
+            rundir.append_status(run, "created")
+            console.print(f"run directory [bold]{run}[/]")
+            console.print(Text(f"inside slurm job {record['job_id']} on {', '.join(nodes)}: each stage one srun step",
+                               style="dim"))  # fmt: skip
+        else:
+            meta = {**asdict(req), "config": cfg.to_dict(), "slurm": request}
+            script = slurm.write_script(run, meta, cfg.device != "cpu")
+            job = slurm.sbatch(script, hold=True)
+            req.slurm = {**request, "job_id": job, "in_allocation": False, "script": str(script.relative_to(run)),
+                         "script_sha256": slurm.script_digest(script)}  # fmt: skip
+            rundir.write_json(run / "run.json", run_record(run, req, cfg, resolved, containers=None,
+                                                           stack=slurm_stack(req)))  # fmt: skip
+            rundir.append_status(run, "created")
+            rundir.append_status(run, "submitted", detail={"job_id": job})
+            slurm.release(job)
+            console.print(f"run directory [bold]{run}[/]")
+            console.print(Text(f"{slurm.describe(meta)}; batch script {script}; submitted as job {job}", style="dim"))
+    except BaseException:
+        if job is not None:
+            slurm.cancel(job)
+        _abandon(run)
+        raise
+    if slurm.in_allocation():
+        return run, execute(run, console)
+    if not follow:
+        console.print(f"submitted batch job {job}; its output: {run / 'slurm' / f'job-{job}.out'}\n"
+                      f"follow it with `squeue -j {job}` and `kit report {run}`; `scancel {job}` stops it")  # fmt: skip
+        return run, EXIT_OK
+    return run, slurm.follow_job(run, job, console)
+
+
+def image_stack_of(plan_) -> dict:
+    """The stack of a container plan's image, from its labels (kit.stacks.image_stack)."""
+    try:
+        labels = plan_.nodes[0].client.images.get(plan_.image_id or plan_.image).labels or {}
+    except Exception:  # noqa: BLE001 - the plan just inspected it; an engine that went away reads as unlabelled
+        labels = {}
+    return stacks.image_stack(labels)
+
+
+def slurm_stack(req: RunRequest) -> dict:
+    """A Slurm run's stack as far as run.json can tell: its versions come from the environment probe on the nodes
+    (environment.json `stack`, which completes this record)."""
+    image = (req.slurm or {}).get("container_image")
+    return {"name": "native", "python": req.python} if image is None else {"name": "native", "image": image}
+
+
+def probed_stack(meta: dict, probe: dict) -> dict:
+    """What the probe found on the nodes (native, or a pyxis image without kit's labels): versions decide."""
+    st = stacks.native_stack(probe)
+    image = (meta.get("slurm") or {}).get("container_image")
+    return {**st, "image": image} if image else st
+
+
+def resubmit(run: Path, console: Console, overrides: dict | None, follow: bool = True) -> int:
+    """`kit resume` of a Slurm run outside an allocation: the same batch script, submitted again and followed."""
+    from ..launchers import slurm
+
+    if live := slurm.live_job(run):
+        raise UsageError(f"{run} is still slurm job {live[0]} ({live[1]}): wait for it, or `scancel {live[0]}`, then "
+                         "resume")  # fmt: skip
+    meta = {**rundir.effective_request(run), **(overrides or {})}
+    if overrides and {"data", "models"} & set(overrides) and (run / "inputs.json").exists():
+        fields = {k: meta[k] for k in RunRequest.__dataclass_fields__ if k in meta}
+        req = RunRequest(**{**fields, "config": meta["config"]["name"]})
+        if problem := same_inputs(run, req, meta["config"], console):
+            raise UsageError(problem)
+    script = run / ((meta.get("slurm") or {}).get("script") or f"slurm/{slurm.SCRIPT}")
+    if not script.is_file():
+        raise UsageError(f"{script} is missing: it is the run's batch script; a run started inside an allocation "
+                         "resumes inside one (salloc, then kit resume)")  # fmt: skip
+    rundir.append_status(run, "resumed", detail=overrides or None)
+    job = slurm.sbatch(script, hold=False)
+    rundir.append_status(run, "submitted", detail={"job_id": job})
+    console.print(f"resubmitted {script} as slurm job {job}")
+    if not follow:
+        console.print(f"its output: {run / 'slurm' / f'job-{job}.out'}")
+        return EXIT_OK
+    return slurm.follow_job(run, job, console)
+
+
 def _abandon(run: Path) -> None:
     """A new run that failed before its first stage: removed while it holds only start()'s bookkeeping (run.json,
     config.toml, status.jsonl, the lock); with anything more (a probe's log) it is marked failed, for the record."""
@@ -578,22 +762,33 @@ def _abandon(run: Path) -> None:
         rundir.append_status(run, "failed", detail="failed before the first stage")
 
 
-def execute(run: Path, console: Console, resumed: bool = False, plan_=None, overrides: dict | None = None) -> int:
+def execute(
+    run: Path, console: Console, resumed: bool = False, plan_=None, overrides: dict | None = None, follow: bool = True
+) -> int:
     """Run (or continue) the stages of a run directory; finished stages are skipped.
 
     For its whole life it holds the run's lock (a second kit on the same run is refused: guard.RunBusy), handles
     SIGTERM and SIGHUP as Ctrl-C, and keeps the heartbeat the ranks watch, so none outlives this process.
     """
-    from .. import containers, guard
+    from .. import guard
+    from ..launchers import containers
 
     meta = {**rundir.effective_request(run), **(overrides or {})}  # run.json with the resumes' --python/--data/--models
     launcher = None
+    if meta.get("launcher") == "slurm":
+        from ..launchers import slurm
+
+        if not slurm.in_allocation():  # the job, not this process, runs the stages (and takes the lock)
+            return resubmit(run, console, overrides, follow=follow)
     with guard.RunLock(run):
         try:
             with guard.stop_on_signals(), guard.Heartbeat(run) as beat, containers.SshPolicy(meta.get("ssh_options") or []):
                 hang = float(meta.get("hang_timeout") or 0)
                 case = cases.get(meta["case"])
-                if meta.get("native", True):
+                if meta.get("launcher") == "slurm":
+                    launcher = slurm.SlurmLauncher(case, meta, hang_timeout=hang)
+                    slurm.record_allocation(run, launcher)
+                elif meta.get("native", True):
                     launcher = NativeLauncher(case, python=meta.get("python", sys.executable), hang_timeout=hang)
                 else:
                     launcher = containers.ContainerLauncher(case, plan_ or replan(meta), run.name, hang_timeout=hang)
@@ -610,7 +805,7 @@ def execute(run: Path, console: Console, resumed: bool = False, plan_=None, over
 
 def replan(meta: dict):
     """The container plan of a run being resumed: the same hosts, and the same image (by id), or ContainerError."""
-    from .. import containers
+    from ..launchers import containers
 
     stored = meta["containers"]
     fields = {k: meta[k] for k in RunRequest.__dataclass_fields__ if k in meta}
@@ -711,14 +906,24 @@ def _execute(run: Path, console: Console, resumed: bool, launcher, overrides: di
     if not (run / "environment.json").exists():
         probe = launcher.run_module("env", [], run / "logs" / "probe.log")
         if probe.returncode != 0:
-            where = req.python if req.native else f"the image {meta['containers']['image']}"
+            image = (meta.get("containers") or {}).get("image") or (meta.get("slurm") or {}).get("container_image")
+            where = req.python if req.native else f"the image {image}"
             console.print(f"[red]the case cannot run with {where}:[/]")
             console.print(Text(tail_lines(run / "logs" / "probe.log", 20)))
             rundir.append_status(run, "failed", detail="environment probe failed")
             return EXIT_ENVIRONMENT
         env = {"host": host_facts(), "case": json.loads(probe.stdout)}
-        if not req.native:
+        if meta.get("containers"):
             env["containers"] = meta["containers"]
+        else:  # native, or pyxis: the probe's versions are the stack, and must meet the config's needs
+            env["stack"] = probed_stack(meta, env["case"])
+            image = (meta.get("slurm") or {}).get("container_image") or "native"
+            if problem := stacks.config_problem(meta["config"], env["stack"], image):
+                console.print(f"[red]error:[/] {problem}")
+                rundir.append_status(run, "failed", detail=problem)
+                return EXIT_ENVIRONMENT
+        if meta.get("launcher") == "slurm":
+            env["slurm"] = launcher.allocation()
         rundir.write_json(run / "environment.json", env)
 
     cfg_path = meta["config_path"]
@@ -751,7 +956,7 @@ def _execute(run: Path, console: Console, resumed: bool, launcher, overrides: di
             display.start(stage)
             rundir.append_status(run, "launched", stage, {"gpus": req.gpus, "nodes": req.nodes})
             args = case_args(req, cfg_path, stage, mmmu_questions)
-            result = launcher.run_stage(run, stage, req.nodes * req.gpus, args, display)
+            result = run_stage(launcher, run, stage, req.nodes * req.gpus, args, display)
             if result.state == "finished" and stage == "eval" and (problem := score_eval(run)):
                 result = StageResult(stage, "failed", EXIT_FAILED, message=problem)
             rundir.append_status(run, result.state, stage, result.message or None)

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 ENV_FILE = Path(os.environ.get("KIT_SERVICES_ENV", "/tmp/kit-services.env"))
-HOW = "run `sudo .ci/services.sh` first (it starts dockerd, builds the test image and an sshd on loopback)"
+HOW = ("run `sudo .ci/services.sh` first (it starts dockerd, builds the test image, an sshd and a Slurm cluster "
+       "on loopback)")
 
 
 def unavailable(reason: str) -> None:

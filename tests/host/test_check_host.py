@@ -98,9 +98,30 @@ def test_recorded_driver_580_supports_cuda_13_and_runs_both_variants():
     checks = driver.nvml_driver_checks(ReplayNVML.load(RECORDING))
     d = by_name(checks)
     assert d["driver"].status == "ok" and d["driver"].data["newest_full"] == "13.0"
-    assert d["driver"].data["cuda_reported"] == "13.0" and d["driver"].data["compat"] == ["11", "12"]
+    assert d["driver"].data["cuda_reported"] == "13.0" and d["driver"].data["compat"] == ["11", "12", "13"]
     for cuda in ("11.8", "12.1"):
         assert d[f"image CUDA {cuda}"].status == "ok" and d[f"image CUDA {cuda}"].data["support"] == "full"
+    # The current stack's CUDA 13.0 variant runs fully too; each stack says which variant it would take.
+    assert d["image CUDA 13.0 (current stack)"].status == "ok"
+    assert d["stack reference"].status == "ok" and d["stack reference"].data["variant"] == "12.1"
+    assert d["stack current"].status == "ok" and d["stack current"].data["variant"] == "13.0"
+    assert "kit build --stack current --cuda auto" in d["stack current"].detail
+
+
+def test_driver_older_than_cuda_13_runs_the_reference_stack_only():
+    # 535.104.05: CUDA 12.2 fully (an LTS branch), below the 580 floor of CUDA 13.x.
+    d = by_name(driver.driver_checks("535.104.05"))
+    assert d["stack reference"].status == "ok" and d["stack reference"].data["variant"] == "12.1"
+    cur = d["stack current"]
+    assert cur.status == "warn" and cur.data["variant"] is None  # warn: the reference stack still runs here
+    assert ">= 580.95.05" in cur.fix and "580.65.06" in cur.fix and "reference stack, which runs here" in cur.fix
+    assert d["image CUDA 13.0 (current stack)"].data["support"] == "none"
+    # Between 13.0 GA's driver and its Update 2's, the table says full support (GA's driver is the floor).
+    assert by_name(driver.driver_checks("580.65.06"))["stack current"].status == "ok"
+    assert by_name(driver.driver_checks("580.65.05"))["stack current"].status == "warn"
+    # No stack at all: every stack row fails with the upgrade.
+    none = by_name(driver.driver_checks("450.80.01"))
+    assert none["stack reference"].status == none["stack current"].status == "fail"
 
 
 def test_recorded_host_from_the_command(tmp_path):
@@ -237,28 +258,31 @@ def support(version: str, cuda: int | None = None) -> dict[str, str]:
 
 
 @pytest.mark.parametrize(
-    "version, newest, s118, s121",
+    "version, newest, s118, s121, s130",
     [
-        ("470.141.10", "11.4", "compat", "none"),
-        ("450.80.01", "11.0", "none", "none"),
-        ("450.80.02", "11.0", "compat", "none"),
-        ("525.60.12", "11.8", "full", "none"),
-        ("525.60.13", "12.0", "full", "compat"),
-        ("520.61.05", "11.8", "full", "none"),
-        ("520.61.04", "11.7", "compat", "none"),
-        ("530.30.02", "12.1", "full", "full"),
-        ("530.30.01", "12.0", "full", "compat"),
-        ("580.159.04", "12.8", "full", "full"),  # without NVML's answer, the table's newest row
+        ("470.141.10", "11.4", "compat", "none", "none"),
+        ("450.80.01", "11.0", "none", "none", "none"),
+        ("450.80.02", "11.0", "compat", "none", "none"),
+        ("525.60.12", "11.8", "full", "none", "none"),
+        ("525.60.13", "12.0", "full", "compat", "none"),
+        ("520.61.05", "11.8", "full", "none", "none"),
+        ("520.61.04", "11.7", "compat", "none", "none"),
+        ("530.30.02", "12.1", "full", "full", "none"),
+        ("530.30.01", "12.0", "full", "compat", "none"),
+        ("570.124.06", "12.8", "full", "full", "none"),
+        ("580.65.06", "13.0", "full", "full", "full"),  # 13.0 GA's driver
+        ("580.159.04", "13.0", "full", "full", "full"),  # without NVML's answer, the table's newest row
     ],
 )
-def test_driver_table_edges(version, newest, s118, s121):
+def test_driver_table_edges(version, newest, s118, s121, s130):
     v = driver.assess(version)
     assert v.newest_full == newest
-    assert support(version) == {"11.8": s118, "12.1": s121}
+    assert support(version) == {"11.8": s118, "12.1": s121, "13.0": s130}
 
 
 def test_nvml_cuda_version_extends_the_table():
     assert driver.assess("580.159.04", 13000).newest_full == "13.0"
+    assert driver.assess("590.44.01", 13010).newest_full == "13.1"  # newer than the table's last row
     assert driver.cuda_from_nvml(12020) == "12.2"
 
 

@@ -29,7 +29,7 @@ def test_every_command_has_help_with_examples(command):
 
 def test_host_side_never_imports_the_training_stack():
     code = (
-        "import sys, kit.cli, kit.commands.run, kit.commands.report, kit.launch, kit.progress, kit.report, "
+        "import sys, kit.cli, kit.commands.run, kit.commands.report, kit.launchers, kit.launchers.native, kit.launchers.containers, kit.progress, kit.report, "
         "kit.metrics, kit.rundir, kit.cases, kit.mmmu, kit.commands.mmmu, kit.nvml, "
         "kit.commands.check_host, kit.commands.env, kit.checks.docker, kit.checks.remote, kit.build, "
         "kit.commands.build, kit.submission, kit.verify, kit.compare, kit.rules, kit.identity, kit.guard, "

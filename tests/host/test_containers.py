@@ -1,4 +1,4 @@
-"""`kit run` in containers (kit/containers.py).
+"""`kit run` in containers (kit/launchers/containers.py).
 
 The first half checks the plan's pieces without an engine. The second half runs for real on the Docker engine
 that .ci/services.sh starts, with the CPU test image of .ci/test-image.sh (a Debian base from debootstrap, the
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from kit import containers
+from kit.launchers import containers
 from tests.e2e.helpers import events, kit, only_run, start_kit, status_rows, steps, wait_for_step
 
 from .services import services_env, unavailable
@@ -342,7 +342,7 @@ def test_preflight_across_hosts(engine, tmp_path):
     """Shared results, a free rendezvous port and node 0 reachable: each checked, each failure named."""
     import socket
 
-    from kit.launch import free_port
+    from kit.launchers.base import free_port
 
     client, env = engine
     results = tmp_path / "runs"
@@ -367,3 +367,34 @@ def test_preflight_across_hosts(engine, tmp_path):
     with pytest.raises(containers.ContainerError, match=r"node 0 \(local\) does not see .* as this host does"):
         containers.preflight(unshared, results, timeout=5)
     assert containers.leftovers(client, "preflight") == []
+
+
+def test_a_need_the_image_cannot_meet_is_refused_before_anything_starts(engine, tmp_path):
+    """model.kernels = liger needs liger-kernel (env/stacks.toml): an image without kit's stack labels cannot show
+    it has it, so the run is refused (exit 2) naming the key, the image and the fixes; no run directory is made."""
+    client, env = engine
+    image = env["KIT_TEST_DOCKER_IMAGE"]  # busybox: no kit labels at all
+    r = kit(*TINY, "--image", image, "--set", "model.kernels=liger", "--stage", "pretrain", "--results", str(tmp_path))
+    flat = " ".join(r.stderr.split())
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "model.kernels = 'liger'" in flat and "liger-kernel" in flat and image in flat, flat
+    assert "kit build --stack current" in flat and "--set model.kernels=none" in flat, flat
+    assert not list(tmp_path.glob("*/run.json")) if tmp_path.exists() else True
+
+
+def test_the_current_stack_image_gets_past_the_need_check(engine, tmp_path):
+    """The CPU test image carries the current stack's labels (.ci/test-image.sh): the same request starts, records
+    the stack in run.json, and stops only where the case itself refuses liger's Triton kernels on a CPU."""
+    client, env = engine
+    image = env["KIT_TEST_KIT_IMAGE"]
+    labels = client.images.get(image).labels or {}
+    assert labels.get("kit.build.stack") == "current", labels
+    r = kit(*TINY, "--image", image, "--set", "model.kernels=liger", "--stage", "pretrain", "--max-steps", "1",
+            *_memlock(), "--results", str(tmp_path), timeout=600)  # fmt: skip
+    out = " ".join((r.stdout + r.stderr).split())
+    assert r.returncode == 1, out
+    assert "needs a CUDA GPU (Triton kernels)" in out, out  # the case's own refusal, inside the container
+    run = only_run(tmp_path)
+    stack = json.loads((run / "run.json").read_text())["stack"]
+    assert stack["name"] == "current" and stack["lock_sha256"] == labels.get("kit.build.lock-sha256")
+    _no_leftovers(client, run)

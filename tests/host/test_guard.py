@@ -91,7 +91,7 @@ def test_stacks_say_which_rank_is_in_a_collective(tmp_path):
 
 
 def test_each_python_environment_builds_its_ops_in_a_folder_of_its_own(tmp_path):
-    from kit.launch import extensions_dir
+    from kit.launchers.native import extensions_dir
 
     venv = tmp_path / "venv"
     (venv / "bin").mkdir(parents=True)

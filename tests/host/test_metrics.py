@@ -11,7 +11,7 @@ import pytest
 from kit import metrics as m
 from kit.guard import RunLock
 
-from .rundir_factory import GIB, SMALL_MODEL, STAGE_TRAINS, T0, StageSpec, make_run, step_facts
+from .rundir_factory import GIB, SMALL_MODEL, STAGE_TRAINS, T0, StageSpec, make_run, mllog, step_facts
 
 
 def test_reference_mfu_matches_the_seed() -> None:
@@ -235,3 +235,36 @@ def test_a_finished_run_line_with_a_stage_never_started_is_stopped(tmp_path: Pat
     s = m.run_summary(rd)
     assert s["stages"]["finetune"]["state"] == "pending" and s["state"] == "stopped"
     assert any("not every stage did: finetune pending" in w for w in s["warnings"])
+
+
+# ---------------------------------------------------------------- steady state reached, or not
+
+
+def _steps(times: list[float], tokens: int = 1000) -> list[dict]:
+    return [{"step": i + 1, "step_time_s": t, "real_tokens": tokens} for i, t in enumerate(times)]
+
+
+def test_steady_drift_compares_the_halves_real_tokens_per_second():
+    assert m.steady_drift(_steps([1.0] * 10)) == 0.0
+    # second half twice as fast: +100%
+    assert m.steady_drift(_steps([2.0] * 5 + [1.0] * 5)) == pytest.approx(1.0)
+    assert m.steady_drift(_steps([1.0] * 5 + [1.25] * 5)) == pytest.approx(-0.2)
+    # by tokens: slower steps that carry more tokens are not a drift
+    steps = [{"step": i + 1, "step_time_s": 1.0 + (i % 2), "real_tokens": 1000 * (1 + i % 2)} for i in range(10)]
+    assert m.steady_drift(steps) == pytest.approx(0.0)
+    assert m.steady_drift(_steps([1.0] * (m.STEADY_DRIFT_MIN_STEPS - 1))) is None
+
+
+def test_a_stage_still_warming_up_is_named_and_its_first_step_shown(tmp_path):
+    run = make_run(tmp_path)
+    log = run / "pretrain" / "events.log"
+    lines = [ln for ln in log.read_text().splitlines() if '"kit_step"' not in ln]
+    t0 = json.loads(lines[-1][9:])["time_ms"] if lines[-1].startswith(":::MLLOG ") else 0
+    times = [9.0, 4.0] + [3.0] * 9 + [2.0] * 9  # the steady steps (3-20) get faster half way: still warming up
+    steps = [mllog("kit_step", step_facts(k + 1, t), t0 + 1000 * (k + 1)) for k, t in enumerate(times)]
+    log.write_text("\n".join(lines[:-1] + steps + lines[-1:]) + "\n")
+    st = m.run_summary(run)["stages"]["pretrain"]
+    assert st["first_step_s"] == 9.0
+    assert st["steady_drift"] > m.STEADY_DRIFT_WARN  # the second half ran its tokens about 1.5x as fast
+    warned = [w for w in st["stage_warnings"] if "no steady state" in w]
+    assert warned and "rose" in warned[0] and "run more steps" in warned[0], st["stage_warnings"]

@@ -22,8 +22,9 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from kit import launch, monitor
+from kit import monitor
 from kit.guard import HEARTBEAT_NAME
+from kit.launchers import base as launch
 from kit.monitor import GIB, MONITOR_NAME, Monitor, monitor_summary, plot_monitor, read_monitor
 from kit.nvml import ReplayNVML
 from kit.progress import StageProgress

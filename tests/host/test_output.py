@@ -24,7 +24,8 @@ from kit.cli import app
 from kit.commands import check_host as ch
 from kit.commands import ls as ls_cmd
 from kit.commands.env import env_block, revision_text, source_revision
-from kit.progress import EventTail, StageProgress, wait_with_progress
+from kit.launchers.base import follow
+from kit.progress import EventTail, StageProgress
 
 from .rundir_factory import StageSpec, make_run, mllog
 
@@ -61,7 +62,7 @@ def test_a_stage_written_to_a_log_file_gives_plain_complete_lines_and_a_failed_e
         proc = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path / "events.log"), "25"])
         with display:
             display.start("pretrain")
-            code = wait_with_progress(proc, EventTail(tmp_path / "events.log"), display, poll=0.05)
+            code, _ = follow(lambda: (proc.poll(), None), EventTail(tmp_path / "events.log"), display, interval=0.05)
             display.finish("failed" if code else "finished")
     lines = log.read_text().splitlines()
     print("\n".join(lines))
@@ -339,7 +340,7 @@ def test_the_host_is_named_the_same_in_every_failure_message(tmp_path):
     socket.gethostname(): a rank that dies without a Python error is reported on the same host name."""
     import socket
 
-    from kit.launch import launcher_root_cause
+    from kit.launchers.base import launcher_root_cause
 
     for fqdn in ("localhost", socket.getfqdn()):
         log = tmp_path / f"launcher-{fqdn}.log"

@@ -360,7 +360,7 @@ def test_resume_records_the_overrides_and_later_resumes_keep_them(stopped_run, t
     monkeypatch.setattr(run_cmd, "execute", lambda run, console, **kw: seen.append(kw) or 0)
     r = invoke("resume", str(stopped_run), "--python", sys.executable)
     assert r.exit_code == 0, r.output
-    assert seen == [{"resumed": True, "overrides": {"python": sys.executable}}]
+    assert seen == [{"resumed": True, "overrides": {"python": sys.executable}, "follow": True}]
     # What execute() writes: the "resumed" line carries them; the request is run.json overlaid, in order.
     first = json.loads((stopped_run / "run.json").read_text())["python"]
     rundir.append_status(stopped_run, "resumed", detail={"python": "/opt/a/python", "models": str(tmp_path)})

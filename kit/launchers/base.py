@@ -1,6 +1,9 @@
-"""Launching a stage's ranks and watching them: the native path (torchrun on this host).
+"""What every launcher shares: the stage loop, the wait with progress and hang watch, the failure report.
 
-The container path plugs into the same `Launcher` interface (kit/containers.py, later).
+A launcher (kit/launchers/native.py, containers.py, slurm.py) is one small object behind the `Launcher` interface
+below: it starts a stage's ranks, says whether they still run, stops them and names what failed. Everything else,
+the progress line, the hang watch and its stack dump, Ctrl-C/SIGTERM handling, the monitor, the failure report's
+rank records, is written once here and is the same whichever launcher runs the stage.
 """
 
 from __future__ import annotations
@@ -11,16 +14,15 @@ import re
 import signal
 import socket
 import subprocess
-import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from .cases import Case
-from .guard import HangWatch, StageHung, child_setup, collect_stacks, hang_message
-from .monitor import start_stage_monitor
-from .progress import EventTail, StageProgress, wait_with_progress
+from ..guard import HangWatch, StageHung, collect_stacks, hang_message
+from ..monitor import start_stage_monitor
+from ..progress import EventTail, StageProgress
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_ENVIRONMENT, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
@@ -32,6 +34,101 @@ class StageResult:
     returncode: int
     failures: list[dict] = field(default_factory=list)
     message: str = ""
+
+
+class StartFailed(Exception):
+    """A stage that could not start (an engine refused a container, sbatch or srun refused the step)."""
+
+    def __init__(self, result: StageResult) -> None:
+        super().__init__(result.message)
+        self.result = result
+
+
+class Launcher(Protocol):
+    """One way of running a stage's ranks. The stage loop (`run_stage`) calls, in order: `start` once, `poll`
+    until it reports an end, `stop` after a failure or a signal, `failure` to name what failed, `cleanup`
+    always. `run_module` runs a single-process helper of the case (the environment probe, synthetic data) where
+    the ranks will run. `env` is added to every stage's environment (the heartbeat's path)."""
+
+    name: str  # native | containers | slurm: recorded in run.json as the launcher
+    what: str  # what a stop stops, for the messages: rank, container, task
+    env: dict[str, str]
+    hang_timeout: float
+
+    def run_module(self, module: str, args: list[str], log: Path) -> subprocess.CompletedProcess: ...
+
+    def start(self, run: Path, stage: str, world: int, case_args: list[str], display: StageProgress) -> Any:
+        """Start every rank of the stage; returns a handle, or raises StartFailed."""
+
+    def poll(self, handle: Any) -> tuple[int | None, str | None]:
+        """(None, None) while it runs; (0, None) when every part ended well; (code, where) for the first failure."""
+
+    def note(self, handle: Any) -> str | None:
+        """A line to show before the first step arrives (what the launcher is doing), or None."""
+
+    def stop(self, handle: Any) -> None:
+        """SIGTERM to every rank, SIGKILL after a grace period; returns when they are gone."""
+
+    def failure(self, stage: str, stage_dir: Path, handle: Any, code: int, where: str | None, failures: list[dict]) -> str:
+        """The failure message: the node and rank that failed first, the error, where to read more."""
+
+    def cleanup(self, handle: Any) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def run_stage(
+    launcher: Launcher, run: Path, stage: str, world: int, case_args: list[str], display: StageProgress
+) -> StageResult:
+    """One stage through any launcher: start, follow with progress and the hang watch, stop and report."""
+    stage_dir = run / stage
+    (stage_dir / "logs").mkdir(parents=True, exist_ok=True)
+    try:
+        handle = launcher.start(run, stage, world, case_args, display)
+    except StartFailed as e:
+        return e.result
+    try:
+        tail = EventTail(stage_dir / "events.log")
+        ended, stopped = supervise(
+            stage, stage_dir, world, display,
+            lambda watch: follow(lambda: launcher.poll(handle), tail, display, watch, lambda: launcher.note(handle)),
+            lambda: launcher.stop(handle), launcher.hang_timeout, launcher.what,
+        )  # fmt: skip
+        if stopped is not None:
+            return stopped
+        code, where = ended
+        if code == 0:
+            return StageResult(stage, "finished", 0)
+        if where:
+            display.note(f"[red]{where} exited {code}; stopping the others")
+        launcher.stop(handle)
+        failures = rank_failures(stage_dir)
+        return StageResult(stage, "failed", code, failures, launcher.failure(stage, stage_dir, handle, code, where, failures))
+    finally:
+        launcher.cleanup(handle)
+
+
+def follow(
+    poll: Callable[[], tuple[int | None, str | None]], tail: EventTail, display: StageProgress,
+    watch: HangWatch | None = None, note: Callable[[], str | None] | None = None, interval: float = 0.5,
+) -> tuple[int, str | None]:
+    """Feed the display (and the hang watch, which raises StageHung) until `poll` reports an end; returns it.
+    Until the first step arrives, the launcher's own note (its last output line) stands in the progress line."""
+    stepping = False
+    while True:
+        events = tail.read()
+        stepping = stepping or any(e.get("key") in ("kit_step", "kit_eval_batch") for e in events)
+        display.feed(events)
+        if watch is not None:
+            watch.feed(events)
+            watch.check()
+        if not stepping and note is not None and (line := note()):
+            display.note(line)
+        code, where = poll()
+        if code is not None:
+            display.feed(tail.read())
+            return code, where
+        time.sleep(interval)
 
 
 def free_port() -> int:
@@ -85,14 +182,19 @@ def launcher_root_cause(log: Path) -> dict | None:
     return None
 
 
-def failure_message(stage: str, stage_dir: Path, returncode: int, failures: list[dict]) -> str:
+def failure_message(
+    stage: str, stage_dir: Path, returncode: int, failures: list[dict], launcher: Path | None = None,
+    node_of: Callable[[int], str] | None = None,
+) -> str:
     """What failed, where, and where to read more.
 
     A rank that raised leaves a failure record; one killed by a signal or a native abort leaves none, and
     then the launcher's root cause names it (the others' errors are usually consequences).
     """
-    launcher = stage_dir / "logs" / "launcher.log"
+    launcher = launcher or stage_dir / "logs" / "launcher.log"
     root = launcher_root_cause(launcher)
+    if root is not None and node_of is not None:
+        root["host"] = node_of(root["rank"])
     by_rank = {str(f.get("rank")): f for f in failures}
     if root is not None and str(root["rank"]) not in by_rank:
         log = stage_dir / "logs" / f"rank{root['rank']}.log"
@@ -107,83 +209,15 @@ def failure_message(stage: str, stage_dir: Path, returncode: int, failures: list
         others = sorted(r for r in by_rank if r != str(rank))
         log = stage_dir / "logs" / f"rank{rank}.log"
         more = f" (then rank {', '.join(others)})" if others else ""
+        host = node_of(int(rank)) if node_of is not None and str(rank).isdigit() else first.get("host", "?")
         return (
-            f"stage {stage} failed on host {first.get('host', '?')}, rank {rank}{more}: {first.get('exception')}\n"
+            f"stage {stage} failed on host {host}, rank {rank}{more}: {first.get('exception')}\n"
             f"last lines of {log}:\n{tail_lines(log)}"
         )
     return (
         f"stage {stage} failed (launcher exit code {returncode}) before any rank reported an error\n"
         f"last lines of {launcher}:\n{tail_lines(launcher)}"
     )
-
-
-def extensions_dir(python: str) -> str:
-    """Where DeepSpeed's JIT-built ops go for this Python: inside its venv, else a folder of its own under the cache.
-
-    torch's default (~/.cache/torch_extensions) is shared by every environment of the user, so two checkouts rebuilt
-    the same op over each other (13 times in 17 minutes, 28-76 s each, seen on a 2-core host).
-    """
-    import hashlib
-
-    exe = Path(python).absolute()  # not resolved: a venv's python is a link to the base interpreter
-    venv = exe.parent.parent
-    if (venv / "pyvenv.cfg").is_file():
-        return str(venv / "torch_extensions")
-    return str(Path.home() / ".cache" / "torch_extensions" / f"kit-{hashlib.sha256(str(exe).encode()).hexdigest()[:12]}")
-
-
-class NativeLauncher:
-    """torchrun on this host: one process per GPU (per CPU rank without GPUs)."""
-
-    def __init__(self, case: Case, python: str = sys.executable, env: dict | None = None, hang_timeout: float = 0.0) -> None:
-        self.case = case
-        self.python = python
-        self.env = {"TORCH_EXTENSIONS_DIR": extensions_dir(python), **os.environ, **(env or {})}
-        self.hang_timeout = hang_timeout
-
-    def command(self, module: str, gpus: int, port: int, case_args: list[str]) -> list[str]:
-        return [
-            self.python, "-m", "torch.distributed.run",
-            "--nnodes=1", f"--nproc-per-node={gpus}",
-            "--master-addr=127.0.0.1", f"--master-port={port}",
-            "--max-restarts=0",
-            "-m", module, *case_args,
-        ]  # fmt: skip
-
-    def run_module(self, module: str, args: list[str], log: Path) -> subprocess.CompletedProcess:
-        """A single-process helper of the case (environment probe, synthetic data)."""
-        log.parent.mkdir(parents=True, exist_ok=True)
-        with open(log, "ab") as out:
-            return subprocess.run(
-                [self.python, "-m", self.case.module(module), *args],
-                stdout=subprocess.PIPE, stderr=out, env=self.env, check=False, preexec_fn=child_setup,
-            )  # fmt: skip
-
-    def run_stage(
-        self, run: Path, stage: str, gpus: int, case_args: list[str], display: StageProgress
-    ) -> StageResult:
-        stage_dir = run / stage
-        (stage_dir / "logs").mkdir(parents=True, exist_ok=True)
-        cmd = self.command(
-            self.case.stage_module(stage), gpus, free_port(), ["--stage", stage, "--run-dir", str(run), *case_args]
-        )
-        with open(stage_dir / "logs" / "launcher.log", "ab") as log:
-            log.write(("$ " + " ".join(cmd) + "\n").encode())
-            log.flush()
-            # A session of its own: Ctrl-C reaches the host only, which then stops every rank in order; and SIGTERM
-            # when this process dies, however it dies, so no rank outlives it.
-            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env, preexec_fn=child_setup)
-            tail = EventTail(stage_dir / "events.log")
-            code, stopped = supervise(
-                stage, stage_dir, gpus, display, lambda watch: wait_with_progress(proc, tail, display, watch=watch),
-                lambda: stop_group(proc), self.hang_timeout, "rank",
-            )  # fmt: skip
-            if stopped is not None:
-                return stopped
-        if code == 0:
-            return StageResult(stage, "finished", 0)
-        failures = rank_failures(stage_dir)
-        return StageResult(stage, "failed", code, failures, failure_message(stage, stage_dir, code, failures))
 
 
 def supervise(

@@ -35,16 +35,9 @@ from typing import Any
 
 from rich.markup import escape
 
-from .cases import Case
-from .launch import (
-    StageResult,
-    free_port,
-    launcher_root_cause,
-    rank_failures,
-    supervise,
-    tail_lines,
-)
-from .progress import EventTail, StageProgress
+from ..cases import Case
+from ..progress import StageProgress
+from .base import StageResult, StartFailed, free_port, launcher_root_cause, tail_lines
 
 LABEL_RUN = "kit.run"
 DEFAULT_MASTER_PORT = 29500
@@ -87,7 +80,7 @@ class ContainerError(RuntimeError):
 def base_url_of(host: str) -> str:
     """`local` -> this host's engine; unix://, tcp://, ssh:// as given; `user@host[:port]` -> ssh://user@host[:port]."""
     if host == "local":
-        from .checks.docker import DEFAULT_SOCKET
+        from ..checks.docker import DEFAULT_SOCKET
 
         return os.environ.get("DOCKER_HOST") or DEFAULT_SOCKET
     if host.startswith(("unix://", "tcp://", "ssh://", "npipe://")):
@@ -183,7 +176,7 @@ def connect(node: Node, timeout: float = 60) -> None:
     """Attach an engine client to the node, or ContainerError with check-host's diagnosis of the engine."""
     import docker
 
-    from .checks import docker as dc
+    from ..checks import docker as dc
 
     try:
         node.client = docker.DockerClient(
@@ -213,7 +206,7 @@ def has_infiniband(node: Node, ssh_options: list[str]) -> bool:
     if node.base_url.startswith("unix://"):
         return Path("/dev/infiniband").is_dir()
     if node.base_url.startswith("ssh://"):
-        from .checks.remote import ssh_command
+        from ..checks.remote import ssh_command
 
         dest, port = ssh_destination(node.base_url)
         host = f"{dest}:{port}" if port else dest
@@ -343,7 +336,7 @@ def start_error_fix(text: str, use_gpus: bool) -> str:
     if "rlimit" in text:
         return RLIMIT_FIX
     if use_gpus and ("device driver" in text or "gpu" in text.lower() or "nvidia" in text.lower()):
-        from .checks.docker import TOOLKIT_FIX
+        from ..checks.docker import TOOLKIT_FIX
 
         return f"{TOOLKIT_FIX} (`kit check-host --deep` tries a GPU container)"
     return "look at the engine's log (`journalctl -u docker`) and `kit check-host --deep`"
@@ -588,9 +581,15 @@ class _LogPump(threading.Thread):
 
 
 class ContainerLauncher:
-    """Runs the case's helpers and stages in containers, as the plan says; same interface as NativeLauncher."""
+    """Runs the case's helpers and stages in containers, as the plan says (the `Launcher` interface)."""
+
+    name = "containers"
+    what = "container"
 
     def __init__(self, case: Case, plan_: ContainerPlan, run_id: str, hang_timeout: float = 0.0) -> None:
+        self._done: set[int] = set()
+        self._failed: Node | None = None
+        self._stage = ""
         self.case = case
         self.plan = plan_
         self.run_id = run_id
@@ -656,13 +655,11 @@ class ContainerLauncher:
                 _remove(container)
             self._sweep(kw["labels"]["kit.stage"])
 
-    def run_stage(
-        self, run: Path, stage: str, gpus: int, case_args: list[str], display: StageProgress
-    ) -> StageResult:
+    def start(self, run: Path, stage: str, world: int, case_args: list[str], display: StageProgress) -> list:
+        """One container per node, all created, then all started: [(node, container, log pump)]."""
         import docker
 
         stage_dir = run / stage
-        (stage_dir / "logs").mkdir(parents=True, exist_ok=True)
         module = self.case.stage_module(stage)
         args = ["--stage", stage, "--run-dir", str(run), *case_args]
         containers: list[tuple[Node, Any, _LogPump]] = []
@@ -679,35 +676,63 @@ class ContainerLauncher:
                 try:
                     c = node.client.containers.create(**kw)
                 except docker.errors.APIError as e:
-                    return self._start_failed(stage, node, e, containers)
+                    raise StartFailed(self._start_failed(stage, node, e, containers)) from None
                 containers.append((node, c, _LogPump(c, log)))
             for node, c, pump in containers:
                 try:
                     c.start()
                 except docker.errors.APIError as e:
-                    return self._start_failed(stage, node, e, containers)
+                    raise StartFailed(self._start_failed(stage, node, e, containers)) from None
                 pump.start()
-            display.note("")
-            tail = EventTail(stage_dir / "events.log")
-            failed, stopped = supervise(
-                stage, stage_dir, gpus, display, lambda watch: self._wait(containers, tail, display, watch=watch),
-                lambda: _stop_all(containers), self.hang_timeout, "container",
-            )  # fmt: skip
-            if stopped is not None:
-                return stopped
-            if failed is None:
-                return StageResult(stage, "finished", 0)
-            node, code = failed
-            display.note(f"[red]{node.where} exited {code}; stopping the others")
-            _stop_all(containers)
-            for _, _, pump in containers:
+        except BaseException:
+            self.cleanup(containers, stage)
+            raise
+        display.note("")
+        self._stage = stage
+        return containers
+
+    def poll(self, containers: list) -> tuple[int | None, str | None]:
+        """(None, None) while any runs; (0, None) when all exited 0; the first node to fail and its exit code."""
+        running = False
+        for node, c, _ in containers:
+            if id(c) in self._done:
+                continue
+            c.reload()
+            if c.status in ("exited", "dead"):
+                code = c.attrs.get("State", {}).get("ExitCode", 1)
+                if code != 0:
+                    self._failed = node
+                    return code, node.where
+                self._done.add(id(c))
+            else:
+                running = True
+        if running:
+            return None, None
+        self._done.clear()
+        return 0, None
+
+    def note(self, containers: list) -> str | None:
+        """Until steps arrive, node 0's container's own last line."""
+        last = containers[0][2].last if containers else ""
+        return f"node 0: {escape(last[:60])}" if last else None
+
+    def stop(self, containers: list) -> None:
+        _stop_all(containers)
+        for _, _, pump in containers:
+            if pump.is_alive():
                 pump.join(timeout=10)
-            failures = rank_failures(stage_dir)
-            return StageResult(stage, "failed", code, failures, self.failure_message(stage, stage_dir, node, code, failures))
-        finally:
-            for _, c, _ in containers:
-                _remove(c)
-            self._sweep(stage)
+
+    def failure(self, stage: str, stage_dir: Path, containers: list, code: int, where: str | None,
+                failures: list[dict]) -> str:  # fmt: skip
+        node = self._failed or self.plan.nodes[0]
+        return self.failure_message(stage, stage_dir, node, code, failures)
+
+    def cleanup(self, containers: list, stage: str | None = None) -> None:
+        for _, c, _ in containers:
+            _remove(c)
+        self._sweep(stage or self._stage)
+        self._done.clear()
+        self._failed = None
 
     def _sweep(self, stage: str) -> None:
         """Remove whatever containers of this run and stage are left on any node's engine: a create whose answer
@@ -724,34 +749,6 @@ class ContainerLauncher:
     def node_log(self, stage_dir: Path, node: Node) -> Path:
         name = "launcher.log" if node.index == 0 else f"launcher-node{node.index}.log"
         return stage_dir / "logs" / name
-
-    def _wait(self, containers: list, tail: EventTail, display: StageProgress, poll: float = 0.5, watch=None):
-        """Until all exit 0 (None) or one fails: (node, exit code) of the first to fail. The watch raises StageHung."""
-        done: set[int] = set()
-        stepping = False
-        while True:
-            events = tail.read()
-            stepping = stepping or any(e.get("key") in ("kit_step", "kit_eval_batch") for e in events)
-            display.feed(events)
-            if watch is not None:
-                watch.feed(events)
-                watch.check()
-            if not stepping and containers[0][2].last:  # until steps arrive, the container's own last line
-                display.note(f"node 0: {escape(containers[0][2].last[:60])}")
-            for node, c, _ in containers:
-                if node.index in done:
-                    continue
-                c.reload()
-                if c.status in ("exited", "dead"):
-                    code = c.attrs.get("State", {}).get("ExitCode", 1)
-                    if code != 0:
-                        display.feed(tail.read())
-                        return node, code
-                    done.add(node.index)
-            if len(done) == len(containers):
-                display.feed(tail.read())
-                return None
-            time.sleep(poll)
 
     def _start_failed(self, stage: str, node: Node, error: Exception, started: list) -> StageResult:
         _stop_all(started)
