@@ -50,14 +50,15 @@ SPREAD_RULE = (
     "step time: median, p10 and p90 (linear interpolation between ranks) and CV (population standard deviation / "
     f"mean) over the steady-state steps; a warning above CV {STEP_TIME_CV_WARN:.0%}"
 )
-# Whether the steady steps are steady: real tokens per second over the second half of them against the first half.
+# Whether the steady steps are steady: tokens per second over the second half of them against the first half.
 # Step times alone cannot tell (micro-batches cut by tokens carry different token counts); a drift above this says
 # the stage was still warming up (kernels compiled late, caches filling) or slowing down (throttling, a neighbour).
 STEADY_DRIFT_WARN = 0.05
 STEADY_DRIFT_MIN_STEPS = 6
 DRIFT_RULE = (
-    f"steady state reached: real tokens/s over the second half of the steady steps within {STEADY_DRIFT_WARN:.0%} "
-    f"of the first half's (judged from {STEADY_DRIFT_MIN_STEPS} steady steps on)"
+    f"steady state reached: padded tokens/s over the second half of the steady steps within {STEADY_DRIFT_WARN:.0%} "
+    f"of the first half's, or within twice the standard error of the per-step rates (judged from "
+    f"{STEADY_DRIFT_MIN_STEPS} steady steps on)"
 )
 
 # The hook for warnings about how a stage ran that other modules derive from the stage directory (the device
@@ -257,14 +258,31 @@ def step_time_spread(steps: Sequence[dict[str, Any]]) -> dict[str, float | int |
 
 
 def steady_drift(steps: Sequence[dict[str, Any]]) -> float | None:
-    """Real tokens/s over the second half of the (steady) steps over the first half's, minus 1; None with fewer
-    than STEADY_DRIFT_MIN_STEPS steps (too few to tell)."""
+    """Tokens/s over the second half of the (steady) steps over the first half's, minus 1; None with fewer than
+    STEADY_DRIFT_MIN_STEPS steps (too few to tell). Padded tokens (the positions the device computes; real tokens
+    where a step lacks them): a later half whose samples happen to hold fewer pad positions is not faster."""
     timed = [s for s in steps if _timed(s)]
     if len(timed) < STEADY_DRIFT_MIN_STEPS:
         return None
     half = len(timed) // 2
-    first, second = throughput(timed[:half], 1), throughput(timed[-half:], 1)
+    key = "padded_tokens" if all(s.get("padded_tokens") for s in timed) else "real_tokens"
+    first, second = throughput(timed[:half], 1, key), throughput(timed[-half:], 1, key)
     return second / first - 1 if first and second else None
+
+
+def drift_within_noise(steps: Sequence[dict[str, Any]]) -> bool:
+    """Whether the halves' difference is within what the steps' own spread explains: the per-step rates' means
+    differ by less than twice the standard error of their difference (steps that alternate fast and slow do not
+    read as a trend)."""
+    timed = [s for s in steps if _timed(s)]
+    half = len(timed) // 2
+    if half < 2:
+        return True
+    key = "padded_tokens" if all(s.get("padded_tokens") for s in timed) else "real_tokens"
+    rates = [float(s.get(key) or 0) / float(s["step_time_s"]) for s in timed]
+    a, b = rates[:half], rates[-half:]
+    se = math.sqrt(statistics.pvariance(a) / len(a) + statistics.pvariance(b) / len(b))
+    return abs(statistics.fmean(b) - statistics.fmean(a)) <= 2 * se
 
 
 def reference_method_throughput(padded_tokens_total: float, wall_s: float | None, world_size: int) -> float | None:
@@ -741,10 +759,10 @@ def summarize_stage(
         notes.append(f"{len(logged)} of {steps_done} steps logged: step {shown} missing from {stage}/events.log")
     spread = step_time_spread(steady)
     drift = steady_drift(steady)
-    if isinstance(drift, float) and abs(drift) > STEADY_DRIFT_WARN:
+    if isinstance(drift, float) and abs(drift) > STEADY_DRIFT_WARN and not drift_within_noise(steady):
         half = len(steady) // 2
         warnings.append(
-            f"no steady state: real tokens/s {'rose' if drift > 0 else 'fell'} {abs(drift):.0%} from the first half of "
+            f"no steady state: tokens/s {'rose' if drift > 0 else 'fell'} {abs(drift):.0%} from the first half of "
             f"the steady steps ({steady[0]['step']}-{steady[half - 1]['step']}) to the second "
             f"({steady[-half]['step']}-{steady[-1]['step']}), more than {STEADY_DRIFT_WARN:.0%}: "
             + ("the stage was still warming up (kernels compiled late, caches filling); run more steps"

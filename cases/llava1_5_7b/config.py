@@ -142,6 +142,22 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class EvalConfig:
+    """How the eval stage decodes MMMU: speed levers; in fp32 its greedy answers stay the same token for token."""
+
+    # Questions per generate call on each rank; `evaluate --batch-size` overrides it.
+    batch_size: int = 8
+    # Greedy decoding's KV cache: static (one cache of fixed size for the whole stage, so every batch has the same
+    # shapes) or dynamic (grown step by step, as the reference). Reference decoding (beam sampling) always runs
+    # dynamic; a transformers without the static path (4.x) falls back to dynamic and says so in kit_facts.
+    cache: Literal["static", "dynamic"] = "static"
+    # Greedy batches of prompts of similar length (less left padding); responses keep the official order.
+    sort_by_length: bool = True
+    # With the static cache on CUDA: generate compiles the decoding step (torch.compile, CUDA graphs). Never on CPU.
+    compile: bool = True
+
+
+@dataclass(frozen=True)
 class CaseConfig:
     name: str
     description: str
@@ -154,6 +170,7 @@ class CaseConfig:
     train: TrainConfig
     pretrain: StageConfig
     finetune: StageConfig
+    eval: EvalConfig = field(default_factory=EvalConfig)
     path: str = ""
 
     def stage(self, name: str) -> StageConfig:
@@ -277,7 +294,7 @@ def _validate(cfg: CaseConfig) -> None:
     p = cfg.path
     positive = {
         "nodes": cfg.nodes, "gpus_per_node": cfg.gpus_per_node, "model.max_length": cfg.model.max_length,
-        "data.num_workers + 1": cfg.data.num_workers + 1,
+        "data.num_workers + 1": cfg.data.num_workers + 1, "eval.batch_size": cfg.eval.batch_size,
     }
     for stage in STAGES:
         s = cfg.stage(stage)

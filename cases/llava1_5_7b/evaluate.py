@@ -9,6 +9,9 @@ RUN/eval/responses-rank<k>.jsonl; after a barrier rank 0 merges them into RUN/ev
 order). Raw facts go to RUN/eval/events.log (rank 0), each rank's output to RUN/eval/logs/rank<k>.log, a
 failing rank's traceback to RUN/eval/failure-rank<k>.json. The host's scorer (kit/mmmu.py) reads
 responses.json. Without RANK/WORLD_SIZE in the environment it runs as a single process (no process group).
+
+How greedy decoding runs is the config's [eval] table (batch size, static or dynamic KV cache, batches sorted
+by prompt length, compiled decoding step on CUDA; mmmu.BatchDecoder); `--batch-size` overrides its batch size.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ import time
 PROCESS_START = time.time()  # before the heavy imports, as in train.py
 
 import argparse  # noqa: E402
+import concurrent.futures  # noqa: E402
+import dataclasses  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
@@ -44,7 +49,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help=f"directory holding {MODEL_FILE} (a LlavaForTraining state dict); default RUN/finetune/model")
     p.add_argument("--models", type=Path, help="directory of the LLM checkpoint, whose tokenizer is used (real runs)")
     p.add_argument("--tokenizer", type=Path, help="tokenizer directory (tokenizer.model), overriding the default")
-    p.add_argument("--batch-size", type=int, default=8, help="questions per generate call on each rank")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="questions per generate call on each rank (default: the config's eval.batch_size)")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--decoding", choices=("greedy", "reference"), default="greedy",
                    help="greedy (deterministic) or the reference's beam sampling (5 beams, temperature 1, seed 42)")
@@ -56,7 +62,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.mmmu is None and not args.synthetic:
         p.error("--mmmu DIR is required without --synthetic")
-    if args.batch_size < 1 or args.max_new_tokens < 1 or args.limit < 0:
+    if (args.batch_size is not None and args.batch_size < 1) or args.max_new_tokens < 1 or args.limit < 0:
         p.error("--batch-size and --max-new-tokens must be positive, --limit non-negative")
     return args
 
@@ -83,6 +89,22 @@ def resolve_dtype(name: str, cfg: config_mod.CaseConfig) -> Any:
     if name == "auto":
         name = "bf16" if cfg.train.bf16 else "fp32"
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[name]
+
+
+def decoding_plan(cfg: config_mod.CaseConfig, decoding: str, use_cuda: bool) -> dict[str, Any]:
+    """What the [eval] settings become here: reference decoding and a transformers without the static path decode
+    as before (dynamic cache, official order); compilation only on CUDA. `cache_fallback` says why when the config's
+    static cache could not be had."""
+    from .mmmu import static_cache_unsupported
+
+    ev = cfg.eval
+    if decoding != "greedy":
+        return {"cache": "dynamic", "compile": False, "sort_by_length": False, "cache_fallback": None}
+    cache, fallback = ev.cache, None
+    if cache == "static" and (why := static_cache_unsupported()) is not None:
+        cache, fallback = "dynamic", why
+    return {"cache": cache, "compile": bool(ev.compile and use_cuda and cache == "static"),
+            "sort_by_length": ev.sort_by_length, "cache_fallback": fallback}
 
 
 def model_file(args: argparse.Namespace) -> Path:
@@ -153,14 +175,17 @@ def evaluate(args: argparse.Namespace, rank: Rank, stage_dir: Path) -> None:
     from .mmmu import (
         REFERENCE_SEED,
         SUBJECTS,
+        BatchDecoder,
         decode_response,
-        generate,
         generated_token_count,
         inline_image_refs,
+        load_image,
         load_mmmu,
-        prepare,
+        plan_batches,
+        prepare_text,
         question_key,
         response_record,
+        spliced_length,
     )
     from .model import LlavaForTraining, resolve_attn
     from .tokenizer import Tokenizer
@@ -220,13 +245,26 @@ def evaluate(args: argparse.Namespace, rank: Rank, stage_dir: Path) -> None:
     dtype = resolve_dtype(args.dtype, cfg)
     attn = resolve_attn(cfg.model.attn)
     torch.manual_seed(cfg.train.seed)
+    plan = decoding_plan(cfg, args.decoding, use_cuda)
+    # liger's fused kernels are a training lever, and do not compile under torch.compile (its RMSNorm failed there
+    # on an H200: bench/results/eval): a compiled decoding step fuses the stock modules itself.
+    model_cfg = dataclasses.replace(cfg.model, kernels="none") if plan["compile"] else cfg.model
     t0 = time.time()
-    model = LlavaForTraining(cfg.model, dtype=dtype, attn_implementation=attn, vocab_size=tokenizer.vocab_size,
+    model = LlavaForTraining(model_cfg, dtype=dtype, attn_implementation=attn, vocab_size=tokenizer.vocab_size,
                              device=device)
     load_state(model, weights)
     model.eval()
     load_seconds = time.time() - t0
     processor = ImageProcessor(cfg.model.vision.image_size, "crop")  # MMMU: no padding to square
+
+    # ---- the decoding plan: every prompt's length first, so batches and the static cache are fixed up front
+    batch_size = args.batch_size or cfg.eval.batch_size
+    texts = [prepare_text(q, tokenizer) for q in mine]
+    lengths = [spliced_length(t, model.image_tokens, cfg.model.max_length) for t in texts]
+    batches = plan_batches(lengths, batch_size, plan["sort_by_length"])
+    static = plan["cache"] == "static"
+    max_cache_len = max(lengths, default=0) + args.max_new_tokens if static else 0
+    padded_rows = len(batches) * batch_size - len(mine) if static else 0
 
     versions = library_versions()
     for name in ("datasets", "pyarrow"):
@@ -241,7 +279,13 @@ def evaluate(args: argparse.Namespace, rank: Rank, stage_dir: Path) -> None:
         {
             "stage": STAGE,
             "decoding": args.decoding,
-            "batch_size": args.batch_size,
+            "batch_size": batch_size,
+            "cache": plan["cache"],
+            "cache_fallback": plan["cache_fallback"],
+            "compile": plan["compile"],
+            "sort_by_length": plan["sort_by_length"],
+            "padded_rows": padded_rows,
+            "max_cache_len": max_cache_len,
             "max_new_tokens": args.max_new_tokens,
             "questions": n_questions,
             "subjects": list(subjects),
@@ -274,43 +318,52 @@ def evaluate(args: argparse.Namespace, rank: Rank, stage_dir: Path) -> None:
         if use_cuda:
             torch.cuda.synchronize(device)
 
-    lines: list[str] = []
+    decoder = BatchDecoder(model, mode=args.decoding, batch_size=batch_size, max_new_tokens=args.max_new_tokens,
+                           cache=plan["cache"], compile=plan["compile"], max_cache_len=max_cache_len,
+                           eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, bos_id=tokenizer.bos_id)
+
+    def images_of(batch: list[int]) -> list[Any]:
+        return [load_image(mine[i], processor) if texts[i]["has_image"] else None for i in batch]
+
+    records: dict[int, str] = {}
     total_tokens = 0
     t_run = time.time()
-    for b, start in enumerate(range(0, len(mine), args.batch_size)):
-        t_batch = time.time()
-        prepared = [prepare(q, tokenizer, processor) for q in mine[start : start + args.batch_size]]
-        t_gen = time.time()
-        out = generate(
-            model,
-            [p["input_ids"] for p in prepared],
-            [p["image"] for p in prepared],
-            args.max_new_tokens,
-            args.decoding,
-            eos_id=tokenizer.eos_id,
-            pad_id=tokenizer.pad_id,
-            bos_id=tokenizer.bos_id,
-        )
-        sync()
-        now = time.time()
-        counts = [generated_token_count(ids, args.max_new_tokens) for ids in out]
-        total_tokens += sum(counts)
-        for p, ids, n in zip(prepared, out, counts, strict=True):
-            rec = response_record(p, decode_response(ids, tokenizer))
-            lines.append(json.dumps({**rec, "rank": rank.rank, "generated_tokens": n}, ensure_ascii=False))
-        log.point(
-            "kit_eval_batch",
-            {
-                "batch": b + 1,
-                "rank": rank.rank,
-                "questions": len(prepared),
-                "seconds": now - t_batch,
-                "generate_seconds": now - t_gen,
-                "generated_tokens": sum(counts),
-                "prompt_tokens": sum(len(p["input_ids"]) for p in prepared),
-            },
-        )
-        print(f"batch {b + 1}: {len(prepared)} questions, {sum(counts)} tokens, {now - t_batch:.2f} s", flush=True)
+    # The next batch's images are decoded on a worker thread while this one generates (PIL releases the GIL).
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="mmmu-images") as pool:
+        pending = pool.submit(images_of, batches[0]) if batches else None
+        for b, batch in enumerate(batches):
+            t_batch = time.time()
+            images = pending.result()
+            pending = pool.submit(images_of, batches[b + 1]) if b + 1 < len(batches) else None
+            t_gen = time.time()
+            padded_before = decoder.padded_rows
+            out = decoder([texts[i]["input_ids"] for i in batch], images)
+            sync()
+            now = time.time()
+            counts = [generated_token_count(ids, args.max_new_tokens) for ids in out]
+            total_tokens += sum(counts)
+            for i, ids, n in zip(batch, out, counts, strict=True):
+                rec = response_record(texts[i], decode_response(ids, tokenizer))
+                records[i] = json.dumps({**rec, "rank": rank.rank, "generated_tokens": n}, ensure_ascii=False)
+            log.point(
+                "kit_eval_batch",
+                {
+                    "batch": b + 1,
+                    "rank": rank.rank,
+                    "questions": len(batch),
+                    "padded_rows": decoder.padded_rows - padded_before,
+                    "seconds": now - t_batch,
+                    "generate_seconds": now - t_gen,
+                    "generated_tokens": sum(counts),
+                    "prompt_tokens": sum(len(texts[i]["input_ids"]) for i in batch),
+                    "longest_prompt_positions": max(lengths[i] for i in batch),
+                },
+            )
+            print(f"batch {b + 1}/{len(batches)}: {len(batch)} questions, {sum(counts)} tokens, "
+                  f"{now - t_batch:.2f} s", flush=True)
+    if decoder.padded_rows != padded_rows:
+        raise RuntimeError(f"{decoder.padded_rows} padded rows decoded, {padded_rows} planned")
+    lines = [records[i] for i in range(len(mine))]  # the official order of this rank's share
     write_atomic(stage_dir / f"responses-rank{rank.rank}.jsonl", "".join(line + "\n" for line in lines))
     rank_seconds = time.time() - t_run
 

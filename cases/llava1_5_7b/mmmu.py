@@ -16,6 +16,12 @@ reference (MMMU's own `run_llava.py` with its `llava1.5.yaml` prompt config, cas
 Batched generation left-pads the spliced input embeddings; position ids then come from the attention mask
 (transformers computes cumsum(mask) - 1 for every decoder-only model when none are passed), so each sample
 sees the positions 0..n-1 it would see alone.
+
+The fast greedy path (`BatchDecoder`, the config's [eval] table) changes how, never what, the model decodes:
+prompts sorted by spliced length into batches (less left padding), one static KV cache sized once for the
+whole share (longest spliced prompt + max_new_tokens), every batch filled to the full batch size with copies of
+a real row whose outputs are dropped, so that the decoding step keeps one shape and `generate` compiles it once
+(torch.compile with CUDA graphs, CUDA only). Reference decoding keeps the dynamic cache and the official order.
 """
 
 from __future__ import annotations
@@ -51,6 +57,7 @@ FILE_PATTERN = "{root}/{subject}/validation-*.parquet"
 MC_INSTRUCTION = "Answer with the option's letter from the given choices directly."
 OPEN_INSTRUCTION = "Answer the question using a single word or phrase."
 DECODING = ("greedy", "reference")
+CACHES = ("static", "dynamic")
 REFERENCE_SEED = 42
 
 
@@ -206,11 +213,24 @@ def encode_prompt(text: str, tok: Tokenizer) -> list[int]:
     return tokenizer_image_token(text, tok)
 
 
-def prepare(sample: dict[str, Any], tok: Tokenizer, processor: ImageProcessor) -> dict[str, Any]:
-    """One question ready for the model: ids, preprocessed image_1 and the fields responses.json keeps."""
+def image_present(value: Any) -> bool:
+    """Whether `open_image(value)` yields an image, told without decoding it (None, or a dict of neither bytes nor path)."""
+    if value is None:
+        return False
+    if isinstance(value, dict):
+        return value.get("bytes") is not None or bool(value.get("path"))
+    return True
+
+
+def prepare_text(sample: dict[str, Any], tok: Tokenizer) -> dict[str, Any]:
+    """One question's ids and the fields responses.json keeps, its image undecoded (`load_image` decodes it).
+
+    Lets a stage know every prompt's length (batches sorted by length, the static cache's size) before it
+    decodes a single image.
+    """
     prompt, letters, index2ans = build_prompt(sample)
-    img = open_image(sample.get("image_1"))
-    text = conversation_prompt(prompt, has_image=img is not None)
+    has_image = image_present(sample.get("image_1"))
+    text = conversation_prompt(prompt, has_image=has_image)
     return {
         "id": sample["id"],
         "subject": sample.get("subject") or subject_of(sample["id"]),
@@ -220,21 +240,55 @@ def prepare(sample: dict[str, Any], tok: Tokenizer, processor: ImageProcessor) -
         "index2ans": index2ans,
         "prompt": text,
         "input_ids": encode_prompt(text, tok),
-        "image": None if img is None else processor(img),
+        "has_image": has_image,
     }
+
+
+def load_image(sample: dict[str, Any], processor: ImageProcessor) -> Any:
+    """image_1 preprocessed ([3, S, S]), or None for a question without one."""
+    img = open_image(sample.get("image_1"))
+    if img is None:
+        return None
+    return processor(img)
+
+
+def prepare(sample: dict[str, Any], tok: Tokenizer, processor: ImageProcessor) -> dict[str, Any]:
+    """One question ready for the model: ids, preprocessed image_1 and the fields responses.json keeps."""
+    out = prepare_text(sample, tok)
+    out["image"] = load_image(sample, processor)
+    return out
+
+
+def spliced_length(prepared: dict[str, Any], image_tokens: int, max_length: int) -> int:
+    """Positions the prompt takes in the LLM: its `<image>` replaced by the image features, cut at max_length."""
+    n = len(prepared["input_ids"])
+    if prepared["has_image"]:
+        n += image_tokens - 1
+    return min(n, max_length)
 
 
 # ---------------------------------------------------------------------------------------------- generation
 
 
-def generation_config(mode: str, max_new_tokens: int, eos_id: int, pad_id: int, bos_id: int) -> Any:
-    """Greedy, or the reference's beam sampling (temperature 1, 5 beams, top_p off, top_k 50)."""
+def generation_config(mode: str, max_new_tokens: int, eos_id: int, pad_id: int, bos_id: int,
+                      compile: bool = False) -> Any:
+    """Greedy, or the reference's beam sampling (temperature 1, 5 beams, top_p off, top_k 50).
+
+    `compile`: let generate compile the decoding step (it does so only with a static cache on CUDA); shapes are
+    fixed by the caller, so the graph is compiled for them alone (dynamic=False), never for symbolic sizes.
+    """
     from transformers import GenerationConfig
 
     if mode not in DECODING:
         raise ValueError(f"unknown decoding {mode!r}: expected one of {', '.join(DECODING)}")
-    common = dict(max_new_tokens=max_new_tokens, eos_token_id=eos_id, pad_token_id=pad_id, bos_token_id=bos_id,
-                  use_cache=True)
+    common: dict[str, Any] = dict(max_new_tokens=max_new_tokens, eos_token_id=eos_id, pad_token_id=pad_id,
+                                  bos_token_id=bos_id, use_cache=True)
+    if static_cache_unsupported() is None:  # transformers 5.x knows these; 4.37 would keep them as unknown keys
+        common["disable_compile"] = not compile
+        if compile:
+            from transformers import CompileConfig
+
+            common["compile_config"] = CompileConfig(fullgraph=False, dynamic=False)
     if mode == "greedy":
         return GenerationConfig(do_sample=False, num_beams=1, **common)
     # The reference passes top_p=None over Vicuna's generation_config (top_p 0.6), which switches it off;
@@ -292,25 +346,131 @@ def generate(
     eos_id: int = 2,
     pad_id: int = 0,
     bos_id: int = 1,
+    cache: Any = None,
+    compile: bool = False,
 ) -> list[list[int]]:
     """Batched generation on a LlavaForTraining: new token ids per sample, cut before the first EOS.
 
     `images[i]` is sample i's preprocessed image [3, S, S] or None (then its prompt holds no `<image>`).
-    The caller seeds the generator for `mode="reference"` (sampling); greedy needs no seed.
+    The caller seeds the generator for `mode="reference"` (sampling); greedy needs no seed. `cache`: a
+    transformers StaticCache to decode into (reset here first; `static_cache`), else the dynamic cache.
     """
     import torch
     from transformers import LogitsProcessorList
 
-    gen_cfg = generation_config(mode, max_new_tokens, eos_id, pad_id, bos_id)
+    gen_cfg = generation_config(mode, max_new_tokens, eos_id, pad_id, bos_id, compile=compile)
     prefix = _PrefixWidth()
+    extra: dict[str, Any] = {}
+    if cache is not None:
+        cache.reset()
+        extra["past_key_values"] = cache
     with torch.no_grad():
         embeds, attn, _ = splice_left_padded(model, input_ids_list, images)
         out = model.llm.generate(inputs_embeds=embeds, attention_mask=attn, generation_config=gen_cfg,
-                                 logits_processor=LogitsProcessorList([prefix]))
+                                 logits_processor=LogitsProcessorList([prefix]), **extra)
     result = []
     for row in out[:, prefix.width or 0 :].tolist():
         result.append(row[: row.index(eos_id)] if eos_id in row else row)
     return result
+
+
+def static_cache_unsupported() -> str | None:
+    """None where this transformers decodes into a StaticCache passed to generate; else why it cannot.
+
+    transformers 5.x builds StaticCache(config=, max_cache_len=) lazily at the first batch and resets it in
+    place; 4.37 (the reference's pin) has no StaticCache, so the stage decodes with the dynamic cache there.
+    """
+    import transformers
+
+    if int(transformers.__version__.split(".")[0]) < 5:
+        return f"transformers {transformers.__version__} has no static-cache generate path with a cache passed in (5.x has)"
+    try:
+        from transformers import StaticCache  # noqa: F401
+    except ImportError:
+        return f"transformers {transformers.__version__} has no StaticCache"
+    return None
+
+
+def static_cache(model: Any, max_cache_len: int) -> Any:
+    """One StaticCache for the LLM, sized once; its tensors are made at the first batch and reused after."""
+    from transformers import StaticCache
+
+    return StaticCache(config=model.llm.config, max_cache_len=max_cache_len)
+
+
+def plan_batches(lengths: Sequence[int], batch_size: int, sort_by_length: bool) -> list[list[int]]:
+    """Indices of the questions per batch: in the given order, or by spliced length, longest first.
+
+    Longest first: the first batch meets the largest prefill and cache (a memory problem shows at once);
+    questions of equal length keep their official order (a stable sort).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch size {batch_size}: must be at least 1")
+    order = list(range(len(lengths)))
+    if sort_by_length:
+        order.sort(key=lambda i: -lengths[i])
+    return [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
+
+
+class BatchDecoder:
+    """Decodes batch after batch with the [eval] settings; with the static cache, at one shape throughout.
+
+    Static: a batch of fewer rows than `batch_size` is filled with copies of its first row, whose outputs are
+    dropped (`padded_rows` counts them), and every batch decodes into the same cache of `max_cache_len`
+    positions, so the compiled decoding step and its CUDA graphs are made once, at the first batch.
+    Reference decoding, and greedy with cache "dynamic", run exactly as `generate` always did.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        *,
+        mode: str = "greedy",
+        batch_size: int,
+        max_new_tokens: int = 128,
+        cache: str = "static",
+        compile: bool = False,
+        max_cache_len: int = 0,
+        eos_id: int = 2,
+        pad_id: int = 0,
+        bos_id: int = 1,
+    ) -> None:
+        if cache not in CACHES:
+            raise ValueError(f"unknown cache {cache!r}: expected one of {', '.join(CACHES)}")
+        if cache == "static" and mode != "greedy":
+            raise ValueError(f"decoding {mode!r} runs with the dynamic cache only (beam search reorders its rows)")
+        if cache == "static" and max_cache_len < 1:
+            raise ValueError("the static cache needs max_cache_len: the longest spliced prompt + max_new_tokens")
+        self.model = model
+        self.mode = mode
+        self.batch_size = batch_size
+        self.max_new_tokens = max_new_tokens
+        self.cache = cache
+        self.compile = compile and cache == "static"
+        self.max_cache_len = max_cache_len if cache == "static" else 0
+        self.ids = {"eos_id": eos_id, "pad_id": pad_id, "bos_id": bos_id}
+        self.padded_rows = 0
+        self._cache = static_cache(model, max_cache_len) if cache == "static" else None
+
+    def __call__(self, input_ids_list: Sequence[Sequence[int]], images: Sequence[Any]) -> list[list[int]]:
+        n = len(input_ids_list)
+        if not 0 < n <= self.batch_size:
+            raise ValueError(f"a batch of {n} prompts for batch size {self.batch_size}")
+        ids, imgs = list(input_ids_list), list(images)
+        if self._cache is not None:
+            longest = max(spliced_length({"input_ids": i, "has_image": im is not None}, self.model.image_tokens,
+                                         self.model.cfg.max_length) for i, im in zip(ids, imgs, strict=True))
+            if longest + self.max_new_tokens > self.max_cache_len:
+                raise ValueError(f"a prompt of {longest} positions + {self.max_new_tokens} new tokens does not fit "
+                                 f"the static cache of {self.max_cache_len}: size it for the longest prompt")
+        if self._cache is not None and n < self.batch_size:
+            fill = self.batch_size - n
+            ids += [ids[0]] * fill
+            imgs += [imgs[0]] * fill
+            self.padded_rows += fill
+        out = generate(self.model, ids, imgs, self.max_new_tokens, self.mode, cache=self._cache,
+                       compile=self.compile, **self.ids)
+        return out[:n]
 
 
 class _PrefixWidth:
@@ -337,7 +497,9 @@ def generated_token_count(ids: Sequence[int], max_new_tokens: int) -> int:
 def decode_response(ids: Iterable[int], tok: Tokenizer) -> str:
     """Text as the reference's batch_decode(skip_special_tokens=True): BOS, EOS and UNK (= pad) dropped."""
     special = {tok.bos_id, tok.eos_id, tok.unk_id, tok.pad_id}
-    return tok.decode([i for i in ids if i not in special])
+    # Ids past the tokenizer's last piece come only from an embedding larger than the tokenizer (a synthetic
+    # tokenizer of a few hundred pieces beside the 32,000-row embedding of random weights): they name no text.
+    return tok.decode([i for i in ids if i not in special and 0 <= i < tok.vocab_size])
 
 
 def response_record(prepared: dict[str, Any], response: str) -> dict[str, Any]:

@@ -268,3 +268,11 @@ def test_a_stage_still_warming_up_is_named_and_its_first_step_shown(tmp_path):
     assert st["steady_drift"] > m.STEADY_DRIFT_WARN  # the second half ran its tokens about 1.5x as fast
     warned = [w for w in st["stage_warnings"] if "no steady state" in w]
     assert warned and "rose" in warned[0] and "run more steps" in warned[0], st["stage_warnings"]
+
+
+def test_steps_that_alternate_are_spread_not_a_trend():
+    steps = [{"step": i + 1, "step_time_s": 1.0 if i % 2 else 3.0, "padded_tokens": 1600} for i in range(18)]
+    assert abs(m.steady_drift(steps)) > m.STEADY_DRIFT_WARN  # the halves hold unequal numbers of slow steps
+    assert m.drift_within_noise(steps)
+    trend = [{"step": i + 1, "step_time_s": 3.0 if i < 9 else 2.0, "padded_tokens": 1600} for i in range(18)]
+    assert not m.drift_within_noise(trend)
