@@ -534,6 +534,13 @@ def dry_run(req: RunRequest, cfg, console: Console) -> int:
             console.print(Text(f"{stage}, {node.where}: {' '.join(cmds_node)}"))
     for line in containers.describe(p):
         console.print(Text(line))
+    stack = image_stack_of(p)
+    needs = [f"{n.key} = {n.value!r} needs {n.package}" for n in stacks.config_needs(cfg.to_dict())]
+    if problem := stacks.config_problem(cfg.to_dict(), stack, p.image):
+        console.print(Text(f"dry run: a launch would stop here (exit 2): {problem}", style="yellow"))
+    else:
+        met = f": it meets the config's needs ({'; '.join(needs)})" if needs else ""
+        console.print(Text(f"image stack: {stacks.describe(stack)}{met}"))
     return EXIT_OK
 
 

@@ -22,7 +22,6 @@ died) is marked interrupted by the follower from Slurm's job state.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shlex
@@ -467,7 +466,3 @@ def describe(meta: dict) -> str:
     how = f"pyxis image {s['container_image']}" if s.get("container_image") else "native"
     opts = ", ".join(f"{k} {s[k]}" for k in ("partition", "account", "time") if s.get(k))
     return f"slurm: {meta['nodes']} node(s) x {meta['gpus']}, {how}" + (f", {opts}" if opts else "")
-
-
-def dumps(obj: Any) -> str:
-    return json.dumps(obj, indent=1)

@@ -1,14 +1,24 @@
 """The batch-folded RoPE (model.batch_folded): liger's kernel sees one sequence of batch x length tokens, so its
 compile-time batch size is always 1 and micro-batches of any size reuse one compiled kernel. Checked here with
-transformers' own RoPE in its place (liger's Triton kernel needs a GPU): the fold must change nothing, values and
+Llama's RoPE in torch in its place (liger's Triton kernel needs a GPU): the fold must change nothing, values and
 gradients, and must be a view of the projections' output (no copy)."""
 
 from __future__ import annotations
 
 import torch
-from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from cases.llava1_5_7b.model import batch_folded
+
+
+def apply_rotary_pos_emb(q, k, cos, sin):
+    """Llama's RoPE as transformers 5 applies it (cos/sin (batch or 1, length, dim), unsqueezed at the heads), written
+    out here: transformers 4.37's function of the same name takes position ids instead."""
+    def rotate_half(x):
+        x1, x2 = x[..., : x.shape[-1] // 2], x[..., x.shape[-1] // 2 :]
+        return torch.cat((-x2, x1), dim=-1)
+
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+    return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
 
 
 def projections(bsz: int, length: int, n_q: int, n_k: int, dim: int, seed: int = 0):
