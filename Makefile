@@ -38,12 +38,14 @@ $(PINS_VENV)/.installed: pyproject.toml $(PINS)
 	$(PINS_PY) -m pip install -q --no-deps -e .
 	touch $@
 
-# The whole tests/case directory under the pins: the case's config, data, tokenizer, model and synthetic tests
-# (all pass there unchanged) plus tests/case/test_pins.py (marker `pins`: the slow LlamaTokenizer equivalence and
-# the DeepSpeed config checks, which also run under .venv). DeepSpeed 0.13.1 cannot train on a CPU (its CPU
-# accelerator needs intel_extension_for_pytorch), so tests/e2e is not part of it.
-test-pins: $(PINS_VENV)/.installed  ## the case tests under the container image's library pins
-	$(PINS_PY) -m pytest -q tests/case
+# The whole tests/case directory under the pins (the case's config, data, tokenizer, model, synthetic and compat
+# tests; tests/case/test_pins.py: the slow LlamaTokenizer equivalence and the DeepSpeed config checks), then
+# tests/pins: the reference stack executed. There `kit` runs from $(VENV) (KIT_HOST_PYTHON) and hands the ranks the
+# pinned interpreter: one tiny run end to end (pretrain ZeRO-2, finetune ZeRO-3 interrupted and resumed, eval), and
+# the two stacks step for step (docs/containers.md). DeepSpeed 0.13.1 trains on a CPU through
+# cases/llava1_5_7b/compat.py; nothing beyond $(PINS) is installed for it.
+test-pins: $(PINS_VENV)/.installed $(VENV)/.installed  ## the case tests and the reference stack's runs under the image's pins
+	KIT_HOST_PYTHON="$(abspath $(PY))" $(PINS_PY) -m pytest -q tests/case tests/pins
 
 demo: $(VENV)/.installed  ## a tiny synthetic run on this CPU (two ranks, real DeepSpeed), ending in the result table
 	$(KIT) run llava1_5_7b --config tiny --synthetic --native --results $(RESULTS)

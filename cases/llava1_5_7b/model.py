@@ -113,9 +113,12 @@ def _require_checkpoint_dir(path: Path, what: str) -> None:
 
 
 def _load(cls: type, path: Path, config: Any, dtype: torch.dtype, attn: str, what: str) -> Any:
-    model, info = cls.from_pretrained(
-        str(path), config=config, attn_implementation=attn, output_loading_info=True, **_dtype_kwarg(dtype)
-    )
+    # Loading leaves the seeded random stream where it was, so the projector drawn after it is the seed's alone:
+    # transformers 4.37 draws CLIP's class embedding while it builds the model it then overwrites, 5.x draws nothing.
+    with torch.random.fork_rng(devices=[]):
+        model, info = cls.from_pretrained(
+            str(path), config=config, attn_implementation=attn, output_loading_info=True, **_dtype_kwarg(dtype)
+        )
     missing = list(info.get("missing_keys") or [])
     if missing:
         shown = ", ".join(sorted(missing)[:5])

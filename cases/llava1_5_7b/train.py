@@ -239,9 +239,9 @@ def train(args: argparse.Namespace, rank: Rank, stage_dir: Path) -> None:
     import torch
 
     use_cuda = torch.cuda.is_available()
-    if not use_cuda:
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    import deepspeed
+    from . import compat
+
+    deepspeed = compat.import_deepspeed(use_cuda)  # on a CPU: DS_ACCELERATOR=cpu, or the case's accelerator (compat.py)
     from torch.utils.data import DataLoader
 
     from .data import FIDELITY_KEYS, Collator, LlavaDataset, StepBatchSampler
@@ -258,7 +258,7 @@ def train(args: argparse.Namespace, rank: Rank, stage_dir: Path) -> None:
     else:
         device = torch.device("cpu")
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, rank.local_world)))
-    deepspeed.init_distributed(dist_backend="nccl" if use_cuda else "gloo")
+    compat.init_distributed(deepspeed, "nccl" if use_cuda else "gloo")  # gloo of torch < 2.2: compat.py
     dist = torch.distributed
     torch.manual_seed(cfg.train.seed)
 
@@ -352,6 +352,7 @@ def train(args: argparse.Namespace, rank: Rank, stage_dir: Path) -> None:
     engine, optimizer, _, scheduler = deepspeed.initialize(
         model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config
     )
+    compat.undo_zero_init_step(optimizer)  # only with KIT_UNDO_ZERO_INIT_STEP=1 (stack comparisons): compat.py
 
     ckpt_dir = stage_dir / "checkpoint"
     start_step = 0

@@ -196,14 +196,18 @@ def ds():
     if _major("deepspeed") is None:
         pytest.skip("DeepSpeed is not installed")
     pytest.importorskip("torch")
-    version = tuple(int(x) for x in metadata.version("deepspeed").split(".")[:2])
-    if version < (0, 14) and os.environ.get("DS_ACCELERATOR") == "cpu":
-        # Before 0.14 the CPU accelerator needs intel_extension_for_pytorch; the auto-detected (CUDA) one
-        # imports without a GPU, and the config parser needs nothing more.
-        os.environ.pop("DS_ACCELERATOR")
-    import deepspeed
+    from cases.llava1_5_7b import compat
 
-    return deepspeed
+    # As the training ranks import it: up to 0.14.0 DeepSpeed's own CPU accelerator needs intel_extension_for_pytorch
+    # and the oneCCL bindings, and the case installs its own (compat.py). DS_ACCELERATOR is put back as it was.
+    before = os.environ.get("DS_ACCELERATOR")
+    try:
+        return compat.import_deepspeed(use_cuda=False)
+    finally:
+        if before is None:
+            os.environ.pop("DS_ACCELERATOR", None)
+        else:
+            os.environ["DS_ACCELERATOR"] = before
 
 
 def parse(ds, ds_dict: dict, world: int):
