@@ -11,7 +11,10 @@ CUDA    ?= auto
 
 .PHONY: demo test test-pins lint reproduce image clean-venv
 
-# The CPU environment: torch first, DeepSpeed built against it (no build isolation), then the rest and kit.
+# The CPU environment: torch first, DeepSpeed built against it (no build isolation), then the rest and kit. Last,
+# DeepSpeed's one CPU op (deepspeed_shm_comm, which every rank loads at start-up) is compiled into
+# $(VENV)/torch_extensions, where `kit run --native` looks for it: once here, not in the first run's start-up
+# (about 75 CPU-seconds; cases/llava1_5_7b/ops.py).
 $(VENV)/.installed: pyproject.toml env/requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
@@ -19,6 +22,7 @@ $(VENV)/.installed: pyproject.toml env/requirements-dev.txt
 	$(PY) -m pip install -q -r env/requirements-dev.txt
 	$(PY) -m pip install -q --no-build-isolation "$(DEEPSPEED)"
 	$(PY) -m pip install -q --no-deps -e .
+	TORCH_EXTENSIONS_DIR="$(abspath $(VENV))/torch_extensions" $(PY) -m cases.llava1_5_7b.ops >/dev/null
 	touch $@
 
 # The image's pins (torch 2.1.2, transformers 4.37.2, DeepSpeed 0.13.1: env/requirements-pins.txt) in .venv-pins,

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import inspect
 import sys
 from pathlib import Path
 
@@ -15,7 +16,7 @@ app = typer.Typer(
     name="kit",
     help="Reproduce training benchmarks in containers and report them beside the reference.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion and --show-completion (bash, zsh, fish, PowerShell)
     rich_markup_mode="rich",
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -90,7 +91,10 @@ def run(
     ulimit: list[str] = typer.Option(
         None, "--ulimit", metavar="NAME=SOFT[:HARD]", help="Container limit over kit's (memlock=-1, stack=64 MiB)."
     ),
-    dry_run: bool = typer.Option(False, help="Print the plan (containers, mounts, commands) and start nothing."),
+    dry_run: bool = typer.Option(
+        False, help="Print the plan (containers, mounts, commands), then every check a launch would stop on; start "
+        "nothing, write nothing. Exit 0 when a launch would go, else the code the launch would exit with."
+    ),
     launcher: str = typer.Option(
         "local", help="local (this host: --native, or Docker containers on --hosts) or slurm (sbatch/srun)."
     ),
@@ -135,6 +139,7 @@ def run(
     from .launchers.slurm import SlurmError
     from .rundir import RunDirError
 
+    stops: list[run_cmd.Stop] | None = [] if dry_run else None  # a dry run lists what is missing, with the plan
     try:
         req, cfg = run_cmd.plan(
             case, config, stage, nodes=nodes, gpus=gpus, results=results, data=data, models=models,
@@ -142,15 +147,15 @@ def run(
             mmmu=mmmu, model_dir=model_dir, mmmu_decoding=mmmu_decoding, eval_limit=eval_limit, image=image,
             hosts=hosts, ssh_options=ssh_option or [], master_addr=master_addr, master_port=master_port, env=env or [],
             ulimits=ulimit or [], hang_timeout=hang_timeout, launcher=launcher, partition=partition, account=account,
-            time_limit=time_limit, sbatch_args=sbatch_arg or [], container_image=container_image,
+            time_limit=time_limit, sbatch_args=sbatch_arg or [], container_image=container_image, stops=stops,
         )
         if req.slurm is not None:
             req.slurm["follow"] = follow
-        # GPUs, disk under --results, the record files: before anything is created (a dry run says what would stop)
-        run_cmd.preflight(req, cfg, console, dry_run=dry_run)
-        if dry_run:
-            code = run_cmd.dry_run(req, cfg, console)
+        if dry_run:  # the whole plan, then every check a launch would stop on; its exit code is the launch's
+            code = run_cmd.dry_run(req, cfg, console, stops)
         else:
+            # GPUs, disk under --results, the record files: before anything is created
+            run_cmd.preflight(req, cfg, console)
             _, code = run_cmd.start(req, cfg, console)
     except (ContainerError, SlurmError, run_cmd.EnvironmentProblem) as e:
         fail(str(e), 3)
@@ -271,6 +276,7 @@ def configs(case: str = typer.Argument("llava1_5_7b", help="The case.")) -> None
     from rich.table import Table
 
     from . import cases
+    from .tables import print_table, whole
 
     try:
         c = cases.get(case)
@@ -278,9 +284,10 @@ def configs(case: str = typer.Argument("llava1_5_7b", help="The case.")) -> None
         fail(str(e))
     mod = __import__(c.module("config"), fromlist=["available", "load"])
     table = Table(title=f"{case} configs")
-    for col in ("name", "description", "nodes x gpus", "pretrain (ZeRO, micro/GAS/global)",
-                "finetune (ZeRO, micro/GAS/global)"):  # fmt: skip
-        table.add_column(col)
+    # Headers in short lines: a narrow terminal wraps them between words, never cuts one ("micro/GAS/glob…").
+    for col in ("name", "description", "nodes x\ngpus", "pretrain ZeRO,\nmicro/GAS/global",
+                "finetune ZeRO,\nmicro/GAS/global"):  # fmt: skip
+        table.add_column(col, overflow="fold")
 
     def batches(cfg, stage: str) -> str:
         s = cfg.stage(stage)
@@ -296,7 +303,7 @@ def configs(case: str = typer.Argument("llava1_5_7b", help="The case.")) -> None
             name, cfg.description, f"{cfg.nodes} x {cfg.gpus_per_node}", batches(cfg, "pretrain"),
             batches(cfg, "finetune"),
         )  # fmt: skip
-    console.print(table)
+    print_table(console, whole(table, "name"))
 
 
 def _register_subcommands() -> None:
@@ -314,6 +321,32 @@ def _register_subcommands() -> None:
 
 
 _register_subcommands()
+
+
+def _reflow(doc: str | None) -> str | None:
+    """One line per paragraph. Typer's rich help keeps a docstring's single line breaks, so a paragraph written
+    over several source lines came out hard-wrapped mid-sentence ("Exits 0 when" / "every source is there").
+    Indented paragraphs (the examples) are kept as written."""
+    if not doc:
+        return doc
+    paras = inspect.cleandoc(doc).split("\n\n")
+    return "\n\n".join(p if any(ln[:1] in (" ", "\b") for ln in p.split("\n")) else " ".join(p.split("\n"))
+                       for p in paras)  # fmt: skip
+
+
+def _reflow_help(typer_app: typer.Typer) -> None:
+    """Every command's help, the sub-apps' too (`kit data fetch`), reflowed where the command line reads it."""
+    for info in typer_app.registered_commands:
+        if info.help:
+            info.help = _reflow(info.help)
+        elif info.callback is not None:
+            info.callback.__doc__ = _reflow(info.callback.__doc__)
+    for group in typer_app.registered_groups:
+        if group.typer_instance is not None:
+            _reflow_help(group.typer_instance)
+
+
+_reflow_help(app)
 
 
 def main() -> None:

@@ -25,6 +25,7 @@ from rich.text import Text
 
 from kit.events import load_stage
 from kit.metrics import LOSS_RULE, SPREAD_RULE, STEADY_RULE, STEP_TIME_CV_WARN, run_summary
+from kit.tables import whole
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -573,6 +574,7 @@ def table_renderable(
             main.add_column(header, justify="right", max_width=NOT_COMPARABLE_WIDTH, overflow="fold")
         else:
             main.add_column(header, justify="left" if k == "label" else "right", no_wrap=k != "label")
+    label_header = dict(MAIN)["label"]
     stage = None
     for row in rows:
         if stage is not None and row["kind"] == "run":
@@ -583,7 +585,7 @@ def table_renderable(
             cells["ref_method_tokens_per_s"] = "not comparable"
         style = {"reference": "dim", "other": "dim italic", "ratio": "cyan" if comparable else "yellow"}.get(row["kind"])
         main.add_row(*(cells.get(k, "") for k, _ in MAIN), style=style)
-    parts: list[Any] = [main]
+    parts: list[Any] = [whole(main, label_header)]  # a config's name whole; a too-narrow terminal folds it
     if any(r["kind"] == "ratio" for r in rows):
         parts.append(Text(RATIO_LINE, style="dim"))
     run_rows = [r for r in rows if r["kind"] == "run"]

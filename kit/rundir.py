@@ -134,20 +134,39 @@ def effective_request(run: Path) -> dict[str, Any]:
 
 
 def find_run(ref: str | None, results: Path) -> Path:
-    """A run directory from a path, an id under `results`, or (None) the newest run there."""
+    """A run directory from a path, an id under `results`, or (None) the newest run there.
+
+    A ref that is no run says what it is instead (a file, a results folder with runs in it, an empty folder) and
+    what to pass."""
     if ref:
         cands = list(dict.fromkeys([Path(ref), results / ref]))  # an absolute ref is the same path both ways
         for cand in cands:
             if (cand / "run.json").is_file():
                 return cand
-
-        def why(p: Path) -> str:
-            return f"{p} has no run.json" if p.is_dir() else f"{p} does not exist"
-
-        if len(cands) == 1:
-            raise RunDirError(f"no run {ref!r}: {why(cands[0])}")
-        raise RunDirError(f"no run {ref!r}: {why(cands[0])}, and {why(cands[1])}")
+        there = [p for p in cands if p.exists() or p.is_symlink()]
+        if not there:
+            raise RunDirError(f"no run {ref!r}: " + ", and ".join(f"{p} does not exist" for p in cands))
+        raise RunDirError(f"no run {ref!r}: " + "; ".join(_not_a_run(p) for p in there))
     runs = sorted((p for p in results.glob("*/run.json")), key=lambda p: p.stat().st_mtime)
     if not runs:
         raise RunDirError(f"no runs under {results}: start one with `kit run`, or pass --results DIR")
     return runs[-1].parent
+
+
+def _not_a_run(p: Path) -> str:
+    """What `p` is, since it is not a run directory, and what to pass instead."""
+    if p.is_dir():
+        runs = sorted((q.parent for q in p.glob("*/run.json")), key=lambda q: q.stat().st_mtime, reverse=True)
+        if runs:
+            shown = ", ".join(str(q) for q in runs[:3]) + (f" (and {len(runs) - 3} more)" if len(runs) > 3 else "")
+            return (f"{p} is a results folder holding {len(runs)} run(s), not a run: name one, e.g. {shown}; "
+                    f"`kit ls --results {p}` lists them all")  # fmt: skip
+        return f"{p} has no run.json: it is not a run directory made by `kit run` (`kit ls --results DIR` lists runs)"
+    if not p.exists():
+        return f"{p} is a broken symlink"
+    if p.name == "run.json" or (p.parent / "run.json").is_file():
+        return f"{p} is a file in the run directory {p.parent}: pass the directory, {p.parent}"
+    if p.name.endswith((".tar.gz", ".tgz")):
+        return (f"{p} is a file, not a run directory; a submission tarball goes to `kit verify` or `kit compare`, "
+                "a run to `kit report` as its directory")  # fmt: skip
+    return f"{p} is a file, not a run directory: pass the folder that holds run.json (`kit ls` lists the runs)"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -282,6 +283,8 @@ def _value(tp: Any, value: Any, key: str, path: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{path}: {key} must be a number, got {value!r}")
+        if not math.isfinite(value):  # TOML reads nan and inf; every range check below would let them through
+            raise ConfigError(f"{path}: {key} must be a finite number, got {value!r} (nan and inf are refused)")
         return float(value)
     if tp is str:
         if not isinstance(value, str):

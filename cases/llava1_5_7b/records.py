@@ -8,14 +8,16 @@ what the reference pipeline would do with each kind is written once, here (docs/
 
 from __future__ import annotations
 
+import posixpath
 from typing import Any
 
 IMAGE_TOKEN = "<image>"
+ESCAPES = "image path escapes the data root"
 
 # category -> (what it is, what the reference pipeline (haotian-liu/LLaVA v1.2 train.py) does with such a record);
 # docs/fidelity.md has the full account, record by record.
 CATEGORIES: dict[str, tuple[str, str]] = {
-    "schema": ("not a {id, conversations} object, or a bad 'image' or turn",
+    "schema": ("not a {id, conversations} object, or a bad 'image' (not a path inside the image folder) or turn",
                "fails at start or mid-run (KeyError, TypeError); a record without 'id' it trains"),
     "empty-turn": ("an empty or whitespace-only turn",
                    "mostly masks the whole sample (its round walk comes up short); a whitespace-only value it trains"),
@@ -31,6 +33,22 @@ CATEGORIES: dict[str, tuple[str, str]] = {
 }  # fmt: skip
 
 
+def image_path_problem(image: str) -> str | None:
+    """Why a record's image path must not be opened, or None. An image is a relative path under the stage's image
+    folder (inside the data root): an absolute path, or one whose `..` climbs above that folder, could name any file
+    of the host (/etc/passwd, /proc/self/environ), which the loaders and `kit data verify` would then open. Decided from
+    the text alone, before anything is opened; a symlink the data's owner placed inside the folder is followed as a
+    file there."""
+    if "\0" in image:
+        return f"{ESCAPES}: {image!r} holds a NUL byte"
+    if posixpath.isabs(image):
+        return f"{ESCAPES}: {image!r} is absolute; an image is a path relative to the stage's image folder"
+    norm = posixpath.normpath(image)
+    if norm == ".." or norm.startswith("../"):
+        return f"{ESCAPES}: {image!r} climbs out of the stage's image folder with '..'"
+    return None
+
+
 def record_issue(rec: Any, template: str) -> tuple[str, str] | None:
     """(category, why) when a record cannot be used (schema, turn order, `<image>` placement), or None when fine."""
     if not isinstance(rec, dict):
@@ -40,6 +58,8 @@ def record_issue(rec: Any, template: str) -> tuple[str, str] | None:
     image = rec.get("image")
     if "image" in rec and (not isinstance(image, str) or not image):
         return "schema", f"'image' must be a non-empty relative path, got {image!r}"
+    if isinstance(image, str) and (escape := image_path_problem(image)):
+        return "schema", escape
     conv = rec.get("conversations")
     if not isinstance(conv, list) or not conv:
         return "schema", "missing 'conversations' (a non-empty list of {from, value} turns)"

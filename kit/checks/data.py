@@ -36,17 +36,23 @@ def count_records(path: Path, chunk: int = 1 << 24) -> int:
     return n
 
 
-def verify_checks(cfg: Any, root: Path, models: Path | None = None) -> list[Check]:
+def verify_checks(cfg: Any, root: Path, models: Path | None = None, progress: Any = None) -> list[Check]:
     """`--deep`: `kit data verify` itself (every record through the case's validator, every image decoded on all
-    cores, the manifest written), its findings as check rows."""
+    cores, the manifest written), its findings as check rows. Its progress goes to stderr as verify's does (minutes
+    of decoding are never silent); the rows and --json go to stdout."""
     from ..data import sources
     from ..data import verify as data_verify
+    from ..data.progress import PhaseProgress
 
     layout = data_verify.Layout.from_config(root, cfg)
+    display = progress if progress is not None else PhaseProgress()
     try:
-        v = data_verify.verify(layout, sources.for_case(CASE).reference, case=CASE, models=models)
+        v = data_verify.verify(layout, sources.for_case(CASE).reference, case=CASE, models=models, progress=display)
     except data_verify.VerifyError as e:
         return [Check("data", "data verify", "fail", str(e), "pip install pillow" if "Pillow" in str(e) else "")]
+    finally:
+        if isinstance(display, PhaseProgress):
+            display.close()
     rows, folders = [], []
     for f in v.result["findings"]:
         if f["what"] in ("pretrain records", "finetune records") or f["detail"].startswith("not checked"):

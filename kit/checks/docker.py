@@ -108,29 +108,34 @@ def _connect(base_url: str | None, url: str, timeout: float) -> tuple[Any, Check
 
 
 def _unreachable(url: str, error: BaseException) -> Check:
-    """Tell 'not running' from 'not allowed': their fixes differ."""
+    """Tell 'not running' from 'not allowed': their fixes differ.
+
+    The detail names the engine; data["reason"] says why without naming it again, for a caller that already has
+    (`kit run`'s "node 0 (a): cannot reach the Docker engine at ssh://a: REASON")."""
     text = _error_text(error)
-    data = {"url": url, "error": text[-500:]}
     path = url[len("unix://"):] if url.startswith("unix://") else None
     user = _user()
+
+    def fail(detail: str, reason: str, fix: str) -> Check:
+        return Check(GROUP, "engine", "fail", detail, fix, {"url": url, "error": text[-500:], "reason": reason})
+
     if "Permission denied" in text or "PermissionError" in text or (
         path and os.path.exists(path) and not os.access(path, os.R_OK | os.W_OK)
     ):
-        return Check(GROUP, "engine", "fail",
-                     f"permission denied on the Docker socket {path or url} for user {user}",
-                     GROUP_FIX.format(user=user), data)
+        return fail(f"permission denied on the Docker socket {path or url} for user {user}",
+                    f"permission denied for user {user}", GROUP_FIX.format(user=user))
     if path and not os.path.exists(path):
-        return Check(GROUP, "engine", "fail", f"the Docker engine is not running: no socket at {path}",
-                     START_FIX, data)
+        return fail(f"the Docker engine is not running: no socket at {path}",
+                    f"the Docker engine is not running: no socket at {path}", START_FIX)
     if "Connection refused" in text or "ConnectionRefusedError" in text:
-        return Check(GROUP, "engine", "fail", f"the Docker engine is not running: connection refused at {url}",
-                     START_FIX, data)
+        return fail(f"the Docker engine is not running: connection refused at {url}",
+                    "the Docker engine is not running: connection refused", START_FIX)
     if "timed out" in text.lower() or "Timeout" in text:
-        return Check(GROUP, "engine", "fail", f"the Docker engine at {url} did not answer in time (hung daemon?)",
-                     "restart it: `sudo systemctl restart docker`; its log: `journalctl -u docker`", data)
+        return fail(f"the Docker engine at {url} did not answer in time (hung daemon?)",
+                    "no answer in time (hung daemon?)",
+                    "restart it: `sudo systemctl restart docker`; its log: `journalctl -u docker`")
     last = text.strip().splitlines()[-1] if text.strip() else type(error).__name__
-    return Check(GROUP, "engine", "fail", f"cannot reach the Docker engine at {url}: {last[:300]}",
-                 START_FIX, data)
+    return fail(f"cannot reach the Docker engine at {url}: {last[:300]}", last[:300], START_FIX)
 
 
 def _error_text(error: BaseException) -> str:

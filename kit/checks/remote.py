@@ -21,6 +21,7 @@ import json
 import re
 import shlex
 import subprocess
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -85,7 +86,7 @@ def check_remote(host: str, args: list[str], ssh_options: list[str] | None = Non
     cmd = ssh_command(host, args, opts, remote_kit, connect_timeout=min(timeout, 15))
     started = time.monotonic()
     try:
-        proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
+        proc = _run_ssh(cmd, timeout)
     except FileNotFoundError:
         return fail("the ssh client is not installed on this host",
                     "install it: `sudo apt-get install openssh-client` (or your OS's OpenSSH client)")
@@ -120,12 +121,51 @@ def check_remote(host: str, args: list[str], ssh_options: list[str] | None = Non
     return [ok, *checks]
 
 
+_running: set[subprocess.Popen] = set()  # the ssh processes of check_remotes' threads, while they run
+_running_lock = threading.Lock()
+_stopping = threading.Event()  # check_remotes was stopped: an ssh that starts now is killed at once
+
+
+def _run_ssh(cmd: list[str], timeout: float) -> subprocess.CompletedProcess:
+    """subprocess.run(cmd, capture_output=True, timeout=timeout), with the process listed in `_running`, so that an
+    interrupted check-host ends it instead of waiting for its timeout."""
+    with subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True) as proc:  # fmt: skip
+        with _running_lock:
+            _running.add(proc)
+            if _stopping.is_set():
+                proc.kill()
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            raise
+        finally:
+            with _running_lock:
+                _running.discard(proc)
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
 def check_remotes(hosts: list[str], args: list[str], ssh_options: list[str] | None = None,
                   remote_kit: str = "kit", timeout: float = 60) -> dict[str, list[Check]]:
-    """Every host at once (a column each in the table); a slow host costs its own timeout, not the sum."""
-    with ThreadPoolExecutor(max_workers=min(16, max(1, len(hosts)))) as pool:
+    """Every host at once (a column each in the table); a slow host costs its own timeout, not the sum. Stopped
+    (Ctrl-C, SIGTERM), every ssh still running is killed, so no thread keeps the command waiting for its timeout."""
+    _stopping.clear()
+    pool = ThreadPoolExecutor(max_workers=min(16, max(1, len(hosts))))
+    try:
         futures = {h: pool.submit(check_remote, h, args, ssh_options, remote_kit, timeout) for h in hosts}
         return {h: f.result() for h, f in futures.items()}
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        with _running_lock:
+            _stopping.set()
+            running = list(_running)
+        for proc in running:
+            proc.kill()
+        raise
+    finally:
+        pool.shutdown(wait=True)
 
 
 def parse_report(text: str) -> list[Check]:

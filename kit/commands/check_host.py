@@ -352,18 +352,31 @@ def check_host(
     args = CheckArgs(case, config, None if data is None else str(data), None if models is None else str(models),
                      str(results), nodes, deep, deep_image, docker_host, list(ssh_option or []), remote_kit,
                      launcher, partition, native)
-    if launcher == "slurm":
-        column = f"slurm:{partition}" if partition else "slurm"
-        host_results = {column: slurm_host_checks(cfg, args, data, models, results, nodes)}
-    else:
-        local = [h for h in names if is_local(h)] if names else [socket.gethostname()]
-        others = remote_checks([h for h in names if h not in local], args) if len(local) < len(names) else {}
-        host_results = {
-            h: run_checks(case, cfg, data, models, results, nodes, nvml_recording, deep=deep, args=args)
-            if h in local
-            else others[h]
-            for h in names or local
-        }
+    from ..guard import Stop
+    from ..guard import exit_code as interrupted_code
+    from .data_verify import signals_as_interrupts
+
+    try:  # --deep decodes every image in worker processes: a signal stops them, says so, exits 128 + the signal
+        with signals_as_interrupts():
+            if launcher == "slurm":
+                column = f"slurm:{partition}" if partition else "slurm"
+                host_results = {column: slurm_host_checks(cfg, args, data, models, results, nodes)}
+            else:
+                local = [h for h in names if is_local(h)] if names else [socket.gethostname()]
+                others = remote_checks([h for h in names if h not in local], args) if len(local) < len(names) else {}
+                host_results = {
+                    h: run_checks(case, cfg, data, models, results, nodes, nvml_recording, deep=deep, args=args)
+                    if h in local
+                    else others[h]
+                    for h in names or local
+                }
+    except KeyboardInterrupt as e:
+        try:
+            Console(stderr=True).print(f"[yellow]interrupted[/] by {e if isinstance(e, Stop) else 'SIGINT (Ctrl-C)'}: "
+                                       "check-host stopped, and every worker with it", soft_wrap=True)  # fmt: skip
+        except OSError:
+            pass
+        raise typer.Exit(interrupted_code(e, 130)) from None
     if json_out:
         out = {"case": case, "config": config, **({"launcher": launcher} if launcher != "local" else {}),
                **as_json(host_results)}

@@ -42,22 +42,30 @@ def fetch(
       HF_TOKEN=hf_... kit data fetch --data /data/llava --models /models --only vicuna,clip
     """
     from ..data import fetch as f
+    from ..guard import Stop, exit_code
+    from .data_verify import signals_as_interrupts
 
     names = [n.strip() for item in (only or []) for n in item.split(",") if n.strip()]
     opts = f.Options(data=data, models=models, only=names, mirror=mirror, hf_endpoint=hf_endpoint,
                      keep_archives=keep_archives, jobs=jobs, case=case, sources_file=sources, dry_run=dry_run)
     try:
-        outcomes, left_out, verdict = f.fetch(opts, console, urls=list(url or []))
+        with signals_as_interrupts():
+            outcomes, left_out, verdict = f.fetch(opts, console, urls=list(url or []))
     except f.UsageError as e:
         err.print(f"[bold red]error:[/] {escape(str(e))}", soft_wrap=True)
         raise typer.Exit(2) from None
     except f.FetchError as e:
         err.print(f"[bold red]error:[/] {escape(str(e))}", soft_wrap=True)
         raise typer.Exit(1) from None
-    except KeyboardInterrupt:
-        err.print("[yellow]interrupted[/]: the partial downloads are kept under .kit-data/downloads/ in the data and "
-                  "models folders; the next `kit data fetch` continues where this one stopped", soft_wrap=True)
-        raise typer.Exit(130) from None
+    except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM, SIGHUP: the download threads end with this process
+        by = f" by {e}" if isinstance(e, Stop) else " by SIGINT (Ctrl-C)"
+        try:
+            err.print(f"[yellow]interrupted[/]{by}: the partial downloads are kept under .kit-data/downloads/ in the "
+                      "data and models folders; the next `kit data fetch` continues where this one stopped",
+                      soft_wrap=True)  # fmt: skip
+        except OSError:
+            pass  # the terminal is gone (SIGHUP): the exit code still says it
+        raise typer.Exit(exit_code(e, 130)) from None
     table = Table(title="kit data fetch" + (" (dry run)" if dry_run else ""), title_justify="left")
     for col in ("source", "status", "size", "checksum", "where"):
         table.add_column(col, overflow="fold")

@@ -1,26 +1,26 @@
 """`kit data verify` and `kit data fix` (kit/data/verify.py, kit/data/fix.py): the report, progress and exit codes.
 
-Exit codes: 0 nothing a run would stop on (warnings allowed), 1 something a run would stop on, 2 bad usage.
+Exit codes: 0 nothing a run would stop on (warnings allowed), 1 something a run would stop on, 2 bad usage,
+130/143/129 interrupted by SIGINT/SIGTERM/SIGHUP (one line says so; no decoding worker outlives the command).
 """
 
 from __future__ import annotations
 
 import json
-import time
+import os
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
+
+from ..data.progress import PhaseProgress
+from ..guard import Stop, exit_code
 
 console = Console()
 err = Console(stderr=True)
@@ -48,40 +48,42 @@ def _layout(case: str, config: str, overrides: list[str] | None, data: Path):
     return Layout.from_config(data, cfg), ref
 
 
-class _Progress:
-    """A Rich bar with an ETA on a terminal; plain lines (every 10% or 10 s) otherwise, on stderr."""
+def _interrupted(e: KeyboardInterrupt, progress: PhaseProgress, what: str) -> None:
+    """One line saying which signal stopped the command and what it left, then exit 128 + the signal's number."""
+    progress.close()
+    name = str(e) if isinstance(e, Stop) else "SIGINT (Ctrl-C)"
+    try:
+        err.print(f"[yellow]interrupted[/] by {name}: {escape(what)}", soft_wrap=True, highlight=False)
+    except OSError:
+        pass  # the terminal or the pipe is gone (SIGHUP): the exit code still says it
+    raise typer.Exit(exit_code(e, 130))
 
-    def __init__(self, quiet: bool) -> None:
-        self.quiet = quiet and not err.is_terminal
-        self.bar: Progress | None = None
-        self.task: Any = None
-        self.t0 = time.monotonic()
-        self.last = (0.0, -1)
 
-    def __call__(self, done: int, total: int) -> None:
-        if self.quiet:
-            return
-        if err.is_terminal:
-            if self.bar is None:
-                self.bar = Progress(TextColumn("decoding images"), BarColumn(), MofNCompleteColumn(),
-                                    TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"),
-                                    TimeRemainingColumn(), console=err, transient=True)  # fmt: skip
-                self.bar.start()
-                self.task = self.bar.add_task("decode", total=total, rate="")
-            rate = done / max(1e-9, time.monotonic() - self.t0)
-            self.bar.update(self.task, completed=done, rate=f"{rate:,.0f} img/s")
-            if done >= total:
-                self.bar.stop()
-            return
-        now = time.monotonic()
-        step = max(1, total // 10)
-        if done in (0, total) or done // step > self.last[1] // step or now - self.last[0] > 10:
-            rate = done / max(1e-9, now - self.t0)
-            eta = (total - done) / rate if rate > 0 and done else float("nan")
-            eta_s = f", ETA {eta:,.0f} s" if eta == eta else ""
-            err.print(f"decoding images: {done:,} of {total:,} ({done / max(1, total):.0%}), {rate:,.0f}/s{eta_s}",
-                      soft_wrap=True, highlight=False)
-            self.last = (now, done)
+@contextmanager
+def signals_as_interrupts() -> Iterator[None]:
+    """SIGTERM and SIGHUP (`kill`, `timeout`, a closed terminal) raised as Ctrl-C is, as guard.Stop (a
+    KeyboardInterrupt naming the signal), so the command stops its workers, says so and exits 128 + the signal.
+    After SIGHUP a terminal is gone: output to it is dropped (a log file or a pipe still gets the line)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def raise_stop(signum: int, _frame: Any) -> None:
+        if signum == signal.SIGHUP:
+            for fd in (1, 2):
+                try:
+                    if os.isatty(fd):
+                        os.dup2(os.open(os.devnull, os.O_WRONLY), fd)
+                except OSError:
+                    pass
+        raise Stop(signum)
+
+    old = {s: signal.signal(s, raise_stop) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
 
 
 def _print_findings(findings: list[dict[str, Any]]) -> None:
@@ -125,7 +127,8 @@ def verify(
     """Check a copy of the data: every record, every image decoded, the folders, the weights, MMMU.
 
     Writes the data manifest (kit-data-manifest.json) into the data directory. Exit 0 when a run could use the
-    data (warnings allowed), 1 when it would stop on something found, 2 for bad usage.
+    data (warnings allowed), 1 when it would stop on something found, 2 for bad usage, 130/143/129 when
+    interrupted (Ctrl-C, SIGTERM, SIGHUP).
 
     Examples:
 
@@ -141,11 +144,18 @@ def verify(
     layout, ref = _layout(case, config, set_, data)
     if models is not None and not models.is_dir():
         _usage(f"--models {models}: no such directory")
+    progress = PhaseProgress(err, quiet=as_json)
     try:
-        v = run_verify(layout, ref, case=case, models=models, mmmu=mmmu, jobs=jobs or None, full=full,
-                       progress=_Progress(quiet=as_json))  # fmt: skip
+        with signals_as_interrupts():
+            v = run_verify(layout, ref, case=case, models=models, mmmu=mmmu, jobs=jobs or None, full=full,
+                           progress=progress)  # fmt: skip
     except VerifyError as e:
         _usage(str(e))
+    except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM, SIGHUP: every decoding worker is stopped by now
+        _interrupted(e, progress, "verify stopped, and every worker with it; no manifest was written. The record "
+                     "files' checks are kept: `kit data verify` again goes on from the images")  # fmt: skip
+    finally:
+        progress.close()
     r = v.result
     if as_json:
         print(json.dumps(r, indent=2))
@@ -200,16 +210,23 @@ def fix(
         old = None
     if old and isinstance(old.get("weights"), dict) and Path(old["weights"].get("root", "")).is_dir():
         models = Path(old["weights"]["root"])  # the manifest written after the fix keeps its weights checked
-    progress = _Progress(quiet=as_json)
+    progress = PhaseProgress(err, quiet=as_json)
 
     def again(write_state: bool):
         return run_verify(layout, ref, case=case, models=models, jobs=jobs or None, progress=progress,
                           write_state=write_state)  # fmt: skip
 
     try:
-        r = fix_mod.fix(layout, again, write_filtered_files=write_filtered, dry_run=dry_run)
+        with signals_as_interrupts():
+            r = fix_mod.fix(layout, again, write_filtered_files=write_filtered, dry_run=dry_run, progress=progress)
     except (VerifyError, fix_mod.FixError) as e:
         _usage(str(e))
+    except KeyboardInterrupt as e:
+        _interrupted(e, progress, "fix stopped, and every worker with it. No file is half-written: an image in flight "
+                     "is completed or redone by the next `kit data fix` (its journal is in .kit-data), and no "
+                     "filtered record file was left unfinished")  # fmt: skip
+    finally:
+        progress.close()
     usable = all(not rows for rows in r["unusable"].values())
     covered = all(not rows or stage in r["filtered"] for stage, rows in r["unusable"].items())
     code = 0 if usable or (write_filtered and covered) else 1

@@ -9,7 +9,7 @@ import signal
 import sys
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from rich.console import Console
@@ -38,6 +38,14 @@ class UsageError(ValueError):
 
 class EnvironmentProblem(RuntimeError):
     """This host cannot run the request (too few GPUs, too little disk): exit 3, before anything is created."""
+
+
+@dataclass
+class Stop:
+    """A check a launch would stop on, as a dry run lists it: the exit code the launch would end with, and why."""
+
+    code: int
+    message: str
 
 
 @dataclass
@@ -90,13 +98,21 @@ def plan(
     ssh_options: list[str] | None = None, master_addr: str | None = None, master_port: int | None = None,
     env: list[str] | None = None, ulimits: list[str] | None = None, hang_timeout: float = 0.0,
     launcher: str = "local", partition: str | None = None, account: str | None = None, time_limit: str | None = None,
-    sbatch_args: list[str] | None = None, container_image: str | None = None,
+    sbatch_args: list[str] | None = None, container_image: str | None = None, stops: list[Stop] | None = None,
 ) -> tuple[RunRequest, object]:
     """Check the request before anything is written, so a bad one leaves no half-made run behind.
 
     Without `config`, the scale picks it: A800x{nodes}x{gpus} (gpus 8 when not given) where the case ships one,
     else A800x1x8 run at the given scale (the global batch check below then names what works).
+    With `stops` (a dry run), what this host's paths lack (--data, --models, MMMU, --results, --python) is added
+    there instead of raised, so the plan can still be shown; a request that is wrong in itself always raises.
     """
+
+    def refuse(message: str) -> None:
+        if stops is None:
+            raise UsageError(message)
+        stops.append(Stop(EXIT_USAGE, message))
+
     case = cases.get(case_name)
     overrides = list(overrides or [])
     if config is None:
@@ -150,10 +166,10 @@ def plan(
         needed += [("--models", models)]
         missing = [name for name, v in needed if v is None]
         if missing:
-            raise UsageError(f"{' and '.join(missing)} needed for a run on real data and weights (or pass --synthetic)")
+            refuse(f"{' and '.join(missing)} needed for a run on real data and weights (or pass --synthetic)")
         for name, p in needed:
-            if not p.is_dir():
-                raise UsageError(f"{name} {p}: no such directory")
+            if p is not None and not p.is_dir():
+                refuse(f"{name} {p}: no such directory")
     if stages == ["finetune"] and not synthetic:
         raise UsageError(
             "finetune alone needs the pretrain projector: run --stage train (with --synthetic, finetune alone "
@@ -168,22 +184,24 @@ def plan(
     if "eval" in stages:
         if mmmu is None and data is not None and not synthetic:
             mmmu = data / "MMMU"
-        if not synthetic and (mmmu is None or not mmmu.is_dir()):
-            raise UsageError(
+        # (no --data at all is one stop already: MMMU's default is DATA/MMMU)
+        if not synthetic and (mmmu is None or not mmmu.is_dir()) and not (mmmu is None and data is None and training):
+            refuse(
                 f"the eval stage needs MMMU validation data: {mmmu or '--mmmu DIR'} is not a directory; pass --mmmu "
                 "DIR (a local copy of the MMMU/MMMU dataset, one folder of parquet files per subject), or --stage "
                 "train to skip the evaluation"
             )
         if "finetune" not in stages:
             if model_dir is None or not (model_dir / "pytorch_model.bin").is_file():
-                raise UsageError(
+                refuse(
                     f"--stage eval alone needs a finetuned model: --model-dir DIR holding pytorch_model.bin "
                     f"(a run's finetune/model){'' if model_dir is None else f'; {model_dir} has none'}"
                 )
         elif not save:
             raise UsageError("--no-save leaves no finetuned model for the eval stage: use --stage train with --no-save")
-    if problem := results_problem(results) or (python_problem(python) if native else None):
-        raise UsageError(problem)
+    for problem in (results_problem(results), python_problem(python) if native else None):
+        if problem:
+            refuse(problem)
     if not native or slurm is not None:  # containers and other nodes see every directory at its absolute host path
         results, data, models, mmmu, model_dir = (
             p.resolve() if p is not None else None for p in (results, data, models, mmmu, model_dir)
@@ -370,9 +388,10 @@ def record_check(req: RunRequest, cfg, console: Console) -> None:
                                f"= {limit}): {listed}", style="yellow"))  # fmt: skip
 
 
-def preflight(req: RunRequest, cfg, console: Console, dry_run: bool = False) -> None:
+def preflight(req: RunRequest, cfg, console: Console, dry_run: bool = False) -> list[Stop]:
     """What this host must offer before anything is created: the GPUs, the disk under --results, well-formed
-    records. Raises EnvironmentProblem (exit 3) or UsageError (exit 2); a dry run prints what would stop a launch."""
+    records, usable images. Raises EnvironmentProblem (exit 3) or UsageError (exit 2); a dry run gets every check
+    that would stop a launch back instead, in the order a launch meets them."""
     from ..checks.system import free_bytes, human
 
     stops = []
@@ -389,17 +408,27 @@ def preflight(req: RunRequest, cfg, console: Console, dry_run: bool = False) -> 
             console.print(Text(f"warning: {human(free)} free at {where}; a whole run needs about {human(full)} "
                                f"({how}): a long run may stop at a checkpoint (free space, then kit resume)",
                                style="yellow"))  # fmt: skip
-    if dry_run:
-        for problem in stops:
-            console.print(Text(f"dry run: a launch would stop here (exit 3): {problem}", style="yellow"))
-        if not req.synthetic and req.data and any(s in TRAIN_STAGES for s in req.stages):
-            console.print(Text("dry run: the record files are checked at launch (kit check-host --deep checks them now)",
-                               style="dim"))  # fmt: skip
-        return
-    if stops:
-        raise EnvironmentProblem("\n".join(stops))  # each its own line: "error: " on the first
-    record_check(req, cfg, console)
-    manifest_check(req, cfg, console)
+    if not dry_run:
+        if stops:
+            raise EnvironmentProblem("\n".join(stops))  # each its own line: "error: " on the first
+        record_check(req, cfg, console)
+        manifest_check(req, cfg, console)
+        return []
+    found = [Stop(EXIT_ENVIRONMENT, problem) for problem in stops]
+    if req.data and Path(req.data).is_dir():  # a missing --data is already among the dry run's stops
+        readable = []
+        for stage in (s for s in req.stages if s in TRAIN_STAGES):  # each stage's records, not just the first's
+            try:
+                record_check(replace(req, stages=[stage]), cfg, console)
+                readable.append(stage)
+            except UsageError as e:
+                found.append(Stop(EXIT_USAGE, str(e)))
+        try:  # the manifest's word on the images of the records that can be read
+            if readable:
+                manifest_check(replace(req, stages=readable), cfg, console)
+        except UsageError as e:
+            found.append(Stop(EXIT_USAGE, str(e)))
+    return found
 
 
 def manifest_check(req: RunRequest, cfg, console: Console) -> None:
@@ -490,8 +519,12 @@ def container_plan(req: RunRequest, cfg, run_tag: str, create: bool = True):
     )  # fmt: skip
 
 
-def dry_run(req: RunRequest, cfg, console: Console) -> int:
-    """Print what `kit run` would do, start nothing, write nothing."""
+def dry_run(req: RunRequest, cfg, console: Console, stops: list[Stop] | None = None) -> int:
+    """Print what `kit run` would do, then every check a launch would stop on; start nothing, write nothing.
+
+    `stops` holds what plan() found missing. Returns the code a launch would exit with: 0 when it would go, else
+    the code of the first stop in the order a launch meets them (plan, GPUs and disk, records, engines, stack)."""
+    stops = list(stops or [])
     console.print(f"[bold]dry run[/]: {req.case} config {req.config}, stages {', '.join(req.stages)}, "
                   f"{req.nodes} node(s) x {req.gpus}; results under {Path(req.results).resolve()}")  # fmt: skip
     run = Path(req.results).resolve() / "<run id>"
@@ -500,6 +533,7 @@ def dry_run(req: RunRequest, cfg, console: Console) -> int:
     for stage in req.stages:
         args = ["--stage", stage, "--run-dir", str(run), *case_args(req, str(run / "config.toml"), stage, mmmu_q)]
         cmds[stage] = args
+    late: list[Stop] = []  # what a launch meets after the host's checks: the engines and the image's stack
     if req.launcher == "slurm":
         from ..launchers import slurm
 
@@ -515,33 +549,84 @@ def dry_run(req: RunRequest, cfg, console: Console) -> int:
                                                  "FIRST_NODE_ADDR", req.master_port or 0, args)
                                .replace("--master-port=0", "--master-port=FREE_PORT"), style="dim"),
                           soft_wrap=True)  # fmt: skip
-        return EXIT_OK
-    if req.native:
+    elif req.native:
         console.print("native: torchrun on this host with " + req.python)
         for stage, args in cmds.items():
             case = cases.get(req.case)
             cmd = NativeLauncher(case, python=req.python).command(case.stage_module(stage), req.gpus, 0, args)
             console.print(f"{stage}: {' '.join(cmd)}".replace("--master-port=0", "--master-port=<free port>"))
-        return EXIT_OK
+    else:
+        late = _dry_run_containers(req, cfg, console, cmds)
+    stops += preflight(req, cfg, console, dry_run=True) + late
+    return report_stops(stops, console)
+
+
+def _dry_run_containers(req: RunRequest, cfg, console: Console, cmds: dict[str, list[str]]) -> list[Stop]:
+    """The container plan as the engines answer it; an engine that cannot be reached is a stop, and the plan is
+    then printed with what only the engines know (image id, engine names) left open. Everything that asks an
+    engine runs under the ssh policy (an ssh:// node's image labels too)."""
     from ..launchers import containers
 
     with containers.SshPolicy(req.ssh_options):
+        return _dry_run_engines(req, cfg, console, cmds)
+
+
+def _dry_run_engines(req: RunRequest, cfg, console: Console, cmds: dict[str, list[str]]) -> list[Stop]:
+    from ..launchers import containers
+
+    stops: list[Stop] = []
+    try:
         p = container_plan(req, cfg, "<run id>", create=False)
+        reached = True
+    except containers.ContainerError as e:
+        stops.append(Stop(EXIT_ENVIRONMENT, str(e)))
+        reached = False
+        p = containers.unreached_plan(
+            hosts=req.hosts, image=req.image, results=Path(req.results).resolve(),
+            read_only=[Path(x) for x in (req.data, req.models, req.mmmu, req.model_dir) if x],
+            gpus_per_node=req.gpus, use_gpus=cfg.device != "cpu", env=containers.forwarded_env(req.env),
+            ssh_options=req.ssh_options, master_addr=req.master_addr, master_port=req.master_port,
+            run_tag="<run id>", ulimits=containers.parse_ulimits(req.ulimits),
+        )  # fmt: skip
     case = cases.get(req.case)
     for node in p.nodes:
         for stage, args in cmds.items():
-            cmds_node = p.torchrun(node, case.stage_module(stage), args)
-            console.print(Text(f"{stage}, {node.where}: {' '.join(cmds_node)}"))
+            cmd = " ".join(p.torchrun(node, case.stage_module(stage), args))
+            console.print(Text(f"{stage}, {node.where}: {cmd}".replace("--master-port=0", "--master-port=<free port>")))
     for line in containers.describe(p):
         console.print(Text(line))
+    if not reached:
+        console.print(Text("image stack: not read (no engine or image to read it from: see below)"))
+        return stops
     stack = image_stack_of(p)
     needs = [f"{n.key} = {n.value!r} needs {n.package}" for n in stacks.config_needs(cfg.to_dict())]
     if problem := stacks.config_problem(cfg.to_dict(), stack, p.image):
-        console.print(Text(f"dry run: a launch would stop here (exit 2): {problem}", style="yellow"))
+        stops.append(Stop(EXIT_USAGE, problem))
+        console.print(Text(f"image stack: {stacks.describe(stack)}"))
     else:
         met = f": it meets the config's needs ({'; '.join(needs)})" if needs else ""
         console.print(Text(f"image stack: {stacks.describe(stack)}{met}"))
-    return EXIT_OK
+    if len(p.nodes) > 1 and not p.own_network:
+        console.print(Text("not checked by a dry run: that --results is shared by the nodes and node 0's rendezvous "
+                           "port is free and reached (a launch starts a container per node to see)", style="dim"))
+    return stops
+
+
+def report_stops(stops: list[Stop], console: Console) -> int:
+    """A dry run's verdict: each check a launch would stop on, once, with its exit code; the launch's own code."""
+    unique: list[Stop] = []
+    for s in stops:
+        if all(s.message != u.message for u in unique):
+            unique.append(s)
+    for s in unique:
+        console.print(Text(f"dry run: a launch would stop here (exit {s.code}): {s.message}", style="yellow"),
+                      soft_wrap=True)  # fmt: skip
+    if not unique:
+        console.print(Text("dry run: the checks pass; a launch would go (exit 0)", style="green"))
+        return EXIT_OK
+    many = f"the first of these {len(unique)} checks" if len(unique) > 1 else "this check"
+    console.print(Text(f"dry run: a launch would exit {unique[0].code} at {many}", style="yellow"))
+    return unique[0].code
 
 
 def case_args(req: RunRequest, cfg_path: str, stage: str, synthetic_mmmu_questions: int) -> list[str]:

@@ -16,15 +16,17 @@ import contextlib
 import fnmatch
 import json
 import os
+import queue
 import re
 import shutil
 import threading
 import time
 import zipfile
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlparse
 
 from rich.console import Console
@@ -812,23 +814,14 @@ def _covers(job: Job, opts: Options, state: State, dl: http.Downloader, display:
         display.add_bytes(res.size)
         return None
 
-    pool = ThreadPoolExecutor(max_workers=opts.jobs)
-    try:
-        futures = {pool.submit(one, i, url, target): (i, url) for i, url, target in todo}
-        for n, fut in enumerate(as_completed(futures), 1):
-            i, url = futures[fut]
-            why = fut.result()
-            with lock:
-                if why is None:
-                    fetched += 1
-                    nbytes += (dest / f"{i}.jpg").stat().st_size
-                else:
-                    missing.append({"id": i, "url": url, "reason": why})
-            display.update(key, n, len(todo), counts_bytes=False)
-    except BaseException:
-        pool.shutdown(wait=False, cancel_futures=True)
-        raise
-    pool.shutdown()
+    for n, ((i, url, _target), why) in enumerate(threaded(one, todo, opts.jobs), 1):
+        with lock:
+            if why is None:
+                fetched += 1
+                nbytes += (dest / f"{i}.jpg").stat().st_size
+            else:
+                missing.append({"id": i, "url": url, "reason": why})
+        display.update(key, n, len(todo), counts_bytes=False)
     missing.sort(key=lambda m: m["id"])
     report = _kit(root, f"{src.name}-missing.json")
     http._write_json(report, {"source": src.name, "index": job.index_url, "written": utc_now(), "wanted": len(ids),
@@ -842,6 +835,47 @@ def _covers(job: Job, opts: Options, state: State, dl: http.Downloader, display:
         out.warning = (f"{len(missing):,} of {len(ids):,} covers {scope} cannot be had (first: {first}); listed in "
                        f"{report}; `kit data fix --data {data_dir}` writes a record file without them")
     return out
+
+
+def threaded(fn: Callable[..., Any], items: list[tuple], jobs: int) -> Iterator[tuple[tuple, Any]]:
+    """`fn(*item)` for every item on `jobs` threads; yields (item, result) as each ends (an exception is raised here).
+
+    Daemon threads, not ThreadPoolExecutor's: the interpreter joins those at exit, so an interrupted fetch (Ctrl-C,
+    SIGTERM) waited for every cover in flight, each up to its read timeout and retries. These stop taking work when
+    the caller stops (an exception, a signal) and end with the process; a cover cut off is a `.part` file that the
+    next fetch continues."""
+    todo: queue.SimpleQueue[tuple] = queue.SimpleQueue()
+    done: queue.SimpleQueue[tuple[tuple, Any, BaseException | None]] = queue.SimpleQueue()
+    for item in items:
+        todo.put(item)
+    stop = threading.Event()
+
+    def work() -> None:
+        while not stop.is_set():
+            try:
+                item = todo.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                done.put((item, fn(*item), None))
+            except BaseException as e:  # noqa: BLE001 - handed to the caller, raised there
+                done.put((item, None, e))
+
+    for k in range(min(jobs, len(items))):
+        threading.Thread(target=work, name=f"kit-fetch-{k}", daemon=True).start()
+    try:
+        for _ in range(len(items)):
+            while True:
+                try:
+                    item, result, exc = done.get(timeout=0.5)  # a timeout: signals reach this thread meanwhile
+                    break
+                except queue.Empty:
+                    continue
+            if exc is not None:
+                raise exc
+            yield item, result
+    finally:
+        stop.set()
 
 
 def execute(job: Job, opts: Options, state: State, dl: http.Downloader, display: Display) -> Outcome:

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from . import manifest as manifest_mod
-from .verify import FATAL, STATE_DIR, Layout, Verification, _sibling
+from .verify import FATAL, STATE_DIR, Layout, Progress, Ticker, Verification, _sibling, iter_records
 
 JPEG_QUALITY = 95
 TMP_SUFFIX = ".kit-fix.tmp"
@@ -208,9 +208,12 @@ def filtered_name(records_rel: str) -> str:
     return str(p.with_name(stem + FILTERED_SUFFIX))
 
 
-def write_filtered(root: Path, records_rel: str, dropped: list[dict[str, Any]], dry_run: bool = False) -> dict[str, Any]:
+def write_filtered(root: Path, records_rel: str, dropped: list[dict[str, Any]], dry_run: bool = False,
+                   progress: Progress | None = None) -> dict[str, Any]:  # fmt: skip
     """`<stem>.filtered.json` beside the record file without the dropped records, and its sidecar; the original
-    record file is read, never written."""
+    record file is read, never written. Streamed record by record (a 1 GB file is neither held whole nor silent),
+    into a temporary file that is renamed into place once complete; the bytes are those of
+    `json.dumps(kept, ensure_ascii=False, indent=1)` and a newline."""
     src = root / records_rel
     out_rel = filtered_name(records_rel)
     out = root / out_rel
@@ -218,34 +221,74 @@ def write_filtered(root: Path, records_rel: str, dropped: list[dict[str, Any]], 
     if out.exists() and not sidecar.is_file():
         raise FixError(f"{out} exists and was not written by kit data fix (no {sidecar.name} beside it): "
                        "move it away, then run kit data fix --write-filtered again")
-    raw = src.read_bytes()
-    records = json.loads(raw)
     drop = {d["index"] for d in dropped}
-    keep = [r for i, r in enumerate(records) if i not in drop]
-    body = json.dumps(keep, ensure_ascii=False, indent=1).encode() + b"\n"
-    counts: dict[str, int] = {}
-    for d in dropped:
-        counts[d["reason"]] = counts.get(d["reason"], 0) + 1
-    doc = {
-        "schema": FILTER_SCHEMA,
-        "source": {"file": records_rel, "sha256": hashlib.sha256(raw).hexdigest(), "records": len(records)},
-        "output": {"file": out_rel, "sha256": hashlib.sha256(body).hexdigest(), "records": len(keep)},
-        "dropped": [{"index": d["index"], "id": d["id"], "reason": d["reason"], "detail": d["detail"]} for d in dropped],
-        "counts": dict(sorted(counts.items())),
-        "written": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-    }
-    if not dry_run:
-        for path, data in ((out, body), (sidecar, json.dumps(doc, indent=2).encode() + b"\n")):
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            _write_synced(tmp, data)
-            os.replace(tmp, path)
-        _fsync_dir(out.parent)
-    return {"file": out_rel, "sidecar": str(Path(out_rel).with_name(sidecar.name)), "records": len(keep),
+    src_sha, out_sha = hashlib.sha256(), hashlib.sha256()
+    read = records = kept = 0
+    size = src.stat().st_size
+    tick = Ticker(progress, f"{'reading' if dry_run else 'writing'} {out_rel}", size, "bytes")
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    side_tmp = sidecar.with_name(f".{sidecar.name}.{os.getpid()}.tmp")
+    sink = None
+
+    def took(data: bytes) -> None:
+        nonlocal read
+        src_sha.update(data)
+        read += len(data)
+        tick(min(read, size - 1), f"{kept:,} records kept")  # ends with the last record written
+
+    def emit(data: bytes) -> None:
+        out_sha.update(data)
+        if sink is not None:
+            sink.write(data)
+
+    try:  # whatever stops it (an error, a signal), no temporary file is left
+        sink = None if dry_run else open(tmp, "wb")  # closed below, on every path
+        with open(src, "rb") as f:
+            emit(b"[")
+            for i, rec in enumerate(iter_records(f, took)):
+                records += 1
+                if i in drop:
+                    continue
+                text = json.dumps(rec, ensure_ascii=False, indent=1).replace("\n", "\n ")  # one level deeper
+                emit((b",\n " if kept else b"\n ") + text.encode())
+                kept += 1
+            emit(b"\n]\n" if kept else b"]\n")
+        if sink is not None:
+            sink.flush()
+            os.fsync(sink.fileno())
+            sink.close()
+        tick(size, f"{kept:,} records kept", force=True)
+        counts: dict[str, int] = {}
+        for d in dropped:
+            counts[d["reason"]] = counts.get(d["reason"], 0) + 1
+        doc = {
+            "schema": FILTER_SCHEMA,
+            "source": {"file": records_rel, "sha256": src_sha.hexdigest(), "records": records},
+            "output": {"file": out_rel, "sha256": out_sha.hexdigest(), "records": kept},
+            "dropped": [{"index": d["index"], "id": d["id"], "reason": d["reason"], "detail": d["detail"]}
+                        for d in dropped],
+            "counts": dict(sorted(counts.items())),
+            "written": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        }  # fmt: skip
+        if not dry_run:
+            # The sidecar first: stopped in between, the next fix finds a sidecar and may replace the file; the other
+            # way round it would find a filtered file without one, and refuse to touch it.
+            _write_synced(side_tmp, json.dumps(doc, indent=2).encode() + b"\n")
+            os.replace(side_tmp, sidecar)
+            os.replace(tmp, out)
+            _fsync_dir(out.parent)
+    finally:
+        if sink is not None and not sink.closed:
+            sink.close()
+        tmp.unlink(missing_ok=True)  # renamed into place already, unless something above failed
+        side_tmp.unlink(missing_ok=True)
+    return {"file": out_rel, "sidecar": str(Path(out_rel).with_name(sidecar.name)), "records": kept,
             "dropped": len(dropped), "counts": doc["counts"], "written": not dry_run}  # fmt: skip
 
 
 def fix(
-    layout: Layout, run_verify: Any, *, write_filtered_files: bool = False, dry_run: bool = False
+    layout: Layout, run_verify: Any, *, write_filtered_files: bool = False, dry_run: bool = False,
+    progress: Progress | None = None,
 ) -> dict[str, Any]:
     """The whole fix: recover an interrupted one, verify, repair, verify the repaired images again, list (and
     optionally filter out) what still cannot be used. `run_verify(write_state)` returns a Verification."""
@@ -259,8 +302,11 @@ def fix(
                            "originals under .kit-data/originals; run it as a user who may write there")
         jp = _journal_path(root)
         _write_synced(jp, json.dumps({"entries": [{"path": a.key, "kind": a.kind} for a in actions]}).encode())
-        for a in actions:
+        tick = Ticker(progress, "writing images as JPEG", len(actions), "images")
+        for j, a in enumerate(actions):
+            tick(j, a.key)
             apply(root, a)
+        tick(len(actions), force=True)
         jp.unlink(missing_ok=True)
         v = run_verify(True)  # the changed images decode again; the rest come from the cache
     listing = unusable(v, actions if dry_run else None)
@@ -269,7 +315,7 @@ def fix(
         for sp in layout.stages:
             entry = v.result["stages"][sp.stage]
             if listing.get(sp.stage) and entry.get("present") and not entry.get("error"):
-                filtered[sp.stage] = write_filtered(root, sp.records, listing[sp.stage], dry_run)
+                filtered[sp.stage] = write_filtered(root, sp.records, listing[sp.stage], dry_run, progress)
                 filtered[sp.stage]["set"] = f"--set data.{sp.stage}_json={filtered[sp.stage]['file']}"
     return {
         "schema": "kit.data-fix/1", "data_root": str(root), "dry_run": dry_run, "recovered": recovered,

@@ -9,21 +9,26 @@ into the data directory as the data manifest (kit/data/manifest.py), and what it
 
 from __future__ import annotations
 
+import codecs
+import ctypes
 import hashlib
 import json
 import os
+import re
 import resource
+import signal
 import stat
 import struct
+import sys
 import time
 import warnings
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Protocol
 
 from .. import __version__
 from ..identity import HashCache
@@ -31,7 +36,9 @@ from . import manifest as manifest_mod
 from .sources import Reference
 
 STATE_DIR = ".kit-data"
-CACHE_SCHEMA = "kit.data-verify-cache/1"
+CACHE_SCHEMA = "kit.data-verify-cache/1"  # the images' cache
+# The record files' cache: /2 since a path out of the image folder is a bad record (a /1 entry named it as an image).
+RECORDS_CACHE_SCHEMA = "kit.data-verify-records/2"
 RESULT_SCHEMA = "kit.data-verify/1"
 FIRST = 20  # examples kept per category in the result
 SHOWN = 5  # examples printed per finding
@@ -47,7 +54,33 @@ SIBLING_SUFFIXES = (".gif", ".png", ".jpeg", ".JPG", ".JPEG", ".PNG", ".GIF")
 PRETRAIN_SOURCE = "pretrain"
 TEXT_ONLY = "text-only"
 
-Progress = Callable[[int, int], None]  # (images decoded so far, images to decode)
+
+class Progress(Protocol):
+    """What the verification is doing, for a display: `what` (a phase: reading a record file, finding the changed
+    images, decoding, counting folders), `done` of `total` in `unit` (bytes, images, folders; total 0: unknown), and a
+    short `detail` ("312,000 records"). A call with done == total ends the phase. Called at most every few hundred
+    milliseconds, so that no phase is silent for long (a 1 GB record file takes tens of seconds to read)."""
+
+    def __call__(self, what: str, done: int, total: int, unit: str = "", detail: str = "") -> None: ...
+
+
+PROGRESS_EVERY_S = 0.25  # the least time between two calls of one phase (the end is always reported)
+
+
+class Ticker:
+    """Calls `progress` for one phase, at most every PROGRESS_EVERY_S, always for the first and the last call."""
+
+    def __init__(self, progress: Progress | None, what: str, total: int, unit: str) -> None:
+        self.progress, self.what, self.total, self.unit = progress, what, total, unit
+        self.last = 0.0
+
+    def __call__(self, done: int, detail: str = "", force: bool = False) -> None:
+        if self.progress is None:
+            return
+        now = time.monotonic()
+        if force or done >= self.total or now - self.last >= PROGRESS_EVERY_S:
+            self.progress(self.what, done, self.total, self.unit, detail)
+            self.last = now
 
 
 class VerifyError(Exception):
@@ -146,6 +179,41 @@ def _check_chunk(root: str, keys: list[str]) -> tuple[list[tuple[int, int, str, 
     return out, time.process_time() - t0
 
 
+PR_SET_PDEATHSIG = 1
+
+
+def _worker_setup(parent: int) -> None:
+    """A decoding worker's first act: Ctrl-C is the parent's to handle (it stops the workers), SIGTERM and SIGHUP end
+    the worker at once (not the parent's handlers, inherited through fork), and the kernel sends SIGKILL when the
+    parent dies however it dies (Linux), so no worker is left behind, reparented to init and waiting forever."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:  # the parent died before the line above took effect
+        os._exit(1)
+
+
+def stop_pool(pool: ProcessPoolExecutor, grace: float = 5.0) -> None:
+    """End a pool's workers now: queued work is dropped, each worker gets SIGTERM (SIGKILL after `grace`), and the
+    pool reaps them. A plain shutdown would wait for every queued chunk to be decoded first."""
+    procs = list((getattr(pool, "_processes", None) or {}).values())  # Python < 3.14 has no terminate_workers()
+    for p in procs:
+        if p.exitcode is None:
+            p.terminate()
+    deadline = time.monotonic() + grace
+    while any(p.exitcode is None and p.is_alive() for p in procs) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for p in procs:
+        if p.exitcode is None and p.is_alive():
+            p.kill()
+    pool.shutdown(wait=True, cancel_futures=True)
+
+
 def default_jobs() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -171,25 +239,24 @@ def decode_images(
     size = _chunk_size(n, jobs)
     chunks = [keys[i : i + size] for i in range(0, n, size)]
     done = 0
+    tick = Ticker(progress, "decoding images", n, "images")
     if jobs <= 1:
-        if progress:
-            progress(0, n)
+        tick(0, force=True)
         cpu = 0.0
         for chunk in chunks:
             res, spent = _check_chunk(str(root), chunk)
             cpu += spent
             out.update(zip(chunk, res, strict=True))
             done += len(chunk)
-            if progress:
-                progress(done, n)
+            tick(done)
         stats["workers_cpu_s"] = cpu
     else:
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         workers = min(jobs, len(chunks))
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        pool = ProcessPoolExecutor(max_workers=workers, initializer=_worker_setup, initargs=(os.getpid(),))
+        try:
             pending = {pool.submit(_check_chunk, str(root), chunk): chunk for chunk in chunks}
-            if progress:  # after the workers are forked: a progress display's thread must not be copied into them
-                progress(0, n)
+            tick(0, force=True)  # after the workers are forked: a progress display's thread must not be copied into them
             while pending:
                 finished, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for fut in finished:
@@ -197,8 +264,11 @@ def decode_images(
                     res, _spent = fut.result()
                     out.update(zip(chunk, res, strict=True))
                     done += len(chunk)
-                if progress:
-                    progress(done, n)
+                tick(done)
+        except BaseException:  # Ctrl-C, SIGTERM/SIGHUP (raised as guard.Stop), a broken worker: none outlives this
+            stop_pool(pool)
+            raise
+        pool.shutdown(wait=True)
         after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the workers, reaped at the pool's shutdown
         stats["workers_cpu_s"] = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
         stats["jobs"] = workers
@@ -266,21 +336,125 @@ def source_of(stage: str, rec: Any) -> str:
     return image.split("/", 1)[0] if isinstance(image, str) and image else "invalid"
 
 
+READ_CHUNK = 4 << 20  # bytes of a record file read at a time (a real one is 1 GB: its progress moves by this)
+_WS = re.compile(r"[ \t\n\r]*")
+_NUMBER_CHARS = frozenset("0123456789.eE+-")
+
+
+class _Text:
+    """A UTF-8 file's text, held a window at a time for `iter_records`: positions count characters from the file's
+    start (`base` + an index into `buf`), lines are counted as the window moves, for json's "line L column C"."""
+
+    def __init__(self, f: BinaryIO, on_bytes: Callable[[bytes], None] | None) -> None:
+        self.f, self.on_bytes = f, on_bytes
+        self.utf8 = codecs.getincrementaldecoder("utf-8")()
+        self.buf, self.pos, self.base, self.lines, self.eof = "", 0, 0, 0, False
+        self.line_start = 0  # where the current line starts in the file, for the column of an error
+
+    def more(self) -> bool:
+        """Read on (at least a chunk, or as much as the window holds: a record longer than a chunk costs no rescans
+        beyond a doubling); False at the end of the file."""
+        if self.eof:
+            return False
+        data = self.f.read(max(READ_CHUNK, len(self.buf) - self.pos))
+        if self.on_bytes is not None:
+            self.on_bytes(data)
+        dropped = self.buf[: self.pos]
+        if (n := dropped.count("\n")) > 0:
+            self.lines += n
+            self.line_start = self.base + dropped.rfind("\n") + 1
+        self.base += len(dropped)
+        self.buf = self.buf[self.pos :] + self.utf8.decode(data, final=not data)
+        self.pos = 0
+        self.eof = not data
+        return True
+
+    def skip_ws(self) -> str:
+        """The next character that is not whitespace ('' at the end of the file), not consumed."""
+        while True:
+            self.pos = _WS.match(self.buf, self.pos).end()
+            if self.pos < len(self.buf):
+                return self.buf[self.pos]
+            if not self.more():
+                return ""
+
+    def error(self, msg: str, at: int) -> ValueError:
+        """`msg: line L column C (char N)`, as json.load says it, for an index into the window."""
+        line = self.lines + self.buf.count("\n", 0, at) + 1
+        nl = self.buf.rfind("\n", 0, at)
+        col = at - nl if nl >= 0 else self.base + at - self.line_start + 1
+        return ValueError(f"{msg}: line {line} column {col} (char {self.base + at})")
+
+
+def iter_records(f: BinaryIO, on_bytes: Callable[[bytes], None] | None = None) -> Iterator[Any]:
+    """The records of a record file (a JSON list) one by one, as it is read: a 1 GB file is parsed with progress and
+    without holding all its records at once. Every byte read is passed to `on_bytes` (its hash, the progress).
+    ValueError with json's reason and place when the file is not one JSON list; the records before it were yielded."""
+    t = _Text(f, on_bytes)
+    dec = json.JSONDecoder()
+    first = t.skip_ws()
+    if first != "[":
+        if not first:
+            raise t.error("Expecting value", t.pos)
+        while t.more():  # a JSON document, not a list: say what it is, as the loader would
+            pass
+        try:
+            doc = json.loads(t.buf[t.pos :])
+        except json.JSONDecodeError as e:
+            raise t.error(e.msg, t.pos + e.pos) from None
+        raise ValueError(f"expected a JSON list of records, got {type(doc).__name__}")
+    t.pos += 1
+    if t.skip_ws() == "]":
+        t.pos += 1
+    else:
+        while True:
+            t.skip_ws()
+            try:
+                rec, end = dec.raw_decode(t.buf, t.pos)
+            except json.JSONDecodeError as e:
+                if t.more():
+                    continue  # the record runs on past the window: read on and parse it again
+                raise t.error(e.msg, e.pos) from None
+            if (not t.eof and isinstance(rec, (int, float)) and not isinstance(rec, bool)
+                    and all(ch in _NUMBER_CHARS for ch in t.buf[end : end + 32]) and t.more()):
+                continue  # a number at the window's end ("6." of "6.5e3") may go on in the next chunk
+            yield rec
+            t.pos = end
+            c = t.skip_ws()
+            t.pos += 1
+            if c == "]":
+                break
+            if c != ",":
+                raise t.error("Expecting ',' delimiter", t.pos - 1)
+    if t.skip_ws():
+        raise t.error("Extra data", t.pos)
+
+
 def load_records(path: Path) -> list[Any]:
     """A record file: a JSON list. ValueError with the reason when it is not one."""
     with open(path, "rb") as f:
-        records = json.load(f)
-    if not isinstance(records, list):
-        raise ValueError(f"expected a JSON list of records, got {type(records).__name__}")
-    return records
+        return list(iter_records(f))
+
+
+def _remember(hashes: HashCache, path: Path, st: os.stat_result, digest: str) -> str:
+    """The digest computed while the file was read, kept in the hash cache as `HashCache.sha256` keeps its own
+    (by resolved path, size and mtime): the file is read once, not once for the hash and once for the records."""
+    hashes.entries[str(path.resolve())] = [st.st_size, st.st_mtime_ns, digest]
+    hashes.dirty = True
+    return digest
 
 
 def _check_records(
-    root: Path, sp: StagePaths, reference: Reference, hashes: HashCache, state: Path, save: bool
+    root: Path, sp: StagePaths, reference: Reference, hashes: HashCache, state: Path, save: bool,
+    progress: Progress | None = None,
 ) -> tuple[dict[str, Any], list[tuple[int, str | None, str]], list[tuple[int, str | None, str, str]]]:
-    """One stage's record file: validated record by record (or taken from the cache when its size and mtime are
-    unchanged); the stage's entry, the records that name images, the bad records."""
-    from cases.llava1_5_7b.records import record_issue  # standard library only: no torch on the host
+    """One stage's record file: read once (hashed, parsed and validated record by record as the bytes come, with
+    progress), or taken from the cache when its size and mtime are unchanged; the stage's entry, the records that
+    name images, the bad records."""
+    from cases.llava1_5_7b.records import (  # standard library only: no torch here
+        image_path_problem,
+        record_issue,
+    )
 
     path = root / sp.records
     ref_count = reference.pretrain_records if sp.stage == "pretrain" else reference.finetune_records
@@ -294,34 +468,50 @@ def _check_records(
     entry.update(present=True, bytes=st.st_size, mtime_ns=st.st_mtime_ns)
     cache_path = state / f"records-{sp.stage}.json"
     cached = _load_json(cache_path)
-    key = {"schema": CACHE_SCHEMA, "file": sp.records, "bytes": st.st_size, "mtime_ns": st.st_mtime_ns,
+    key = {"schema": RECORDS_CACHE_SCHEMA, "file": sp.records, "bytes": st.st_size, "mtime_ns": st.st_mtime_ns,
            "template": sp.template, "images": sp.images}  # fmt: skip
     if isinstance(cached, dict) and all(cached.get(k) == v for k, v in key.items()):
         entry.update(cached["entry"], from_cache=True)
         refs = [(int(i), rid, k) for i, rid, k in cached["refs"]]
         bad = [(int(i), rid, cat, why) for i, rid, cat, why in cached["bad"]]
         return entry, refs, bad
-    entry["sha256"], _ = hashes.sha256(path)
-    try:
-        records = load_records(path)
-    except (OSError, ValueError) as e:
-        entry["error"] = f"not a record file: {_short(e, 240)}"
-        return entry, [], []
     refs: list[tuple[int, str | None, str]] = []
     bad: list[tuple[int, str | None, str, str]] = []
     by_source: dict[str, int] = {}
-    for i, rec in enumerate(records):
-        issue = record_issue(rec, sp.template)
-        if issue is not None:
-            bad.append((i, _rec_id(rec), issue[0], issue[1]))
-        if isinstance(rec, dict) and isinstance(rec.get("image"), str) and rec["image"]:
-            refs.append((i, _rec_id(rec), image_key(sp.images, rec["image"])))
-        src = source_of(sp.stage, rec)
-        by_source[src] = by_source.get(src, 0) + 1
+    sha = hashlib.sha256()
+    read = n = 0
+    tick = Ticker(progress, f"reading the {sp.stage} records ({sp.records})", st.st_size, "bytes")
+
+    def took(data: bytes) -> None:
+        nonlocal read
+        sha.update(data)
+        read += len(data)
+        tick(min(read, st.st_size - 1), f"{n:,} records")  # the phase ends once its last records are checked too
+
+    try:
+        with open(path, "rb") as f:
+            tick(0, force=True)
+            for n, rec in enumerate(iter_records(f, took), 1):  # `took` shows n, the records so far
+                i = n - 1
+                issue = record_issue(rec, sp.template)
+                if issue is not None:
+                    bad.append((i, _rec_id(rec), issue[0], issue[1]))
+                if isinstance(rec, dict) and isinstance(rec.get("image"), str) and rec["image"]:
+                    if image_path_problem(rec["image"]) is None:  # out of the image folder: a bad record, never opened
+                        refs.append((i, _rec_id(rec), image_key(sp.images, rec["image"])))
+                src = source_of(sp.stage, rec)
+                by_source[src] = by_source.get(src, 0) + 1
+    except (OSError, ValueError) as e:  # JSON, UTF-8 (UnicodeDecodeError) or the disk
+        tick(st.st_size, "not a record file", force=True)
+        entry["sha256"], _ = hashes.sha256(path)
+        entry["error"] = f"not a record file: {_short(e, 240)}"
+        return entry, [], []
+    tick(st.st_size, f"{n:,} records", force=True)
+    entry["sha256"] = _remember(hashes, path, st, sha.hexdigest())
     counts: dict[str, int] = {}
     for _, _, cat, _ in bad:
         counts[cat] = counts.get(cat, 0) + 1
-    parsed = {"sha256": entry["sha256"], "records": len(records), "bad_records": counts,
+    parsed = {"sha256": entry["sha256"], "records": n, "bad_records": counts,
               "images_referenced": len(refs)}  # fmt: skip
     if sp.stage == "finetune":
         parsed["by_source"] = dict(sorted(by_source.items()))
@@ -560,7 +750,7 @@ def verify(
     refs: dict[str, list[tuple[int, str | None, str]]] = {}
     bad: dict[str, list[tuple[int, str | None, str, str]]] = {}
     for sp in layout.stages:
-        entry, refs[sp.stage], bad[sp.stage] = _check_records(root, sp, reference, hashes, state, save)
+        entry, refs[sp.stage], bad[sp.stage] = _check_records(root, sp, reference, hashes, state, save, progress)
         first: dict[str, list[dict[str, Any]]] = {}
         for i, rid, cat, why in bad[sp.stage]:
             if len(first.setdefault(cat, [])) < FIRST:
@@ -578,17 +768,23 @@ def verify(
     statuses: dict[str, tuple[int, int, str, str, str]] = {}
     todo: list[str] = []
     base = str(root)
-    for k in keys:
+    tick = Ticker(progress, "finding the images changed since the last verify", len(keys), "images")
+    tick(0, force=True)
+    for j, k in enumerate(keys, 1):
         try:
             st = os.stat(os.path.join(base, k))
         except OSError:
             todo.append(k)  # missing or unreadable: check_image says which (no decoding)
             continue
+        finally:
+            if not j & 1023:  # a stat per image: 700,000 of them on a network file system take minutes
+                tick(j, f"{len(todo):,} to decode")
         hit = entries.get(k)
         if not full and isinstance(hit, list) and len(hit) == 5 and hit[0] == st.st_size and hit[1] == st.st_mtime_ns:
             statuses[k] = tuple(hit)  # type: ignore[assignment]
         else:
             todo.append(k)
+    tick(len(keys), f"{len(todo):,} to decode", force=True)
     cached_n = len(statuses)
     decoded, stats = decode_images(root, todo, jobs, progress)
     statuses.update(decoded)
@@ -615,9 +811,12 @@ def verify(
     # Folders, weights, MMMU.
     ft = next((sp for sp in layout.stages if sp.stage == "finetune"), None)
     folders: dict[str, Any] = {}
-    for rel, want in reference.folders.items():
+    tick = Ticker(progress, "counting the files of the image folders", len(reference.folders), "folders")
+    for j, (rel, want) in enumerate(reference.folders.items()):
+        tick(j, rel)
         base = root / ft.images if ft else root
         folders[image_key(ft.images if ft else ".", rel)] = {"files": count_files(base / rel), "reference": want}
+    tick(len(reference.folders), force=True)
     result["folders"] = folders
     result["weights"] = None
     if models is not None:

@@ -14,7 +14,7 @@ disabled seccomp profile. Containers carry `kit.run=<run id>` labels and are rem
 Ctrl-C alike.
 
 Remote engines are reached with the SDK's `ssh://` base URLs; ssh runs in batch mode with host-key checking
-on (the same policy as `kit check-host --host`), plus the user's `--ssh-option`s.
+on (the same policy as `kit check-host --hosts`), plus the user's `--ssh-option`s.
 """
 
 from __future__ import annotations
@@ -60,6 +60,8 @@ RLIMIT_FIX = (
     "or ask for what it allows with --ulimit memlock=BYTES (less pinned memory for NCCL and the DataLoader)"
 )
 STOP_GRACE_S = 30
+SSH_STDERR = "ssh-stderr.log"  # in SshPolicy's directory
+SSH_DIR_PREFIX = "kit-ssh-"
 MOUNT_MARKER = ".kit-mount-check"
 
 
@@ -130,15 +132,18 @@ class SshPolicy:
         self.saved_path: str | None = None
 
     def __enter__(self) -> SshPolicy:
-        import shutil
-
-        real = shutil.which("ssh")
+        real = _real_ssh()
         if real is None:
             return self  # only ssh:// nodes need it; they fail with ssh's absence named
-        self.dir = tempfile.mkdtemp(prefix="kit-ssh-")
+        self.dir = tempfile.mkdtemp(prefix=SSH_DIR_PREFIX)
         args = ["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes", "-o", "ConnectTimeout=15", *self.options]
         script = Path(self.dir) / "ssh"
-        script.write_text(f"#!/bin/sh\nexec {shlex.quote(real)} {' '.join(shlex.quote(a) for a in args)} \"$@\"\n")
+        # ssh's own complaint ("Could not resolve hostname", "Host key verification failed") goes to a file that
+        # connect() quotes: the SDK would only say "Remote end closed connection", and ssh's line would land on the
+        # terminal apart from kit's message.
+        log = Path(self.dir) / SSH_STDERR
+        script.write_text(f"#!/bin/sh\nexec {shlex.quote(real)} {' '.join(shlex.quote(a) for a in args)} \"$@\" "
+                          f"2>>{shlex.quote(str(log))}\n")  # fmt: skip
         script.chmod(stat.S_IRWXU)
         self.saved_path = os.environ.get("PATH", "")
         os.environ["PATH"] = f"{self.dir}{os.pathsep}{self.saved_path}"
@@ -172,31 +177,68 @@ class Node:
         return {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "client"}
 
 
+def _real_ssh() -> str | None:
+    """ssh on PATH, past any SshPolicy wrapper (a kit started by a kit inherits its PATH): wrappers never nest."""
+    import shutil
+
+    dirs = [d for d in os.environ.get("PATH", "").split(os.pathsep) if not Path(d).name.startswith(SSH_DIR_PREFIX)]
+    return shutil.which("ssh", path=os.pathsep.join(dirs))
+
+
+def _ssh_log() -> Path | None:
+    """The stderr log of the SshPolicy wrapper in force, or None."""
+    import shutil
+
+    ssh = shutil.which("ssh")
+    return Path(ssh).parent / SSH_STDERR if ssh and Path(ssh).parent.name.startswith(SSH_DIR_PREFIX) else None
+
+
+def _ssh_log_size() -> int:
+    log = _ssh_log()
+    try:
+        return log.stat().st_size if log else 0
+    except OSError:
+        return 0
+
+
+def _ssh_complaint(since: int) -> str:
+    """The last line ssh wrote through SshPolicy's wrapper after byte `since` of its log, or ""."""
+    log = _ssh_log()
+    if log is None or not log.is_file():
+        return ""
+    with open(log, "rb") as f:
+        f.seek(since)
+        lines = [ln.strip() for ln in f.read().decode(errors="replace").splitlines() if ln.strip()]
+    return lines[-1][:300] if lines else ""
+
+
 def connect(node: Node, timeout: float = 60) -> None:
     """Attach an engine client to the node, or ContainerError with check-host's diagnosis of the engine."""
     import docker
 
     from ..checks import docker as dc
 
+    ssh = node.base_url.startswith("ssh://")
+    since = _ssh_log_size() if ssh else 0
     try:
-        node.client = docker.DockerClient(
-            base_url=node.base_url, timeout=timeout, use_ssh_client=node.base_url.startswith("ssh://")
-        )
+        node.client = docker.DockerClient(base_url=node.base_url, timeout=timeout, use_ssh_client=ssh)
         info = node.client.info()
         # Reached: from here on, calls may be slow for good reasons (creating a container copies the image's
         # files on some storage drivers; stopping waits for the grace period).
         node.client.api.timeout = max(timeout, 900)
     except Exception as e:  # noqa: BLE001 - every way of not reaching an engine is one answer
         check = dc._unreachable(node.base_url, e)
-        fix = check.fix
-        if node.base_url.startswith("ssh://"):
+        reason, fix = check.data.get("reason") or check.detail, check.fix
+        if ssh:
             dest, port = ssh_destination(node.base_url)
+            if said := _ssh_complaint(since):
+                reason = said if said.startswith("ssh") else f"ssh: {said}"
             fix = (
-                f"`kit check-host --host {dest}{':' + str(port) if port else ''}` says what is wrong with the host; "
+                f"`kit check-host --hosts {dest}{':' + str(port) if port else ''}` says what is wrong with the host; "
                 f"ssh must reach it in batch mode with a known host key, and its user must be allowed to run docker "
                 f"(`ssh {'-p ' + str(port) + ' ' if port else ''}{dest} docker info`)"
             )
-        raise ContainerError(f"{node.where}: cannot reach the Docker engine at {node.base_url}: {check.detail}", fix) from None
+        raise ContainerError(f"{node.where}: cannot reach the Docker engine at {node.base_url}: {reason}", fix) from None
     node.engine_id = info.get("ID", "")
     node.engine_name = info.get("Name", "")
 
@@ -437,6 +479,29 @@ def plan(
     )  # fmt: skip
 
 
+def unreached_plan(
+    *, hosts: list[str], image: str | None, results: Path, read_only: list[Path], gpus_per_node: int, use_gpus: bool,
+    env: dict[str, str], ssh_options: list[str], master_addr: str | None, master_port: int | None, run_tag: str,
+    ulimits: dict[str, list[int]] | None = None,
+) -> ContainerPlan:
+    """The plan a dry run shows when an engine cannot be reached: what the request decides, with what only the
+    engines answer left open (the image's id, engine names, InfiniBand; a one-engine rehearsal's network is taken
+    from --hosts naming one host for every node). Master port 0: a free one, found at launch."""
+    nodes = [Node(i, h, base_url_of(h)) for i, h in enumerate(hosts)]
+    if len(nodes) > 1 and len(set(hosts)) == 1:
+        network, addr, port = f"kit-{run_tag}", "kit-node0", master_port or DEFAULT_MASTER_PORT
+    else:
+        network = "host"
+        addr = master_addr or ("127.0.0.1" if len(nodes) == 1 else _node_address(nodes[0]))
+        port = master_port or (0 if nodes[0].base_url.startswith("unix://") else DEFAULT_MASTER_PORT)
+    return ContainerPlan(
+        image=image or "the newest `kit build` under --results", image_id="", nodes=nodes,
+        gpus_per_node=gpus_per_node, use_gpus=use_gpus, network=network, master_addr=addr, master_port=port,
+        user=f"{os.getuid()}:{os.getgid()}", mounts=mounts_for(results, read_only), env=env,
+        ssh_options=list(ssh_options), ulimits=ulimits or parse_ulimits(None),
+    )  # fmt: skip
+
+
 # Run with the image's Python in a throwaway container on each node before a multi-host launch.
 PREFLIGHT = r"""
 import os, socket, sys, time
@@ -539,9 +604,9 @@ def _node_address(node: Node) -> str:
 def describe(plan_: ContainerPlan) -> list[str]:
     """The plan in words, for --dry-run and the run's start."""
     lines = [
-        f"image {plan_.image} ({plan_.image_id[:19]})",
+        f"image {plan_.image} ({plan_.image_id[:19] or 'id not looked up'})",
         f"{len(plan_.nodes)} node(s) x {plan_.gpus_per_node} {'GPU' if plan_.use_gpus else 'CPU rank'}(s); "
-        f"network {plan_.network}; rendezvous {plan_.master_addr}:{plan_.master_port}",
+        f"network {plan_.network}; rendezvous {plan_.master_addr}:{plan_.master_port or '<free port>'}",
         f"user {plan_.user}; ipc host; ulimits "
         + " ".join(f"{k}={'unlimited' if v[0] == -1 else v[0]}" for k, v in sorted(plan_.ulimits.items()))
         + "; init; not privileged",

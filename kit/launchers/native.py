@@ -3,15 +3,30 @@
 from __future__ import annotations
 
 import hashlib
+import importlib
+import json
 import os
+import select
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from ..cases import Case
 from ..guard import child_setup
-from ..progress import StageProgress
-from .base import failure_message, free_port, stop_group
+from ..progress import StageProgress, clock
+from .base import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    StageResult,
+    StartFailed,
+    failure_message,
+    free_port,
+    stop_group,
+    tail_lines,
+)
+
+OPS_NOTE_EVERY_S = 10.0  # a build or a wait says how long so far at least this often
 
 
 def extensions_dir(python: str) -> str:
@@ -38,6 +53,7 @@ class NativeLauncher:
         self.python = python
         self.env = {"TORCH_EXTENSIONS_DIR": extensions_dir(python), **os.environ, **(env or {})}
         self.hang_timeout = hang_timeout
+        self.ops_checked = False
 
     def command(self, module: str, gpus: int, port: int, case_args: list[str]) -> list[str]:
         return [
@@ -58,6 +74,7 @@ class NativeLauncher:
             )  # fmt: skip
 
     def start(self, run: Path, stage: str, world: int, case_args: list[str], display: StageProgress) -> subprocess.Popen:
+        self.prepare_ops(run, stage, display)
         stage_dir = run / stage
         cmd = self.command(
             self.case.stage_module(stage), world, free_port(), ["--stage", stage, "--run-dir", str(run), *case_args]
@@ -68,6 +85,44 @@ class NativeLauncher:
             # A session of its own: Ctrl-C reaches the host only, which then stops every rank in order; and SIGTERM
             # when this process dies, however it dies, so no rank outlives it.
             return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env, preexec_fn=child_setup)
+
+    def prepare_ops(self, run: Path, stage: str, display: StageProgress) -> None:
+        """The case's JIT-compiled ops (DeepSpeed's deepspeed_shm_comm on a CPU: cases/<case>/ops.py) built before the
+        first stage that loads them, once per environment, under a lock, with a line on the progress display. Left to
+        the ranks, every rank of every run started meanwhile compiled or waited behind "starting" for minutes."""
+        if self.ops_checked:
+            return
+        try:
+            ops = importlib.import_module(self.case.module("ops"))  # standard library only at import
+        except ImportError:
+            self.ops_checked = True
+            return
+        if stage not in getattr(ops, "STAGES", ()):
+            return
+        self.ops_checked = True
+        if _uses_cuda(run) and self.env.get("DS_ACCELERATOR", "cuda") != "cpu":
+            return  # DeepSpeed's CUDA accelerator does not use the op
+        log = run / "logs" / "ops.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "ab") as err:
+            proc = subprocess.Popen([self.python, "-m", self.case.module("ops")], stdout=subprocess.PIPE, stderr=err,
+                                    env=self.env, preexec_fn=child_setup, bufsize=0)  # fmt: skip
+        try:
+            last = _follow_ops(proc, display)
+        except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM/SIGHUP through guard.Stop: the compilers go with it
+            display.note("[yellow]stopping the build")
+            stop_group(proc, grace=10.0)
+            raise StartFailed(StageResult(stage, "interrupted", EXIT_INTERRUPTED,
+                                          message=f"stage {stage} interrupted ({e or 'SIGINT'})")) from None  # fmt: skip
+        finally:
+            if proc.poll() is None:
+                stop_group(proc, grace=10.0)
+        if proc.returncode != 0:
+            why = last.get("error") or f"the build exited {proc.returncode}"
+            raise StartFailed(StageResult(stage, "failed", EXIT_FAILED, message=(
+                f"stage {stage} cannot start: DeepSpeed's {last.get('op', 'CPU')} op, which the ranks load on a CPU, "
+                f"did not compile ({why}). Install a C++ compiler and ninja (g++, ninja-build) for {self.python}, then "
+                f"`kit resume {run}`\nlast lines of {log}:\n{tail_lines(log)}")))  # fmt: skip
 
     def poll(self, proc: subprocess.Popen) -> tuple[int | None, str | None]:
         return proc.poll(), None
@@ -87,3 +142,62 @@ class NativeLauncher:
 
     def close(self) -> None:
         pass
+
+
+def _uses_cuda(run: Path) -> bool:
+    """What the environment probe found (environment.json): torch sees a GPU, so DeepSpeed picks its CUDA accelerator."""
+    try:
+        env = json.loads((run / "environment.json").read_text())
+        return bool(env["case"]["torch"]["cuda_available"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def _ops_note(state: dict, since: float, now: float) -> str | None:
+    """The progress line's words for the ops helper's state (cases/<case>/ops.py), with the time it has taken so far."""
+    op, so_far = state.get("op", "op"), clock(now - since)
+    what = state.get("state")
+    if what == "checking":
+        return f"checking whether DeepSpeed's {op} op must be compiled for this CPU"
+    if what == "waiting":
+        pid = (state.get("holder") or {}).get("pid", "?")
+        return f"waiting for pid {pid}, which compiles DeepSpeed's {op} op for this environment ({so_far} so far)"
+    if what == "building":
+        return (f"compiling DeepSpeed's {op} op for this CPU, once for this environment: about "
+                f"{clock(state.get('estimate_s'))} at this load ({so_far} so far)")  # fmt: skip
+    if what == "built":
+        return f"compiled DeepSpeed's {op} op in {clock(state.get('seconds'))}; starting the ranks"
+    if what == "ready" and state.get("after_wait"):
+        return f"DeepSpeed's {op} op is compiled; starting the ranks"
+    return None
+
+
+def _follow_ops(proc: subprocess.Popen, display: StageProgress) -> dict:
+    """The helper's JSON lines onto the progress line until it exits; the last state it reported."""
+    fd = proc.stdout.fileno()
+    buf, last, since, shown = b"", {}, time.monotonic(), 0.0
+    while True:
+        ready, _, _ = select.select([fd], [], [], 1.0)
+        if ready:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            *lines, buf = (buf + chunk).split(b"\n")
+            for line in lines:
+                try:
+                    state = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(state, dict):
+                    if state.get("state") != last.get("state"):
+                        since = time.monotonic()
+                    if state.get("state") == "ready" and last.get("state") == "waiting":
+                        state["after_wait"] = True
+                    last, shown = state, 0.0
+        now = time.monotonic()
+        if last and now - shown >= OPS_NOTE_EVERY_S and (note := _ops_note(last, since, now)):
+            display.note(note)
+            shown = now
+    proc.stdout.close()
+    proc.wait()
+    return last

@@ -67,6 +67,26 @@ def test_bad_values(tmp_path):
         assert "tiny.toml with --set" in str(e.value)
 
 
+@pytest.mark.parametrize("raw", ["nan", "inf", "-inf", "+inf", "-nan"])
+@pytest.mark.parametrize("key", ["pretrain.lr", "finetune.offload_optimizer", "train.adam_eps", "model.llm.rms_eps",
+                                 "synthetic.text_only_fraction", "pretrain.reduce_bucket"])
+def test_non_finite_numbers_are_refused_by_key_and_value(key, raw):
+    """TOML reads nan and inf as floats, and every comparison with nan is false: a range check alone lets it through
+    (pretrain.lr=nan reached AdamW 21 s into a run). Every float of the schema refuses them, naming key and value."""
+    with pytest.raises(c.ConfigError) as e:
+        c.load("tiny", [f"{key}={raw}"])
+    shown = repr(float(raw))
+    assert str(e.value).endswith(f"tiny.toml with --set {key}={raw}: {key} must be a finite number, got {shown} "
+                                 "(nan and inf are refused)"), str(e.value)
+
+
+def test_non_finite_numbers_in_a_config_file_are_refused(tmp_path):
+    p = tmp_path / "mine.toml"
+    p.write_text((c.CONFIG_DIR / "tiny.toml").read_text().replace("[train]\n", "[train]\nadam_eps = nan\n"))
+    with pytest.raises(c.ConfigError, match=r"mine\.toml: train\.adam_eps must be a finite number, got nan"):
+        c.load(p)
+
+
 def test_missing_required_key_and_bad_toml(tmp_path):
     p = tmp_path / "bad.toml"
     p.write_text('description = "x"\ndevice = "cpu"\nnodes = 1\ngpus_per_node = 1\n[model]\n')

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import math
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -24,6 +28,26 @@ from cases.llava1_5_7b.tokenizer import Tokenizer
 from .conftest import SYSTEM_PIECES, G, H, P, write_json
 
 IGN, IMG = D.IGNORE_INDEX, D.IMAGE_TOKEN_INDEX
+_opens: list[str] | None = None  # where audit_opens collects, while one is active
+
+
+def _audit(event: str, args: tuple) -> None:
+    if _opens is not None and event == "open" and args and isinstance(args[0], (str, bytes, os.PathLike)):
+        _opens.append(os.fsdecode(args[0]))
+
+
+sys.addaudithook(_audit)  # for good (hooks cannot be removed): it does nothing outside audit_opens
+
+
+@contextmanager
+def audit_opens(into: list[str]) -> Iterator[None]:
+    """Every file this process opens meanwhile (Python's "open" audit event: open(), os.open(), Pillow's reads)."""
+    global _opens
+    _opens = into
+    try:
+        yield
+    finally:
+        _opens = None
 
 
 def masked(ids: list[int]) -> list[int]:
@@ -139,6 +163,39 @@ def test_bad_record_names_file_and_record(root: Path, tok: Tokenizer, name: str)
     msg = str(e.value)
     assert str(path) in msg and f"id {rec['id']!r}" in msg and "record #1" in msg
     assert words in msg and "skip_bad_records" in msg
+
+
+# Records that name files outside the data root, as a hostile or broken record file could.
+ESCAPING = ["../../../../etc/passwd", "/etc/hostname", "coco/../../../../../../proc/self/environ", "../secret.jpg"]
+
+
+@pytest.mark.parametrize("image", ESCAPING)
+def test_an_image_path_out_of_the_data_root_is_named_and_never_opened(tmp_path: Path, tok: Tokenizer,
+                                                                      image: str) -> None:  # fmt: skip
+    root = tmp_path / "data"
+    _image(root / "img" / "0.jpg")
+    _image(tmp_path / "secret.jpg")  # a real image outside the root: the loader would have trained on it
+    rec = {"id": "esc", "image": image, "conversations": [H("<image>\nlook"), G("red ball")]}
+    path = write_json(root / "d.json", [_good(0), rec])
+    with pytest.raises(DataError) as e:
+        LlavaDataset(path, root, tok, "v1", "pad", 28)
+    assert str(e.value).startswith(f"{path}: record #1 (id 'esc'): image path escapes the data root: {image!r}")
+    assert "skip_bad_records" in str(e.value)
+    opened: list[str] = []
+    with audit_opens(opened):  # within the budget it is skipped as a schema error, and nothing outside is opened
+        ds = LlavaDataset(path, root, tok, "v1", "pad", 28, skip_bad_records=1)
+        items = [ds[i] for i in range(len(ds))]
+    assert [x["id"] for x in items] == ["good-0"] and ds.skipped_by_category == {"schema": 1}
+    target = os.path.realpath(os.path.join(root, image))
+    assert opened and not [p for p in opened if os.path.realpath(p) == target]
+
+
+def test_image_paths_that_stay_inside_are_records_as_before() -> None:
+    from cases.llava1_5_7b.records import image_path_problem
+
+    for ok in ("coco/train2017/1.jpg", "coco/../gqa/images/1.jpg", "./00000/000000001.jpg", "a..b/c.jpg"):
+        assert image_path_problem(ok) is None, ok
+    assert image_path_problem("..") and image_path_problem("x/../..") and image_path_problem("a\0.jpg")
 
 
 def test_malformed_record_without_id_and_bad_json(root: Path, tok: Tokenizer) -> None:

@@ -559,7 +559,7 @@ def test_deep_names_undecodable_images_and_records_kit_run_rejects(tmp_path):
             "--data", str(root), "--deep"]  # fmt: skip
     r = runner.invoke(app(), [*argv, "--json"])
     assert r.exit_code == 1 and not isinstance(r.exception, TypeError)
-    rows = {c["name"]: c for c in next(iter(json.loads(r.output)["hosts"].values()))}
+    rows = {c["name"]: c for c in next(iter(json.loads(r.stdout)["hosts"].values()))}
     assert not any("the check itself failed" in c["detail"] for c in rows.values())
     images = rows["verify: images: unreadable"]
     assert images["status"] == "fail" and images["detail"].startswith("pretrain: 2 unreadable file(s) named by 2 record(s)")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -116,7 +117,7 @@ def test_a_given_config_is_kept_and_an_unshipped_scale_falls_back_to_the_referen
         run_cmd.plan("llava1_5_7b", "A800x1x8", "pretrain", nodes=2, gpus=8, synthetic=True, hosts="a,b")
 
 
-def test_the_refusal_reaches_the_user_as_one_line_with_exit_2(tmp_path):
+def test_the_refusal_reaches_the_user_as_one_line_with_exit_2(tmp_path, monkeypatch):
     r = runner.invoke(
         app,
         ["run", "llava1_5_7b", "--config", "A800x1x8", "--nodes", "2", "--gpus", "8", "--hosts", "a,b", "--synthetic",
@@ -132,8 +133,13 @@ def test_the_refusal_reaches_the_user_as_one_line_with_exit_2(tmp_path):
         "or --set pretrain.micro_batch=16 --set finetune.micro_batch=8"
     )
     assert not any(tmp_path.iterdir())
-    # Without --config the scale picks the config; --native's dry run reaches no engine, so it runs through here.
+    # Without --config the scale picks the config; --native's dry run reaches no engine, so it runs through here
+    # (on a recorded GPU host with room on disk: a dry run exits as the launch would, 0 here).
+    from kit.checks import system
+
+    monkeypatch.setattr(system, "free_bytes", lambda p: (Path(p), 10**15))
+    recording = Path(__file__).resolve().parents[1] / "fixtures" / "hosts" / "nvml-h200x2.json"
     r = runner.invoke(app, ["run", "llava1_5_7b", "--nodes", "1", "--gpus", "1", "--synthetic", "--native", "--dry-run",
-                            "--results", str(tmp_path)])  # fmt: skip
+                            "--results", str(tmp_path)], env={"KIT_NVML_RECORDING": str(recording)})  # fmt: skip
     assert r.exit_code == 0, r.output
     assert "config A800x1x1" in " ".join(r.output.split())

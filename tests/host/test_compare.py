@@ -190,7 +190,13 @@ def test_the_html_page_in_a_real_browser(tiny_submission: Path, tiny_runs: list[
         assert len(re.findall(rf'<rect class="bar" data-label="{re.escape(attr)}"', html)) >= 1, label
     assert f"ratio vs {_label(tiny_submission)}" in html
     assert html.count("n/a") > 0  # MFU of a CPU: said, not drawn
-    assert "MFU per system and stage" in html and "tokens / s / GPU" in html
+    assert "MFU per system and stage" in html and "tokens / s / GPU" in html  # the seed's charts
+    # The tiny CPU runs and the seed A800 never share an axis; the CPU runs' MFU chart would be empty: not drawn.
+    charts = _svgs(html)
+    cpu = next(svg for svg in charts.values() if f'data-label="{run_id}"' in svg)
+    assert "tokens / s / CPU rank" in cpu and 'data-label="seed A800 1x8"' not in cpu
+    assert "not on one axis with seed A800 1x8: per CPU rank vs per GPU; synthetic vs real data; model shape" in cpu
+    assert f"MFU chart of {_label(tiny_submission)} (synthetic), {run_id} (synthetic) not drawn" in html
 
     shot = tmp_path / "compare.png"
     s = _chromium(f"--user-data-dir={profile}", f"--screenshot={shot}", "--window-size=1200,900", page.as_uri())
@@ -219,3 +225,151 @@ def test_what_is_neither_a_run_nor_a_submission_is_refused_in_one_line(tmp_path:
         assert r.stdout == "" and r.stderr.startswith("error:") and len(r.stderr.strip().splitlines()) == 1, r.stderr
     r = kit(tmp_path / "empty", "--format", "xml")
     assert r.exit_code == 2 and "--format" in r.stderr
+
+
+# ---------------------------------------------------------------- the html charts: what shares an axis
+
+
+CPU_ID = "20261101-090000-llava1_5_7b-tiny-abcd"
+
+
+def _factory_runs(tmp_path: Path) -> dict[str, Path]:
+    """Runs in the run directory's real format (tests/host/rundir_factory): two on a CPU, one on an H200."""
+    from .rundir_factory import StageSpec, make_run
+
+    cpu = [StageSpec(s, device_name="cpu", device_type="cpu") for s in ("pretrain", "finetune")]
+    return {
+        "cpu": make_run(tmp_path, cpu, config="tiny", device="cpu", run_id=CPU_ID),
+        "cpu2": make_run(tmp_path, [StageSpec(s, device_name="cpu", device_type="cpu", step_time_s=2.5)
+                                    for s in ("pretrain", "finetune")], config="tiny", device="cpu",
+                         run_id="20261102-090000-llava1_5_7b-tiny-ef01"),  # fmt: skip
+        "h200": make_run(tmp_path, run_id="20261103-090000-llava1_5_7b-H200x1x1-2345"),
+    }
+
+
+def _svgs(page: str) -> dict[str, str]:
+    """The page's charts by id."""
+    return {m.group(1): m.group(0) for m in re.finditer(r'<svg id="([^"]+)".*?</svg>', page, re.S)}
+
+
+def test_entries_that_do_not_compare_never_share_an_axis(tmp_path: Path) -> None:
+    """The issue: a CPU run's bars on one axis with the seed A800's (a manager reads "65% of an A800"), an MFU
+    chart empty but for the seed, "GPU" on the axis of CPU ranks."""
+    runs = _factory_runs(tmp_path)
+    c = cmp.build([runs["cpu"], runs["cpu2"], runs["h200"]], reference=True, baseline="seed")
+    page = cmp.render_html(c)
+    charts = _svgs(page)
+    print(sorted(charts))
+    cpu, cpu2, h200 = (e for e in c.entries)
+    groups = cmp._chart_sets(c)
+    assert [e.label for e in groups[0]][0] == "seed A800 1x8" and [cpu, cpu2] in groups  # the baseline's chart first
+    for name, svg in charts.items():  # every chart's bars: one set's entries, no other's
+        labels = set(re.findall(r'<rect class="bar" data-label="([^"]+)"', svg))
+        assert any(labels <= {e.label for e in g} for g in groups), (name, labels)
+    token_charts = [svg for name, svg in charts.items() if name.startswith("chart-tokens")]
+    assert len(token_charts) == len(groups)
+    cpu_chart = next(svg for svg in token_charts if f'data-label="{CPU_ID}"' in svg)
+    assert 'data-label="seed A800 1x8"' not in cpu_chart and "tokens / s / CPU rank" in cpu_chart
+    assert "token/p/s per CPU rank, per system and stage" in cpu_chart
+    assert re.search(r'class="apart"[^>]*>not on one axis with seed A800 1x8: per CPU rank vs per GPU', cpu_chart)
+    seed_chart = next(svg for svg in token_charts if 'data-label="seed A800 1x8"' in svg)
+    assert "tokens / s / GPU" in seed_chart and "CPU rank" not in seed_chart.split('class="apart"')[0]
+    # MFU: the CPU runs have no peak, so their chart is one line, not an empty frame
+    assert (f'<p class="nochart" data-chart="MFU">MFU chart of {CPU_ID}, 20261102-090000-llava1_5_7b-tiny-ef01 not '
+            "drawn: no peak FLOP/s (a CPU has none), so every MFU is n/a.</p>") in page
+    mfu_charts = [svg for name, svg in charts.items() if name.startswith("chart-mfu")]
+    assert mfu_charts and all(f'data-label="{CPU_ID}"' not in svg for svg in mfu_charts)
+    assert all(re.search(r'<rect class="bar"', svg) for svg in charts.values())  # no chart drawn without a bar
+    assert "\u2026" not in page  # no label cut short
+    # Two runs of one kind share one chart, and a lone comparable set says nothing is kept apart.
+    alone = cmp.render_html(cmp.build([runs["cpu"], runs["cpu2"]]))
+    assert list(_svgs(alone)) == ["chart-tokens"] and 'class="apart"' not in alone
+    assert f'data-label="{CPU_ID}"' in alone and 'data-label="20261102-090000-llava1_5_7b-tiny-ef01"' in alone
+
+
+def test_a_name_is_wrapped_between_its_words_never_cut(tmp_path: Path) -> None:
+    for name in (CPU_ID, "Acme Computing/box-8xB200 (liquid cooled)", "x" * 50, "a-" * 30):
+        lines = cmp._wrap(name, 32)
+        parts = [p for p in re.split(r"(?<=[-/ ])", name) if p]  # what may not be cut: the text between breaks
+        i = 0
+        for ln in lines:  # each line is whole parts, in order, and every part is on a line
+            chunk = ""
+            while len(chunk.rstrip()) < len(ln):
+                chunk, i = chunk + parts[i], i + 1
+            assert chunk.rstrip() == ln, (name, lines)
+            assert len(ln) <= 32 or len(parts[i - 1]) > 32  # only a part longer than the width runs over
+        assert i == len(parts), (name, lines)
+    assert cmp._wrap(CPU_ID, 32) == ["20261101-090000-llava1_5_7b-", "tiny-abcd"]
+    runs = _factory_runs(tmp_path)
+    svg = cmp.render_html(cmp.build([runs["cpu"]]))
+    assert (f'<tspan x="{re.search(r"<tspan x=.([0-9]+)", svg).group(1)}" dy="0">20261101-090000-llava1_5_7b-</tspan>'
+            in svg) and ">tiny-abcd</tspan>" in svg  # fmt: skip
+
+
+def test_the_unit_follows_the_device(tmp_path: Path) -> None:
+    from .rundir_factory import StageSpec, make_run
+
+    npu = make_run(tmp_path, [StageSpec(s, device_name="Ascend 910B", device_type="npu") for s in ("pretrain",
+                   "finetune")], run_id="npu-run")  # fmt: skip
+    c = cmp.build([npu, _factory_runs(tmp_path / "f")["h200"]])
+    units = {e.label: cmp._device_unit(e) for e in c.shown}
+    assert units == {"npu-run": "device", "20261103-090000-llava1_5_7b-H200x1x1-2345": "GPU"}
+    page = cmp.render_html(c)
+    assert "tokens / s / device" in page and "tokens / s / GPU" in page
+    assert "not on one axis with 20261103-090000-llava1_5_7b-H200x1x1-2345: per device vs per GPU" in page
+
+
+def test_the_page_breaks_no_header_or_name_mid_word_in_a_real_browser(tmp_path: Path) -> None:
+    """Headless Chromium lays the page out in a narrow window; a script added to a copy of the page (the page
+    itself has none) reports every no-break span that the layout split, and every chart name drawn off its edge."""
+    if not Path(CHROMIUM).is_file():
+        if os.environ.get("KIT_REQUIRE_SERVICES") == "1":
+            pytest.fail(f"{CHROMIUM} is missing (apt-get install -y chromium) and KIT_REQUIRE_SERVICES=1")
+        pytest.skip(f"{CHROMIUM} is not installed (apt-get install -y chromium)")
+    runs = _factory_runs(tmp_path)
+    page = cmp.render_html(cmp.build([runs["cpu"], runs["cpu2"], runs["h200"]], reference=True))
+    assert "<script" not in page
+    probe = """<script>
+const bad = [];
+for (const el of document.querySelectorAll('.nw')) if (el.getClientRects().length > 1) bad.push('split: ' + el.textContent);
+for (const t of document.querySelectorAll('svg text.name')) if (t.getBBox().x < 0) bad.push('off the edge: ' + t.textContent);
+document.body.setAttribute('data-layout', JSON.stringify({bad, spans: document.querySelectorAll('.nw').length}));
+</script></body>"""
+    copy = tmp_path / "probe.html"
+    copy.write_text(page.replace("</body>", probe))
+    dom = _chromium(f"--user-data-dir={tmp_path / 'profile'}", "--window-size=520,900", "--dump-dom", copy.as_uri())
+    assert dom.returncode == 0, dom.stderr
+    found = json.loads(html_unescape(re.search(r'data-layout="([^"]*)"', dom.stdout).group(1)))
+    assert found["bad"] == [] and found["spans"] > 20, found
+
+
+def html_unescape(s: str) -> str:
+    import html
+
+    return html.unescape(s)
+
+
+def test_the_rich_tables_keep_run_ids_whole(tmp_path: Path) -> None:
+    """The systems table's names, run ids and accelerators are never folded mid-name where the table can keep them
+    whole by wrapping its prose (tables.Whole); Rich alone folded them at this width."""
+    from rich.console import Console
+
+    runs = _factory_runs(tmp_path)
+    c = cmp.build([runs["cpu"], runs["cpu2"]], reference=True)
+    ids = (CPU_ID, "20261102-090000-llava1_5_7b-tiny-ef01")
+
+    def shown(renderable, width: int = 160) -> list[str]:
+        console = Console(file=io.StringIO(), width=width, record=True)
+        console.print(renderable)
+        return console.export_text().splitlines()
+
+    group = cmp.table_renderable(c)
+    lines = shown(group)
+    print("\n".join(lines))
+    for rid in ids:  # the systems table: its name and its run, on one line, each whole
+        assert any(ln.count(rid) == 2 for ln in lines), rid
+    assert any("NVIDIA A800-SXM4-80GB" in ln for ln in lines) and max(len(ln) for ln in lines) <= 160
+    systems = group.renderables[1]
+    systems._set(0)  # as before: Rich's own folding
+    assert not any(CPU_ID in ln for ln in shown(systems.table))
+    assert all(rid in " ".join(cmp.render_text(c).split()) for rid in ids)  # a pipe's 200 columns

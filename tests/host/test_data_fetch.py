@@ -223,7 +223,7 @@ def test_ctrl_c_keeps_the_partial_download_exits_130_and_the_next_run_continues(
     sources = str(sources_file(tmp_path, src))
     r = invoke("--data", str(tmp_path / "d"), "--sources", sources)
     assert r.exit_code == 130, r.output
-    assert "interrupted: the partial downloads are kept under .kit-data/downloads/" in text(r)
+    assert "interrupted by SIGINT (Ctrl-C): the partial downloads are kept under .kit-data/downloads/" in text(r)
     assert "the next `kit data fetch` continues where this one stopped" in text(r)
     part = tmp_path / "d" / ".kit-data" / "downloads" / "coco" / "train2017.zip.part"
     assert part.stat().st_size == len(data) // 2

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -370,3 +371,86 @@ def test_usage_errors_and_missing_files(tmp_path, clean):
     assert f"FAIL finetune records: missing: {clean.root / datagen.FINETUNE_JSON}" in t
     assert "--only finetune-json" in t
     assert f"FAIL pretrain records: {clean.root / datagen.PRETRAIN_JSON}: not a record file" in t
+
+
+# ---------------------------------------------------------------- reading record files: streamed, with progress
+
+JSON_CASES = [
+    "[]", " [ ] \n", "[1]", '[12345, 6.5e3, -0.25E-2, true, false, null, "a\\"b", {"x": [1, {"y": "z"}]}]',
+    '[{"id": "\u00e9\u4e2d\U0001f600"}]', "[NaN, Infinity, -Infinity]", "[\n {\"a\": 1},\n {\"b\": 2}\n]\n",
+    # not record files: json's own reason and place, whatever the window
+    "", "[1,2", "[1 2]", "[1]x", '{"a": 1}', '"x"', "[{\"id\": \"a\"},]", "[\n {\"a\": 1},\n {\"b\": tru}\n]", "[1e",
+    "[-]", '[{"id": "unterminated}]',
+]
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 7, 64, 1 << 20])
+def test_records_are_streamed_as_json_load_reads_them(chunk, monkeypatch):
+    """The streamed reader yields what json.loads returns, and fails where and as it does, whatever the window
+    (a number or a string cut by a chunk boundary is read on, not taken as it stands)."""
+    import io
+
+    monkeypatch.setattr(verify_mod, "READ_CHUNK", chunk)
+    for doc in JSON_CASES:
+        try:
+            whole = json.loads(doc)
+            want = ("ok", whole) if isinstance(whole, list) else \
+                ("error", f"expected a JSON list of records, got {type(whole).__name__}")
+        except json.JSONDecodeError as e:
+            want = ("error", str(e))
+        try:
+            got = ("ok", list(verify_mod.iter_records(io.BytesIO(doc.encode()))))
+        except ValueError as e:
+            got = ("error", str(e))
+        assert repr(got) == repr(want), (doc, chunk)
+
+
+def test_reading_a_large_record_file_is_never_silent(tmp_path, monkeypatch):
+    """The record files are read in chunks, hashed, parsed and validated as they come, with progress lines off a
+    terminal: every 10% (here from the start, and in chunks of 64 KB so that a small file has many) and the end."""
+    from kit.data import progress as progress_mod
+
+    monkeypatch.setattr(verify_mod, "READ_CHUNK", 64 << 10)
+    monkeypatch.setattr(progress_mod, "PLAIN_QUIET_S", 0.0)
+    monkeypatch.setattr(verify_mod, "PROGRESS_EVERY_S", 0.0)
+    p = datagen.make(tmp_path / "data", faults=False, mmmu=False)
+    image = p.finetune[0]["image"]
+    recs = [{"id": f"r{i}", "image": image, "conversations": [{"from": "human", "value": f"<image>\nQuestion {i}?"},
+                                                            {"from": "gpt", "value": "An answer. " * 20}]}
+            for i in range(6000)]  # fmt: skip
+    path = p.root / datagen.FINETUNE_JSON
+    path.write_text(json.dumps(recs))
+    r = invoke("data", "verify", "--data", p.root)
+    assert r.exit_code == 0, r.output
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("reading the finetune records (llava_v1_5_mix665k.json): ")]
+    assert len(lines) >= 10, r.stderr  # 10% steps
+    middle = [ln for ln in lines if re.search(r" \((?:[2-8]\d)%\), [\d,]+ records, .* ETA \d+ s$", ln)]
+    assert middle, lines
+    size = progress_mod.human_bytes(path.stat().st_size)
+    assert lines[-1].startswith(f"reading the finetune records (llava_v1_5_mix665k.json): {size} of {size} (100%), "
+                                "6,000 records, "), lines[-1]
+    m = manifest.read(p.root)
+    assert m["stages"]["finetune"]["records"] == 6000 and m["stages"]["finetune"]["sha256"] == sha(path)
+    assert "decoding images: " in r.stderr and "finding the images changed since the last verify: " in r.stderr
+
+
+def test_a_filtered_file_is_written_as_json_dumps_writes_it(tmp_path):
+    """Streamed record by record, the filtered file has the bytes of json.dumps(kept, ensure_ascii=False,
+    indent=1) and a newline: non-ASCII text, nested values, the first and the last record dropped."""
+    from kit.data import fix as fix_mod
+
+    recs = [{"id": i, "image": f"x/{i}.jpg", "conversations": [{"from": "human", "value": f"é中 {i}\n<image>"}],
+             "meta": {"n": [1, 2.5, None, True], "e": {}}} for i in range(7)]  # fmt: skip
+    (tmp_path / "r.json").write_text(json.dumps(recs))
+    dropped = [{"index": i, "id": i, "reason": "schema", "detail": "x"} for i in (0, 3, 6)]
+    out = fix_mod.write_filtered(tmp_path, "r.json", dropped)
+    body = (tmp_path / "r.filtered.json").read_bytes()
+    kept = [r for i, r in enumerate(recs) if i not in (0, 3, 6)]
+    assert body == json.dumps(kept, ensure_ascii=False, indent=1).encode() + b"\n"
+    assert out["records"] == 4 and out["dropped"] == 3
+    side = json.loads((tmp_path / "r.filtered.json.kit-filter.json").read_text())
+    assert side["source"]["sha256"] == sha(tmp_path / "r.json") and side["output"]["sha256"] == sha(tmp_path / "r.filtered.json")
+    everything = fix_mod.write_filtered(tmp_path, "r.json", [{"index": i, "id": i, "reason": "schema", "detail": "x"}
+                                                             for i in range(7)])  # fmt: skip
+    assert everything["records"] == 0 and (tmp_path / "r.filtered.json").read_bytes() == b"[]\n"
+    assert not list(tmp_path.glob(".*.tmp"))

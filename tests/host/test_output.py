@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import typer
 from rich.console import Console
+from rich.table import Table
 from typer.testing import CliRunner
 
 from kit import metrics
@@ -349,3 +350,101 @@ def test_the_host_is_named_the_same_in_every_failure_message(tmp_path):
         assert launcher_root_cause(log) == {"rank": 1, "exitcode": "-6 (pid: 42)", "host": socket.gethostname()}
     log.write_text("Root Cause\n  host      : gpu7.cluster\n  rank      : 3\n  exitcode  : 1\n")
     assert launcher_root_cause(log)["host"] == "gpu7.cluster"  # another node keeps its own name
+
+
+def test_kit_report_on_a_file_or_a_results_folder_says_what_it_is_and_what_to_pass(tmp_path, monkeypatch):
+    """`kit report FILE` said "does not exist" of a file that exists; `kit report runs/` said "has no run.json"
+    with no hint to name a run."""
+    results = tmp_path / "runs"
+    ids = [f"2026110{i}-090000-llava1_5_7b-tiny-000{i}" for i in range(1, 6)]
+    for k, rid in enumerate(ids):
+        make_run(results, run_id=rid)
+        os.utime(results / rid / "run.json", (1e9 + k, 1e9 + k))  # the newest is the last
+    monkeypatch.chdir(tmp_path)
+
+    def report(*args: str) -> str:
+        r = runner.invoke(app, ["report", *args], env={"COLUMNS": "1000"})
+        print(r.output)
+        assert r.exit_code == 2 and r.output.count("\n") == 1, r.output
+        return r.output.strip()
+
+    newest = ", ".join(f"runs/{rid}" for rid in ids[::-1][:3])
+    assert report("runs/") == (f"error: no run 'runs/': runs is a results folder holding 5 run(s), not a run: name one, "
+                               f"e.g. {newest} (and 2 more); `kit ls --results runs` lists them all")  # fmt: skip
+    notes = tmp_path / "notes.txt"
+    notes.write_text("a plain file\n")
+    assert report(str(notes)) == (f"error: no run {str(notes)!r}: {notes} is a file, not a run directory: pass the "
+                                  "folder that holds run.json (`kit ls` lists the runs)")  # fmt: skip
+    inside = results / ids[0] / "run.json"
+    assert report(str(inside)) == (f"error: no run {str(inside)!r}: {inside} is a file in the run directory "
+                                   f"{inside.parent}: pass the directory, {inside.parent}")  # fmt: skip
+    tarball = tmp_path / "sub.tar.gz"
+    tarball.write_bytes(b"")
+    assert "a submission tarball goes to `kit verify` or `kit compare`" in report(str(tarball))
+    (tmp_path / "empty").mkdir()
+    assert report("empty") == ("error: no run 'empty': empty has no run.json: it is not a run directory made by "
+                               "`kit run` (`kit ls --results DIR` lists runs)")  # fmt: skip
+
+
+# ---------------------------------------------------------------- tables: paths and ids whole, nothing cut off a terminal
+
+
+def _verify_like(where: str) -> Table:
+    """A table of `kit verify`'s shape: a short check, a result, a path, prose."""
+    t = Table(title="verify", title_justify="left")
+    for col in ("check", "result", "where", "detail"):
+        t.add_column(col, overflow="fold")
+    detail = "every file the manifest names is there and hashes as the manifest says; " * 2
+    t.add_row("manifest", "pass", where, detail)
+    t.add_row("rules", "fail", "-", "short")
+    return t
+
+
+def test_a_path_column_is_kept_whole_while_the_prose_wraps():
+    from kit.tables import whole
+
+    where = "results/cpu-box/llava1_5_7b/20261101-090000-llava1_5_7b-tiny-abcd/pretrain/events.log"
+    for width in (120, 160):  # the path (84) and the narrow columns fit; the prose wraps in what is left
+        console = Console(record=True, width=width, file=io.StringIO())
+        console.print(whole(_verify_like(where), "where"))
+        out = console.export_text()
+        print(out)
+        assert any(where in ln for ln in out.splitlines()), width  # on one line: it can be copied
+        assert max(len(ln) for ln in out.splitlines()) <= width and "…" not in out
+        assert "hashes as the manifest says" in " ".join(" ".join(ln.strip("│ ").split()) for ln in out.splitlines())
+    # Without it (the old way) the same path folds mid-name at 120 columns.
+    console = Console(record=True, width=120, file=io.StringIO())
+    console.print(_verify_like(where))
+    assert not any(where in ln for ln in console.export_text().splitlines())
+    # Narrower than the path itself: it folds as before rather than crush the other columns to nothing.
+    console = Console(record=True, width=60, file=io.StringIO())
+    console.print(whole(_verify_like(where), "where"))
+    out = console.export_text()
+    print(out)
+    assert "manifest" in out and "pass" in out and max(len(ln) for ln in out.splitlines()) <= 60
+
+
+def test_kit_configs_to_a_pipe_cuts_no_header_and_folds_nothing():
+    """Off a terminal `kit configs` was cut to 80 columns ("micro/GAS/glob…"); a pipe gets the whole table."""
+    from kit import cases
+
+    r = runner.invoke(app, ["configs"])  # CliRunner: not a terminal, no COLUMNS
+    print(r.output)
+    assert r.exit_code == 0 and "…" not in r.output
+    assert "pretrain ZeRO," in r.output and "micro/GAS/global" in r.output and "nodes x" in r.output
+    mod = cases.config_module(cases.get("llava1_5_7b"))
+    for name in mod.available():
+        row = next(ln for ln in r.output.splitlines() if f"│ {name} " in ln)
+        assert mod.load(name).description in row  # each description on its config's own line
+
+
+def test_the_table_is_narrowed_on_a_terminal_by_wrapping_prose_never_by_cutting_a_header(monkeypatch):
+    from kit import cli
+
+    out = io.StringIO()
+    monkeypatch.setattr(cli, "console", Console(file=out, width=80, force_terminal=True, color_system=None))
+    cli.configs("llava1_5_7b")
+    text = out.getvalue()
+    print(text)
+    assert "…" not in text and "micro/GAS/global" in text and max(len(ln) for ln in text.splitlines()) <= 80
+    assert all(f"│ {name} " in text for name in ("A800x1x1", "A800x1x8", "A800x2x8", "H200x1x1", "tiny"))

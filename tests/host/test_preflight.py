@@ -81,8 +81,9 @@ def test_a_gpu_config_on_a_host_without_gpus_exits_3_and_creates_nothing(tmp_pat
 def test_a_dry_run_says_the_gpu_check_would_stop_the_launch(tmp_path, no_nvml, roomy):
     r = invoke("run", "llava1_5_7b", "--config", "H200x1x1", "--synthetic", "--native", "--dry-run",
                "--results", str(tmp_path))  # fmt: skip
-    assert r.exit_code == 0, r.output
+    assert r.exit_code == 3, r.output  # the launch's own code
     assert "dry run: a launch would stop here (exit 3): config H200x1x1 needs 1 GPU per node (H200)" in text(r)
+    assert r.output.splitlines()[-1] == "dry run: a launch would exit 3 at this check"
     assert empty(tmp_path)
 
 
@@ -93,6 +94,7 @@ def test_a_recorded_h200x2_host_passes_the_gpu_check(tmp_path, monkeypatch, room
     r = invoke("run", "llava1_5_7b", "--config", "H200x1x1", "--synthetic", "--native", "--dry-run",
                "--results", str(tmp_path), KIT_NVML_RECORDING=str(RECORDING))  # fmt: skip
     assert r.exit_code == 0 and "would stop" not in r.output, r.output
+    assert r.output.splitlines()[-1] == "dry run: the checks pass; a launch would go (exit 0)"
     req, cfg = run_cmd.plan("llava1_5_7b", "H200x1x1", "pretrain", gpus=4, synthetic=True, native=True,
                             results=tmp_path, overrides=["pretrain.micro_batch=8"])  # fmt: skip
     assert run_cmd.gpu_problem(req, cfg) == (
@@ -110,6 +112,94 @@ def test_the_gpu_check_counts_only_this_hosts_gpus(no_nvml, monkeypatch):
     assert run_cmd.gpu_problem(remote, cfg) is None  # another host's GPUs: kit check-host --hosts counts them
     monkeypatch.setenv("DOCKER_HOST", "ssh://gpu1")
     assert run_cmd.gpu_problem(local, cfg) is None
+
+
+# ---------------------------------------------------------------- dry runs: the whole plan, then every stop
+
+
+def stops(r) -> list[str]:
+    """A dry run's stop lines, in order (a stop's `fix:` line joined to it)."""
+    out, lines = [], r.output.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("dry run: a launch would stop here"):
+            fix = lines[i + 1] if i + 1 < len(lines) and lines[i + 1].startswith("fix: ") else ""
+            out.append(" ".join(f"{line} {fix}".split()))
+    return out
+
+
+def test_the_issues_three_dry_runs_agree(tmp_path, no_nvml, roomy, monkeypatch):
+    """`--nodes 1 --gpus 8 --dry-run` without --data/--models, with --synthetic in containers without an engine,
+    and with --native: each prints the whole plan, then every check a launch would stop on, once each, with its
+    exit code, and exits with the code of the first (the one a launch would exit with)."""
+    sock = tmp_path / "absent.sock"
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{sock}")
+    results = tmp_path / "runs"
+    base = ["run", "llava1_5_7b", "--nodes", "1", "--gpus", "8", "--dry-run", "--results", str(results)]
+    gpu = ("dry run: a launch would stop here (exit 3): config A800x1x8 needs 8 GPUs per node (A800); this host has "
+           "none: NVML cannot start")  # fmt: skip
+    engine = (f"dry run: a launch would stop here (exit 3): node 0 (local): cannot reach the Docker engine at "
+              f"unix://{sock}: the Docker engine is not running: no socket at {sock} fix: start the daemon")  # fmt: skip
+
+    r = invoke(*base)
+    print(r.output)
+    assert r.exit_code == 2, r.output  # the first stop's: a launch refuses the missing paths first
+    assert "pretrain, node 0 (local): python -m torch.distributed.run --nnodes=1 --node-rank=0 --nproc-per-node=8" in r.output
+    assert "eval, node 0 (local): python -m torch.distributed.run" in r.output and "mount " in r.output
+    found = stops(r)
+    assert found[0] == ("dry run: a launch would stop here (exit 2): --data and --models needed for a run on real "
+                        "data and weights (or pass --synthetic)")  # fmt: skip
+    assert found[1].startswith(gpu) and found[2].startswith(engine) and len(found) == 3, found  # MMMU: DATA/MMMU
+    assert r.output.splitlines()[-1] == "dry run: a launch would exit 2 at the first of these 3 checks"
+
+    r = invoke(*base, "--synthetic")
+    print(r.output)
+    assert r.exit_code == 3, r.output
+    assert "pretrain, node 0 (local): python -m torch.distributed.run" in r.output and "--synthetic" in r.output
+    assert "image the newest `kit build` under --results (id not looked up)" in r.output
+    assert "image stack: not read (no engine or image to read it from: see below)" in r.output
+    found = stops(r)
+    assert len(found) == 2 and found[0].startswith(gpu) and found[1].startswith(engine), found
+
+    r = invoke(*base, "--synthetic", "--native")
+    print(r.output)
+    assert r.exit_code == 3, r.output
+    assert "pretrain: " in r.output and "--nproc-per-node=8" in r.output
+    assert len(stops(r)) == 1 and stops(r)[0].startswith(gpu)
+    assert r.output.count("would stop here") == 1
+    assert r.output.splitlines()[-1] == "dry run: a launch would exit 3 at this check"
+    assert not results.exists()
+
+
+def test_a_dry_run_to_unreachable_ssh_hosts_names_ssh_s_reason_once_and_the_real_option(tmp_path, roomy):
+    """`kit run --nodes 2 --gpus 8 --hosts a,b --dry-run --synthetic`: the plan for both nodes, then node 0's
+    engine, with ssh's own words (no "cannot reach ... cannot reach ...") and `kit check-host --hosts`, an option
+    that exists."""
+    hosts = "gpu-a.invalid,gpu-b.invalid"  # .invalid never resolves (RFC 6761)
+    r = invoke("run", "llava1_5_7b", "--nodes", "2", "--gpus", "8", "--hosts", hosts, "--dry-run", "--synthetic",
+               "--results", str(tmp_path / "runs"))  # fmt: skip
+    print(r.output)
+    assert r.exit_code == 3, r.output
+    assert "pretrain, node 1 (gpu-b.invalid): python -m torch.distributed.run --nnodes=2 --node-rank=1" in r.output
+    assert "--master-addr=gpu-a.invalid --master-port=29500" in r.output
+    assert "node 1: gpu-b.invalid -> ssh://gpu-b.invalid (engine ?)" in r.output
+    assert stops(r) == [
+        "dry run: a launch would stop here (exit 3): node 0 (gpu-a.invalid): cannot reach the Docker engine at "
+        "ssh://gpu-a.invalid: ssh: Could not resolve hostname gpu-a.invalid: Name or service not known "
+        "fix: `kit check-host --hosts gpu-a.invalid` says what is wrong with the host; ssh must reach it in batch "
+        "mode with a known host key, and its user must be allowed to run docker (`ssh gpu-a.invalid docker info`)"
+    ]
+    assert r.output.count("cannot reach the Docker engine") == 1 and "--host " not in r.output
+    # the help that fix names exists
+    assert "--hosts" in runner.invoke(app, ["check-host", "--help"], env={"COLUMNS": "200"}).output
+    assert not (tmp_path / "runs").exists()
+
+
+def test_the_dry_run_exit_code_is_documented():
+    r = runner.invoke(app, ["run", "--help"], env={"COLUMNS": "1000"})
+    assert "then every check a launch would stop on; start nothing, write nothing. Exit 0 when a launch would go, " \
+           "else the code the launch would exit with." in " ".join(r.output.replace("│", " ").split())
+    doc = " ".join((Path(__file__).resolve().parents[2] / "docs" / "running.md").read_text().split())
+    assert "exits 0 when a launch would go" in doc
 
 
 # ---------------------------------------------------------------- disk under --results
@@ -257,6 +347,25 @@ def test_bad_records_are_named_by_index_and_id(tmp_path, real_layout, roomy):
     assert not (tmp_path / "runs").exists()
 
 
+def test_a_dry_run_checks_the_records_of_every_training_stage(tmp_path, real_layout, roomy):
+    """A dry run reads the records as a launch would, and lists each stage's problem (exit 2), after the plan."""
+    data, models = real_layout
+    pretrain_json(data).write_text(json.dumps([GOOD, {"id": "b"}]))
+    finetune = data / "llava_v1_5_mix665k.json"
+    finetune.write_text("[")
+    r = invoke(*TINY, "--stage", "train", "--data", str(data), "--models", str(models), "--results",
+               str(tmp_path / "runs"), "--dry-run")  # fmt: skip
+    print(r.output)
+    assert r.exit_code == 2, r.output
+    plan_at = r.output.index("pretrain: ")
+    found = stops(r)
+    assert len(found) == 2 and r.output.index("would stop here") > plan_at, found
+    assert found[0].startswith(f"dry run: a launch would stop here (exit 2): {pretrain_json(data)}: 1 of 2 records "
+                               "cannot be used (plain template): record #1 (id 'b'): missing")  # fmt: skip
+    assert found[1].startswith(f"dry run: a launch would stop here (exit 2): {finetune}: not valid JSON (")
+    assert not (tmp_path / "runs").exists()
+
+
 def test_bad_records_within_skip_bad_records_go_on_to_the_launch(tmp_path, real_layout, roomy, monkeypatch):
     data, models = real_layout
     f = pretrain_json(data)
@@ -370,3 +479,33 @@ def test_resume_records_the_overrides_and_later_resumes_keep_them(stopped_run, t
     meta = rundir.effective_request(stopped_run)
     assert (meta["python"], meta["models"]) == ("/opt/b/python", str(tmp_path))
     assert json.loads((stopped_run / "run.json").read_text())["python"] == first  # never rewritten
+
+
+def test_a_dry_run_over_the_loopback_sshd_quotes_ssh_s_refusal(tmp_path, roomy):
+    """The real sshd of .ci/services.sh with the real engine behind it: without its known_hosts ssh refuses the
+    host key, and the stop quotes ssh's own line (the SDK alone said "Remote end closed connection"); with it, the
+    dry run reaches the engine over ssh:// and nothing would stop a launch."""
+    import shlex
+
+    from .services import docker_engine_env
+
+    env = docker_engine_env()
+    if not env.get("KIT_TEST_SSH_HOST"):
+        from .services import unavailable
+
+        unavailable("no KIT_TEST_SSH_HOST in the services env")
+    host, image = env["KIT_TEST_SSH_HOST"], env["KIT_TEST_DOCKER_IMAGE"]
+    base = ["run", "llava1_5_7b", "--config", "tiny", "--synthetic", "--hosts", host, "--image", image, "--dry-run",
+            "--results", str(tmp_path / "runs")]  # fmt: skip
+    r = invoke(*base, "--ssh-option", f"-oUserKnownHostsFile={tmp_path / 'empty_known_hosts'}")
+    print(r.output)
+    assert r.exit_code == 3, r.output
+    assert f"cannot reach the Docker engine at ssh://{host}: ssh: Host key verification failed." in text(r)
+    assert f"fix: `kit check-host --hosts {host}`" in r.output
+    opts = [f"--ssh-option={o}" for o in shlex.split(env["KIT_TEST_SSH_OPTIONS"])]
+    r = invoke(*base, *opts)
+    print(r.output)
+    assert r.exit_code == 0, r.output
+    assert f"node 0: {host} -> ssh://{host} (engine " in r.output and "(engine ?)" not in r.output
+    assert r.output.splitlines()[-1] == "dry run: the checks pass; a launch would go (exit 0)"
+    assert not (tmp_path / "runs").exists()

@@ -466,7 +466,7 @@ def test_missing_absolute_run_is_said_once(tmp_path: Path) -> None:
         rundir.find_run(str(missing), tmp_path / "runs")
     assert str(e.value) == f"no run {str(missing)!r}: {missing} does not exist"
     (tmp_path / "runs" / "empty").mkdir(parents=True)
-    with pytest.raises(rundir.RunDirError, match=r"runs/empty has no run\.json$"):
+    with pytest.raises(rundir.RunDirError, match=r"runs/empty has no run\.json: it is not a run directory made by"):
         rundir.find_run("empty", tmp_path / "runs")
     r = runner.invoke(app, ["report", str(missing)])
     assert r.exit_code == 2 and "neither" not in r.output and "does not exist" in r.output
