@@ -20,7 +20,6 @@ import io
 import json
 import math
 import re
-import tarfile
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -126,6 +125,9 @@ class Entry:
     inputs: dict[str, str | None] = field(default_factory=dict)  # data / weights / mmmu: digest or what it was
     stages: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # stage -> figure -> stats
     notes: list[str] = field(default_factory=list)
+    # A submission's `kit verify` result: None when it passed (or for a plain run or the seed), else what failed.
+    # An entry that fails verification is shown, marked, and compared with nothing.
+    unverified: str | None = None
 
     def figure(self, stage: str, key: str) -> float | None:
         return ((self.stages.get(stage) or {}).get(key) or {}).get("olympic_mean")
@@ -140,8 +142,8 @@ class Entry:
 
 def _marked(e: Entry, baseline: bool = False) -> str:
     """The label with its marks: "Acme/box (synthetic, throughput, baseline)"."""
-    marks = [m for m, on in (("synthetic", e.synthetic), ("throughput", e.category == "throughput"),
-                             ("baseline", baseline)) if on]  # fmt: skip
+    marks = [m for m, on in (("FAILS kit verify", bool(e.unverified)), ("synthetic", e.synthetic),
+                             ("throughput", e.category == "throughput"), ("baseline", baseline)) if on]  # fmt: skip
     return f"{e.label} ({', '.join(marks)})" if marks else e.label
 
 
@@ -309,7 +311,7 @@ def load_submission(root: Path, source: str) -> tuple[Entry, list[Path]]:
         case=case, division=str(sub.get("division") or "?"), rules_division=sub.get("division"),
         category=str(sub.get("category") or first.category), synthetic=bool(sub.get("synthetic")),
         breaks=[b for b in sub.get("breaks") or [] if isinstance(b, dict)],
-        accelerator=desc.get("accelerator_model_name") or acc["model"],
+        accelerator=acc["model"] or desc.get("accelerator_model_name"),
         nodes=desc.get("number_of_nodes", acc["nodes"]), gpus_per_node=desc.get("accelerators_per_node", acc["per_node"]),
         peak_flops=float(peak) if declared else None,
         peak_source=("declared by the submitter" + (f": {desc['accelerator_peak_source']}"
@@ -366,8 +368,10 @@ def load_run(path: Path) -> tuple[Entry, list[Path]]:
 
 
 def load_entry(path: Path, scratch: Path) -> Entry:
-    """An entry from a path: a run directory, a submission folder, or a submission .tar.gz (unpacked in scratch)."""
-    from .verify import _safe_extract, find_root
+    """An entry from a path: a run directory, a submission folder, or a submission .tar.gz (unpacked in scratch,
+    within kit verify's bounds). A submission is verified first: one that fails is shown marked, compared with
+    nothing."""
+    from .submission.verify import find_root, open_tarball
 
     if not path.exists():
         raise SubmissionError(f"{path}: no such file or folder")
@@ -375,15 +379,9 @@ def load_entry(path: Path, scratch: Path) -> Entry:
         if not path.name.endswith((".tar.gz", ".tgz")):
             raise SubmissionError(f"{path}: not a run directory, a submission folder or a submission .tar.gz")
         dest = Path(tempfile.mkdtemp(prefix="tar-", dir=scratch))
-        try:
-            _safe_extract(path, dest)
-        except (tarfile.TarError, OSError, EOFError) as e:
-            raise SubmissionError(f"{path}: cannot be unpacked: {e}") from None
-        try:
-            root = find_root(dest)
-        except SubmissionError:
-            raise SubmissionError(f"{path}: the archive holds no submission (no submission.json)") from None
+        root = open_tarball(path, dest)
         entry, run_dirs = load_submission(root, str(path))
+        _verify_entry(entry, root)
     elif (path / "run.json").is_file():
         entry, run_dirs = load_run(path)
     else:
@@ -395,11 +393,25 @@ def load_entry(path: Path, scratch: Path) -> Entry:
             raise SubmissionError(f"{path}: neither a run directory (no run.json), a submission folder (no "
                                   f"submission.json in it or one folder below) nor a submission .tar.gz{hint}") from None
         entry, run_dirs = load_submission(root, str(path))
+        _verify_entry(entry, root)
     olympic, note = _olympic_params(entry.case)
     if note:
         entry.notes.append(f"[{entry.label}] {note}")
     _summarize(entry, run_dirs, olympic)
     return entry
+
+
+def _verify_entry(entry: Entry, root: Path) -> None:
+    """kit verify on a submission entry's tree: a failure marks the entry, and no ratio is drawn to or from it."""
+    from .submission.verify import verify
+
+    rep = verify(root)
+    fails = [f for f in rep.findings if f.status == "fail"]
+    if fails:
+        first = fails[0]
+        entry.unverified = f"{len(fails)} check(s) fail, first [{first.check}] {first.where}: {first.detail}"
+        entry.notes.append(f"[{entry.label}] FAILS kit verify ({entry.unverified}); its figures are shown as "
+                           "submitted and compared with nothing")  # fmt: skip
 
 
 def _one(v: Any) -> dict[str, Any]:
@@ -461,7 +473,7 @@ def _kind_word(synthetic: bool) -> str:
 
 def not_comparable(a: Entry, b: Entry) -> list[str]:
     """Why a ratio between a and b would mislead (empty: they compare)."""
-    why = []
+    why = [f"{e.label} fails kit verify" for e in (a, b) if e.unverified]
     if a.case and b.case and a.case != b.case:
         why.append(f"case {a.case} vs {b.case}")
     if a.synthetic != b.synthetic:
@@ -588,8 +600,8 @@ def _notes(c: Comparison) -> list[str]:
     drop, min_runs = c.olympic["drop"], c.olympic["min_runs"]
     notes = [
         "Every figure is recomputed from each run's raw facts (kit.metrics.run_summary), at the peak the system "
-        "declares when it declares one; no shipped summary.json is read. compare does not check a submission: "
-        "`kit verify` does.",
+        "declares when it declares one; no shipped summary.json is read. Every submission is checked with `kit "
+        "verify` first: one that fails is marked and compared with nothing.",
         f"olympic mean: each figure of the entry's runs sorted, the best {drop} and the worst {drop} dropped when "
         f"there are at least {min_runs} runs (else the plain mean), the rest averaged; (min-max) over all runs.",
         "token/p/s: real (non-padded) tokens per second per GPU over the steady-state steps; " + STEADY_RULE + ".",

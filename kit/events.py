@@ -8,6 +8,7 @@ last line that is only partly written. Only the standard library is used (host s
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -112,11 +113,35 @@ class StageEvents:
     # Damage found by read_events_checked (line numbers of events.log): see EventsFile.
     torn_lines: list[int] = field(default_factory=list)
     partial_tail: int | None = None
+    # Which attempt (index into attempt_list) logged each step's kept line: stamps compare within one attempt only.
+    step_attempt: dict[int, int] = field(default_factory=dict)
+    # kit_eval_batch lines of rank 0 (value with its time_ms), in file order: the eval stage's steps.
+    eval_batches: list[dict[str, Any]] = field(default_factory=list)
+    # Values no honest step logs (a step time that is not a positive finite number, a loss that is not finite):
+    # (step, key, value as logged). The figures leave them out and every report names them as damaged input.
+    bad_values: list[tuple[int, str, Any]] = field(default_factory=list)
 
     @property
     def resume_first_steps(self) -> list[int]:
         """First step of every attempt after the first: warm-up again after a restart."""
         return [a.first_step for a in self.attempt_list[1:] if a.first_step is not None]
+
+
+# kit_step values that must be positive finite numbers (step_time_s) or finite ones (loss) when present.
+CHECKED_STEP_VALUES = ("step_time_s", "loss")
+
+
+def bad_value(key: str, value: Any) -> str | None:
+    """Why a logged step value is not one an honest step logs, or None (None for a value that is absent)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return "not a number"
+    if not math.isfinite(value):
+        return "not finite"
+    if key == "step_time_s" and value <= 0:
+        return "not positive"
+    return None
 
 
 def _value(event: dict[str, Any]) -> dict[str, Any]:
@@ -158,13 +183,16 @@ def stage_events_from(stage: str, events: list[dict[str, Any]]) -> StageEvents:
         elif key == "kit_step":
             v = dict(_value(e))
             step = v.get("step")
-            if not isinstance(step, (int, float)):
+            if not isinstance(step, (int, float)) or isinstance(step, bool) or not math.isfinite(step):
                 continue
             v.setdefault("time_ms", t)
             if int(step) in by_step:
                 out.replaced_steps += 1  # a resumed attempt re-logged it: this later one wins
             by_step[int(step)] = v
             attempt()
+            out.step_attempt[int(step)] = len(out.attempt_list) - 1
+        elif key == "kit_eval_batch":
+            out.eval_batches.append({**_value(e), "time_ms": t})
         elif key == "kit_checkpoint":
             out.checkpoints.append({**_value(e), "time_ms": t})
         elif key == "run_stop":
@@ -176,6 +204,10 @@ def stage_events_from(stage: str, events: list[dict[str, Any]]) -> StageEvents:
             out.save = {**_value(e), "time_ms": t}
 
     out.steps = [by_step[k] for k in sorted(by_step)]
+    for s in out.steps:
+        for key, why in ((k, bad_value(k, s.get(k))) for k in CHECKED_STEP_VALUES):
+            if why:
+                out.bad_values.append((int(s["step"]), key, s.get(key)))
     out.attempts = len(out.attempt_list)
     if out.attempt_list:
         first, last = out.attempt_list[0], out.attempt_list[-1]

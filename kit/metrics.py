@@ -194,7 +194,46 @@ def steady_skip(n: int) -> int:
 
 def _timed(step: dict[str, Any]) -> bool:
     t = step.get("step_time_s")
-    return isinstance(t, (int, float)) and t > 0
+    return isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) and t > 0
+
+
+STEP_CLOCK_RULE = (
+    "step time: the gap between a step's event stamp and the stamp before it in the same attempt (a checkpoint "
+    "written between them excluded), the clock `kit verify` ties to status.jsonl and the monitor; the step's own "
+    "step_time_s where no stamp precedes it (the first step of an attempt)"
+)
+
+
+def clocked_steps(events: StageEvents) -> list[dict[str, Any]]:
+    """The stage's steps with `step_time_s` taken from the event stamps (STEP_CLOCK_RULE).
+
+    The case stamps each kit_step with the step's end, so for an honest run the gap equals the logged
+    step_time_s to the microsecond; `kit verify` fails a run where they differ. A step whose logged step time is
+    damaged (not a positive finite number) keeps no time: the figures leave it out and the warnings name it.
+    """
+    ckpts = sorted(float(c["time_ms"]) for c in events.checkpoints if _finite_num(c.get("time_ms")))
+    by_step = {int(s["step"]): s for s in events.steps}
+    out = []
+    for s in events.steps:
+        step = int(s["step"])
+        prev = by_step.get(step - 1)
+        t, t_prev = s.get("time_ms"), (prev or {}).get("time_ms")
+        dur = None
+        if not _timed(s):
+            dur = None
+        elif (prev is not None and _finite_num(t) and _finite_num(t_prev)
+              and events.step_attempt.get(step) == events.step_attempt.get(step - 1)):  # fmt: skip
+            start = max([float(t_prev), *(c for c in ckpts if float(t_prev) < c < float(t))])
+            gap = (float(t) - start) / 1000
+            dur = gap if gap > 0 else None
+        else:
+            dur = float(s["step_time_s"])
+        out.append({**s, "step_time_s": dur, "step_time_logged_s": s.get("step_time_s")})
+    return out
+
+
+def _finite_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def steady_steps(steps: Sequence[dict[str, Any]], resume_first_steps: Iterable[int] = ()) -> list[dict[str, Any]]:
@@ -211,7 +250,7 @@ def steady_steps(steps: Sequence[dict[str, Any]], resume_first_steps: Iterable[i
 
 
 def _sum(steps: Iterable[dict[str, Any]], key: str) -> float:
-    return float(sum(s.get(key) or 0 for s in steps))
+    return float(sum(s[key] for s in steps if _finite_num(s.get(key))))
 
 
 def throughput(steps: Sequence[dict[str, Any]], world_size: int, key: str = "real_tokens") -> float | None:
@@ -671,6 +710,11 @@ def damage_warnings(events: StageEvents, state: str) -> list[str]:
                    "the figures are computed without them")  # fmt: skip
     if events.partial_tail is not None and state in STAGE_TERMINAL:
         out.append(f"{log}: the last line ({events.partial_tail}) is cut short although the stage ended: left out")
+    if events.bad_values:
+        shown = ", ".join(f"step {n} {k} = {v!r}" for n, k, v in events.bad_values[:5])
+        more = f" and {len(events.bad_values) - 5} more" if len(events.bad_values) > 5 else ""
+        out.append(f"{log}: damaged input: {shown}{more} (a step time must be a positive finite number, a loss a "
+                   "finite one): left out of the figures")  # fmt: skip
     return out
 
 
@@ -684,7 +728,7 @@ def summarize_stage(
 ) -> dict[str, Any]:
     """The derived numbers of one stage from already-read facts (pure; stage_summary reads the files)."""
     notes: list[str] = []
-    facts, steps, stage = events.facts, events.steps, events.stage
+    facts, steps, stage = events.facts, clocked_steps(events), events.stage
     cfg = run_info.get("config") if isinstance(run_info.get("config"), dict) else {}
     state = stage_state(stage_status, events, run_status)
 
@@ -960,7 +1004,8 @@ def run_summary(run_dir: str | Path, peak_flops: float | None = None) -> dict[st
         "eval": ev_sum,
         "comparable": comparability(info, cfg, inputs, all_names, stage_records),
         "warnings": run_warnings,
-        "rules": {"steady_state": STEADY_RULE, "loss": LOSS_RULE, "spread": SPREAD_RULE, "drift": DRIFT_RULE},
+        "rules": {"steady_state": STEADY_RULE, "loss": LOSS_RULE, "spread": SPREAD_RULE, "drift": DRIFT_RULE,
+                  "step_clock": STEP_CLOCK_RULE},
         "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "kit_version": __version__,
     }

@@ -221,9 +221,13 @@ class HostSampler:
         self.table = proc_table(proc)
         self._cpu = cpu_times(proc)
         self._t = time.monotonic()
+        self.wall = time.time()
 
     def sample(self) -> dict[str, Any]:
         table, cpu, now = proc_table(self.proc), cpu_times(self.proc), time.monotonic()
+        # The sample's wall time is taken with `now`, so the gap between two samples' times is their `dt` (kit verify
+        # holds one against the other).
+        self.wall = time.time()
         dt = max(now - self._t, 1e-6)
         cores = [k for k in cpu if k != "cpu"]
         overall = _cpu_delta(self._cpu.get("cpu", []), cpu.get("cpu", [])) if "cpu" in self._cpu else None
@@ -415,7 +419,7 @@ class Monitor:
                 nvml_error = f"{type(e).__name__}: {e}"
         self._last = time.monotonic()
         self._write({
-            "type": "start", "t": round(time.time(), 3), "source": "nvml" if self.gpus else "host",
+            "type": "start", "t": round(self.host.wall, 3), "source": "nvml" if self.gpus else "host",
             **({"nvml_error": nvml_error} if nvml_error else {}),
             "interval_s": self.interval, "pid": os.getpid(), "roots": sorted(self.owner.roots),
             "marker": MARKER_ENV if self.owner.marker else None,
@@ -426,9 +430,8 @@ class Monitor:
         """Take and write one sample; returns it."""
         with self._lock:
             assert self.host is not None, "open() first"
-            t = time.time()
             host = self.host.sample()
-            record: dict[str, Any] = {"type": "sample", "t": round(t, 3), **host}
+            record: dict[str, Any] = {"type": "sample", "t": round(self.host.wall, 3), **host}
             if self.gpus is not None:
                 record["devices"] = self.gpus.sample(self.owner, self.host.table)
             self._write(record)

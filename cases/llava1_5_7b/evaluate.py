@@ -331,8 +331,8 @@ def evaluate(args: argparse.Namespace, rank: Rank, stage_dir: Path) -> None:
     # The next batch's images are decoded on a worker thread while this one generates (PIL releases the GIL).
     with concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="mmmu-images") as pool:
         pending = pool.submit(images_of, batches[0]) if batches else None
+        t_batch = t_run
         for b, batch in enumerate(batches):
-            t_batch = time.time()
             images = pending.result()
             pending = pool.submit(images_of, batches[b + 1]) if b + 1 < len(batches) else None
             t_gen = time.time()
@@ -345,9 +345,12 @@ def evaluate(args: argparse.Namespace, rank: Rank, stage_dir: Path) -> None:
             for i, ids, n in zip(batch, out, counts, strict=True):
                 rec = response_record(texts[i], decode_response(ids, tokenizer))
                 records[i] = json.dumps({**rec, "rank": rank.rank, "generated_tokens": n}, ensure_ascii=False)
+            # Stamped with the batch's end, and each batch timed from the end of the one before: the gap between
+            # two stamps is exactly the next batch's seconds (kit verify checks).
             log.point(
                 "kit_eval_batch",
-                {
+                time_ms=now * 1000.0,
+                value={
                     "batch": b + 1,
                     "rank": rank.rank,
                     "questions": len(batch),
@@ -361,6 +364,7 @@ def evaluate(args: argparse.Namespace, rank: Rank, stage_dir: Path) -> None:
             )
             print(f"batch {b + 1}/{len(batches)}: {len(batch)} questions, {sum(counts)} tokens, "
                   f"{now - t_batch:.2f} s", flush=True)
+            t_batch = now
     if decoder.padded_rows != padded_rows:
         raise RuntimeError(f"{decoder.padded_rows} padded rows decoded, {padded_rows} planned")
     lines = [records[i] for i in range(len(mine))]  # the official order of this rank's share

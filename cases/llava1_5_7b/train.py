@@ -212,14 +212,19 @@ def run_as_rank(args: argparse.Namespace, stage_dir: Path, body, redirect=redire
 
     rank = Rank()
     redirect(stage_dir / "logs" / f"rank{rank.rank}.log")
-    print(f"rank {rank.rank}/{rank.world} on {rank.host}, pid {os.getpid()}, args {vars(args)}", flush=True)
+    # The epoch times in the first and last lines are a clock of their own: `kit verify` holds them against the
+    # stage's launch and end in status.jsonl.
+    print(f"rank {rank.rank}/{rank.world} on {rank.host}, pid {os.getpid()}, args {vars(args)} "
+          f"(started at {time.time():.3f})", flush=True)
     watch.start(stage_dir, rank.rank)  # dies with its launcher and with the kit process; dumps stacks on request
     try:
         body(args, rank, stage_dir)
     except BaseException as exc:  # noqa: BLE001 - every failure must name its rank, Ctrl-C included
         traceback.print_exc()
         write_failure(stage_dir, rank, exc)
+        print(f"rank {rank.rank} failed (ended at {time.time():.3f})", flush=True)
         return 130 if isinstance(exc, KeyboardInterrupt) else 1
+    print(f"rank {rank.rank} done (ended at {time.time():.3f})", flush=True)
     return 0
 
 

@@ -64,6 +64,10 @@ class StageSpec:
     steps_planned: int | None = None
     partial_last_line: bool = False
     extra_lines: list[str] = field(default_factory=list)
+    step_times: list[float] | None = None  # per step (1-based order); default: step_time_s for every step
+
+    def time_of(self, step: int) -> float:
+        return self.step_times[step - 1] if self.step_times else self.step_time_s
 
 
 def _facts(spec: StageSpec, resumed_from: int) -> dict[str, Any]:
@@ -103,9 +107,9 @@ def write_stage(run_dir: Path, spec: StageSpec, t_launch: float, status: list[di
         t += spec.startup_s
         lines.append(mllog("init_stop", None, t * 1000, "INTERVAL_END"))
         lines.append(mllog("run_start", {"step": first}, t * 1000, "INTERVAL_START"))
-        for k in range(first, last + 1):
-            t += spec.step_time_s
-            lines.append(mllog("kit_step", step_facts(k, spec.step_time_s), t * 1000))
+        for k in range(first, last + 1):  # stamped with the step's end, as the case does
+            t += spec.time_of(k)
+            lines.append(mllog("kit_step", step_facts(k, spec.time_of(k)), t * 1000))
             if k % 10 == 0:
                 lines.append(mllog("kit_checkpoint", {"step": k, "seconds": 1.5, "path": f"checkpoint/step{k}"}, t * 1000))
     if spec.state == "finished":

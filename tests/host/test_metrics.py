@@ -261,7 +261,8 @@ def test_a_stage_still_warming_up_is_named_and_its_first_step_shown(tmp_path):
     lines = [ln for ln in log.read_text().splitlines() if '"kit_step"' not in ln]
     t0 = json.loads(lines[-1][9:])["time_ms"] if lines[-1].startswith(":::MLLOG ") else 0
     times = [9.0, 4.0] + [3.0] * 9 + [2.0] * 9  # the steady steps (3-20) get faster half way: still warming up
-    steps = [mllog("kit_step", step_facts(k + 1, t), t0 + 1000 * (k + 1)) for k, t in enumerate(times)]
+    ends = [t0 + 1000 * sum(times[: k + 1]) for k in range(len(times))]  # stamped with each step's end
+    steps = [mllog("kit_step", step_facts(k + 1, t), ends[k]) for k, t in enumerate(times)]
     log.write_text("\n".join(lines[:-1] + steps + lines[-1:]) + "\n")
     st = m.run_summary(run)["stages"]["pretrain"]
     assert st["first_step_s"] == 9.0
