@@ -101,7 +101,7 @@ def one_run(args: argparse.Namespace, results: Path, cache: Path, label: str) ->
     if r.returncode != 0 or run is None:
         out["error"] = (r.stdout + r.stderr).strip().splitlines()[-15:]
         return out
-    from kit.events import load_stage
+    from kit.run.events import load_stage
 
     steps = load_stage(run / "finetune").steps
     times = [round(float(s["step_time_s"]), 3) for s in steps]

@@ -10,7 +10,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from . import __version__
+from kit import __version__
 
 app = typer.Typer(
     name="kit",
@@ -133,11 +133,11 @@ def run(
 
       kit run llava1_5_7b --launcher slurm --nodes 2 --partition gpu --container-image /shared/kit.sqsh --data /shared/llava --models /shared/models
     """
-    from .cases import UnknownCase
-    from .commands import run as run_cmd
-    from .launchers.containers import ContainerError
-    from .launchers.slurm import SlurmError
-    from .rundir import RunDirError
+    from kit.case import UnknownCase
+    from kit.commands import run as run_cmd
+    from kit.launchers.containers import ContainerError
+    from kit.launchers.slurm import SlurmError
+    from kit.run.dir import RunDirError
 
     stops: list[run_cmd.Stop] | None = [] if dry_run else None  # a dry run lists what is missing, with the plan
     try:
@@ -185,14 +185,14 @@ def resume(
 
       kit resume runs/20261129-101500-llava1_5_7b-tiny-1a2b --python .venv/bin/python
     """
-    from .commands import run as run_cmd
-    from .launchers.containers import ContainerError
-    from .launchers.slurm import SlurmError
-    from .rundir import RunDirError, find_run, stage_states
+    from kit.commands import run as run_cmd
+    from kit.launchers.containers import ContainerError
+    from kit.launchers.slurm import SlurmError
+    from kit.run.dir import RunDir, RunDirError, find_run
 
     try:
         run_dir = find_run(run_ref, results)
-        if stage_states(run_dir).get(None) == "finished":
+        if RunDir(run_dir).stage_states().get(None) == "finished":
             fail(f"{run_dir} has finished; nothing to resume (start a new run with `kit run`)")
         overrides = run_cmd.resume_overrides(run_dir, python, data, models)
         code = run_cmd.execute(run_dir, console, resumed=True, overrides=overrides, follow=follow)
@@ -206,9 +206,9 @@ def resume(
 @app.command("slurm-job", hidden=True)
 def slurm_job(run_dir: Path = typer.Argument(..., metavar="RUN")) -> None:
     """The batch script's command, inside the run's allocation: the run's stages, one srun step each."""
-    from .commands import run as run_cmd
-    from .launchers.slurm import SlurmError, in_allocation
-    from .rundir import RunDirError
+    from kit.commands import run as run_cmd
+    from kit.launchers.slurm import SlurmError, in_allocation
+    from kit.run.dir import RunDirError
 
     if not in_allocation():
         fail("kit slurm-job runs inside the run's Slurm job (its batch script); use `kit resume RUN` to submit it")
@@ -248,9 +248,9 @@ def report(
 
       kit report runs/RUN_A runs/RUN_B runs/RUN_C
     """
-    from .commands.report import show_many
-    from .report import MixedRunsError
-    from .rundir import RunDirError, find_run
+    from kit.commands.report import show_many
+    from kit.results.report import MixedRunsError
+    from kit.run.dir import RunDirError, find_run
 
     if format not in ("table", "json", "csv", "markdown"):
         fail(f"--format {format!r}: expected table, json, csv or markdown")
@@ -275,14 +275,14 @@ def configs(case: str = typer.Argument("llava1_5_7b", help="The case.")) -> None
     """
     from rich.table import Table
 
-    from . import cases
-    from .tables import print_table, whole
+    from kit import case as cases
+    from kit.tables import print_table, whole
 
     try:
         c = cases.get(case)
     except cases.UnknownCase as e:
         fail(str(e))
-    mod = __import__(c.module("config"), fromlist=["available", "load"])
+    mod = c.config
     table = Table(title=f"{case} configs")
     # Headers in short lines: a narrow terminal wraps them between words, never cuts one ("micro/GAS/glob…").
     for col in ("name", "description", "nodes x\ngpus", "pretrain ZeRO,\nmicro/GAS/global",
@@ -307,7 +307,7 @@ def configs(case: str = typer.Argument("llava1_5_7b", help="The case.")) -> None
 
 
 def _register_subcommands() -> None:
-    from .commands import build, check_host, compare, data, env, ls, mmmu, submit, verify
+    from kit.commands import build, check_host, compare, data, env, ls, mmmu, submit, verify
 
     app.command("build")(build.build)
     app.command("check-host")(check_host.check_host)

@@ -17,7 +17,7 @@ class EventLog:
         if not enabled:
             return
         # A logger of our own (not mllog's shared default) so nothing else writes into the file.
-        logger = logging.getLogger(f"kit.events.{path}")
+        logger = logging.getLogger(f"kit.run.events.{path}")
         logger.setLevel(logging.INFO)
         logger.propagate = False
         handler = logging.FileHandler(path, mode="a")

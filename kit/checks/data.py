@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from . import Check
+from kit.checks import Check
 
 # The reference data sets (LLaVA-1.5): LAION-CC-SBU 558K captions, the mix665k instructions.
 REFERENCE_RECORDS = {"pretrain": 558_128, "finetune": 665_298}
@@ -40,9 +40,9 @@ def verify_checks(cfg: Any, root: Path, models: Path | None = None, progress: An
     """`--deep`: `kit data verify` itself (every record through the case's validator, every image decoded on all
     cores, the manifest written), its findings as check rows. Its progress goes to stderr as verify's does (minutes
     of decoding are never silent); the rows and --json go to stdout."""
-    from ..data import sources
-    from ..data import verify as data_verify
-    from ..data.progress import PhaseProgress
+    from kit.data import audit as data_verify
+    from kit.data import sources
+    from kit.data.progress import PhaseProgress
 
     layout = data_verify.Layout.from_config(root, cfg)
     display = progress if progress is not None else PhaseProgress()
@@ -132,7 +132,7 @@ def data_checks(cfg: Any, data: Path | None, deep: bool = False) -> list[Check]:
 
 def manifest_check(root: Path) -> Check:
     """What the last `kit data verify` found, from the manifest it wrote into the data root (a few stats, no decoding)."""
-    from ..data import manifest as data_manifest
+    from kit.data import manifest as data_manifest
 
     where = data_manifest.path(root)
     verify_cmd = f"kit data verify --data {root}"

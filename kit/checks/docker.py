@@ -17,7 +17,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from . import Check
+from kit.checks import Check
 
 GROUP = "docker"
 # The reference host's engine (case-facts: the seed's A800 host) runs 20.10.18; older engines predate

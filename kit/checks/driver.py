@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from . import Check
+from kit.checks import Check
 
 try:
     import tomllib

@@ -26,8 +26,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from .. import __version__
-from . import ORDER, Check
+from kit import __version__
+from kit.checks import ORDER, Check
 
 GROUP = "remote"
 NAME = "ssh"

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import Check
+from kit.checks import Check
 
 GROUP = "slurm"
 COMMANDS = ("sbatch", "srun", "scontrol", "sinfo")

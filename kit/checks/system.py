@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import Check
+from kit.checks import Check
 
 GB = 1000**3
 GIB = 1024**3

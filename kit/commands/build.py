@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from .. import build as b
+from kit.image import builder as b
 
 
 def show_plan(plan: b.BuildPlan, console: Console) -> None:
@@ -87,7 +87,7 @@ def build(
 
     driver = None
     if nvml_recording is not None:
-        from ..nvml import open_nvml
+        from kit.vendors.nvml import open_nvml
 
         driver = open_nvml(nvml_recording)
     try:

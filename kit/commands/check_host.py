@@ -44,13 +44,13 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from .. import cases
-from ..checks import Check, worst
-from ..checks import data as data_checks
-from ..checks import driver as driver_checks
-from ..checks import gpu as gpu_checks
-from ..checks import system as system_checks
-from ..nvml import NVMLUnavailable, open_nvml
+from kit import case as cases
+from kit.checks import Check, worst
+from kit.checks import data as data_checks
+from kit.checks import driver as driver_checks
+from kit.checks import gpu as gpu_checks
+from kit.checks import system as system_checks
+from kit.vendors.nvml import NVMLUnavailable, open_nvml
 
 
 @dataclass
@@ -206,7 +206,7 @@ def remote_checks(hosts: list[str], args: CheckArgs) -> dict[str, list[Check]]:
 def slurm_host_checks(cfg: Any, args: CheckArgs, data: Path | None, models: Path | None, results: Path,
                       nodes: int) -> list[Check]:
     """`--launcher slurm`: the cluster's rows (kit.checks.slurm), then disk, data and weights as seen from here."""
-    from ..checks import slurm as slurm_checks
+    from kit.checks import slurm as slurm_checks
 
     checks = _guard("slurm", "slurm", lambda: slurm_checks.slurm_checks(
         cfg, args.partition, nodes, containers=not args.native))
@@ -352,9 +352,9 @@ def check_host(
     args = CheckArgs(case, config, None if data is None else str(data), None if models is None else str(models),
                      str(results), nodes, deep, deep_image, docker_host, list(ssh_option or []), remote_kit,
                      launcher, partition, native)
-    from ..guard import Stop
-    from ..guard import exit_code as interrupted_code
-    from .data_verify import signals_as_interrupts
+    from kit.commands.data_verify import signals_as_interrupts
+    from kit.run.guard import Stop
+    from kit.run.guard import exit_code as interrupted_code
 
     try:  # --deep decodes every image in worker processes: a signal stops them, says so, exits 128 + the signal
         with signals_as_interrupts():

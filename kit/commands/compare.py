@@ -41,8 +41,8 @@ def compare(
 
       kit compare submissions/acme submissions/globex --format html --out compare.html
     """
-    from .. import compare as cmp_mod
-    from ..submission import SubmissionError
+    from kit.results import compare as cmp_mod
+    from kit.submission import SubmissionError
 
     if format not in cmp_mod.FORMATS:
         err.print(f"[bold red]error:[/] --format {escape(format)!r}: expected {', '.join(cmp_mod.FORMATS)}")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import typer
 
-from .data_fetch import fetch
-from .data_verify import fix, verify
+from kit.commands.data_fetch import fetch
+from kit.commands.data_verify import fix, verify
 
 app = typer.Typer(
     help="The case's data and weights: fetch them, verify a copy record by record, fix what can be fixed.",

@@ -41,9 +41,9 @@ def fetch(
 
       HF_TOKEN=hf_... kit data fetch --data /data/llava --models /models --only vicuna,clip
     """
-    from ..data import fetch as f
-    from ..guard import Stop, exit_code
-    from .data_verify import signals_as_interrupts
+    from kit.commands.data_verify import signals_as_interrupts
+    from kit.data import fetch as f
+    from kit.run.guard import Stop, exit_code
 
     names = [n.strip() for item in (only or []) for n in item.split(",") if n.strip()]
     opts = f.Options(data=data, models=models, only=names, mirror=mirror, hf_endpoint=hf_endpoint,
@@ -69,7 +69,7 @@ def fetch(
     table = Table(title="kit data fetch" + (" (dry run)" if dry_run else ""), title_justify="left")
     for col in ("source", "status", "size", "checksum", "where"):
         table.add_column(col, overflow="fold")
-    from ..data.http import human
+    from kit.data.http import human
 
     for o in outcomes:
         table.add_row(o.name, f"[{STYLE.get(o.status, '')}]{o.status}[/]", human(o.size) if o.size else "",

@@ -19,8 +19,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from ..data.progress import PhaseProgress
-from ..guard import Stop, exit_code
+from kit.data.progress import PhaseProgress
+from kit.run.guard import Stop, exit_code
 
 console = Console()
 err = Console(stderr=True)
@@ -35,9 +35,9 @@ def _usage(message: str) -> None:
 
 
 def _layout(case: str, config: str, overrides: list[str] | None, data: Path):
-    from .. import cases
-    from ..data import sources
-    from ..data.verify import Layout
+    from kit import case as cases
+    from kit.data import sources
+    from kit.data.audit import Layout
 
     try:
         c = cases.get(case)
@@ -136,8 +136,8 @@ def verify(
 
       kit data verify --data /data/llava --set data.finetune_json=llava_v1_5_mix665k.filtered.json
     """
-    from ..data.verify import VerifyError
-    from ..data.verify import verify as run_verify
+    from kit.data.audit import VerifyError
+    from kit.data.audit import verify as run_verify
 
     if jobs < 0:
         _usage(f"--jobs {jobs}: must be at least 1 (or 0: every core)")
@@ -195,10 +195,10 @@ def fix(
 
       kit data fix --data /data/llava --write-filtered
     """
-    from ..data import fix as fix_mod
-    from ..data import manifest as manifest_mod
-    from ..data.verify import VerifyError
-    from ..data.verify import verify as run_verify
+    from kit.data import fix as fix_mod
+    from kit.data import manifest as manifest_mod
+    from kit.data.audit import VerifyError
+    from kit.data.audit import verify as run_verify
 
     if jobs < 0:
         _usage(f"--jobs {jobs}: must be at least 1 (or 0: every core)")

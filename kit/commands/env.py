@@ -17,8 +17,8 @@ from typing import Any
 
 import typer
 
-from .. import __version__
-from ..checks.system import human, mem_total, os_info
+from kit import __version__
+from kit.checks.system import human, mem_total, os_info
 
 LIBRARIES = ("torch", "deepspeed", "transformers", "flash-attn", "nvidia-ml-py", "docker", "typer", "rich")
 DOCKER_TIMEOUT_S = 2
@@ -88,8 +88,8 @@ def revision_text(rev: dict[str, Any]) -> str:
 
 
 def _nvml_lines(nvml_recording: str | None = None) -> list[tuple[str, str]]:
-    from ..checks.driver import cuda_from_nvml
-    from ..nvml import NVMLUnavailable, open_nvml
+    from kit.checks.driver import cuda_from_nvml
+    from kit.vendors.nvml import NVMLUnavailable, open_nvml
 
     try:
         nvml = open_nvml(nvml_recording)

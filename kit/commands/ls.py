@@ -3,7 +3,7 @@
 Each line: the run's id, its config, every stage with its state, when it started, and the headline figures
 (each training stage's token/p/s by the reference's method, as the report's first column, and the MMMU
 accuracy; the JSON has the steady-state real-token throughput too), derived from the raw facts
-with `kit.metrics.run_summary` exactly as `kit report` derives them, but read-only: `ls` never writes summary.json
+with `kit.results.metrics.run_summary` exactly as `kit report` derives them, but read-only: `ls` never writes summary.json
 or a plot, so it is safe on a share others read and on a run that is still going. A run that is not the
 reference's data, weights and shape says so on its line. A damaged run is listed with the reason, never skipped
 and never a crash.
@@ -53,7 +53,7 @@ def run_dirs(results: Path) -> list[Path]:
 
 def describe(run: Path) -> dict[str, Any]:
     """One run as `ls` lists it; a run whose files cannot be used gets `error` (the file and the reason) instead."""
-    from .. import metrics
+    from kit.results import metrics
 
     try:
         raw = json.loads((run / "run.json").read_text())

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from .. import mmmu
+from cases.llava1_5_7b.plugin import scoring as mmmu
 
 app = typer.Typer(
     name="mmmu",

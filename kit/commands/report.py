@@ -17,7 +17,7 @@ def _warn_unwritten(summary: dict, fmt: str) -> None:
 
 def show(run: Path, console: Console, fmt: str = "table", peak_flops: float | None = None) -> dict:
     """One run: check its inputs (RunInputError names the damaged file), recompute, write, print."""
-    from .. import metrics, report
+    from kit.results import metrics, report
 
     metrics.check_run_inputs(run)
     summary = report.write_summary(run, peak_flops=peak_flops)
@@ -31,7 +31,7 @@ def show(run: Path, console: Console, fmt: str = "table", peak_flops: float | No
 
 def show_many(runs: list[Path], console: Console, fmt: str = "table", peak_flops: float | None = None) -> dict:
     """Several runs of one config: each one's summary recomputed (and written), then the mean and spread."""
-    from .. import metrics, report
+    from kit.results import metrics, report
 
     if len(runs) == 1:
         return show(runs[0], console, fmt, peak_flops)

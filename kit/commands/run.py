@@ -16,8 +16,11 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.text import Text
 
-from .. import __version__, cases, rundir, stacks
-from ..launchers import (
+from kit import __version__
+from kit import case as cases
+from kit.commands.env import source_revision
+from kit.image import stacks
+from kit.launchers import (
     EXIT_ENVIRONMENT,
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -27,9 +30,9 @@ from ..launchers import (
     run_stage,
     tail_lines,
 )
-from ..launchers.native import NativeLauncher
-from ..progress import StageProgress
-from .env import source_revision
+from kit.launchers.native import NativeLauncher
+from kit.run.dir import RunDir
+from kit.run.progress import StageProgress
 
 
 class UsageError(ValueError):
@@ -120,13 +123,13 @@ def plan(
         config = scaled if scaled in cases.config_module(case).available() else "A800x1x8"
     cfg = cases.load_config(case, config, overrides)
     if stage == "all":
-        stages = list(case.stages)
+        stages = [s.name for s in case.stages]
     elif stage == "train":
-        stages = [s for s in case.stages if s in TRAIN_STAGES]
-    elif stage in case.stages:
+        stages = list(cases.training(case))
+    elif stage in [s.name for s in case.stages]:
         stages = [stage]
     else:
-        raise UsageError(f"--stage {stage!r}: expected all, train or one of {', '.join(case.stages)}")
+        raise UsageError(f"--stage {stage!r}: expected all, train or one of {', '.join(s.name for s in case.stages)}")
     # --gpus None: not given, the config's; --gpus 0 is a request like --nodes 0, and refused the same way.
     for flag, n, default in (("--nodes", nodes, "1"), ("--gpus", gpus, f"the config's {cfg.gpus_per_node} per node")):
         if n is not None and n < 1:
@@ -146,7 +149,7 @@ def plan(
             raise UsageError(f"{', '.join(given)} belong(s) to the container path; drop --native to use it")
         host_list: list[str] = []
     else:
-        from ..launchers.containers import forwarded_env, parse_hosts, parse_ulimits
+        from kit.launchers.containers import forwarded_env, parse_hosts, parse_ulimits
 
         try:
             host_list = parse_hosts(hosts, nodes)
@@ -225,7 +228,7 @@ def slurm_request(
     sbatch_args: list[str] | None, container_image: str | None, master_port: int | None, **docker_only,
 ) -> dict | None:
     """--launcher slurm's part of the request, checked (UsageError); None for the local launchers."""
-    from ..launchers.slurm import valid_time
+    from kit.launchers.slurm import valid_time
 
     given = {"--partition": partition, "--account": account, "--time": time_limit, "--sbatch-arg": sbatch_args,
              "--container-image": container_image}  # fmt: skip
@@ -305,7 +308,7 @@ def gpu_problem(req: RunRequest, cfg) -> str | None:
     local_engine = all(h == "local" for h in req.hosts) and os.environ.get("DOCKER_HOST", "unix://").startswith("unix://")
     if not (req.native or local_engine):
         return None  # other hosts' GPUs: `kit check-host --hosts` counts them
-    from ..hostfacts import gpu_facts
+    from kit.run.hostfacts import gpu_facts
 
     facts = gpu_facts()
     found = len(facts["devices"])
@@ -328,7 +331,7 @@ def gpu_problem(req: RunRequest, cfg) -> str | None:
 def disk_need(req: RunRequest, cfg) -> tuple[int, int, str] | None:
     """(full, minimum, how) under --results, or None when the run writes nothing large: the finetune checkpoints
     and 16-bit model dominate (kit.checks.system.results_need), and a short --no-save run writes neither."""
-    from ..checks.system import results_need
+    from kit.checks.system import results_need
 
     if "finetune" not in req.stages:
         return None  # pretrain checkpoints hold the projector alone (tens of MB at 7B)
@@ -341,15 +344,14 @@ def disk_need(req: RunRequest, cfg) -> tuple[int, int, str] | None:
 def record_check(req: RunRequest, cfg, console: Console) -> None:
     """The record files of the training stages that will run, through the case's own validator (standard library
     only): a truncated file or a bad record fails here in seconds (UsageError, exit 2), not after the start-up."""
-    import importlib
 
     if req.synthetic or not req.data:
         return
     try:
-        record_problem = importlib.import_module(cases.get(req.case).module("records")).record_problem
+        record_problem = cases.get(req.case).data.record_problem
     except (ImportError, AttributeError):
         return  # a case without a host-side validator: its loader checks the records
-    from ..checks.system import human
+    from kit.checks.system import human
 
     limit = cfg.data.skip_bad_records
     hint = "fix or remove the record(s), or set data.skip_bad_records (--set data.skip_bad_records=N) to skip a counted few"
@@ -392,7 +394,7 @@ def preflight(req: RunRequest, cfg, console: Console, dry_run: bool = False) -> 
     """What this host must offer before anything is created: the GPUs, the disk under --results, well-formed
     records, usable images. Raises EnvironmentProblem (exit 3) or UsageError (exit 2); a dry run gets every check
     that would stop a launch back instead, in the order a launch meets them."""
-    from ..checks.system import free_bytes, human
+    from kit.checks.system import free_bytes, human
 
     stops = []
     if problem := gpu_problem(req, cfg):
@@ -438,7 +440,7 @@ def manifest_check(req: RunRequest, cfg, console: Console) -> None:
     files, is a warning: the images are then checked only as they are drawn."""
     if req.synthetic or not req.data or not any(s in TRAIN_STAGES for s in req.stages):
         return
-    from ..data import manifest as data_manifest
+    from kit.data import manifest as data_manifest
 
     root = Path(req.data)
     verify_cmd = f"kit data verify --data {root}"
@@ -481,10 +483,10 @@ def manifest_check(req: RunRequest, cfg, console: Console) -> None:
 
 def resume_overrides(run: Path, python: str | None, data: Path | None, models: Path | None) -> dict[str, str]:
     """`kit resume`'s corrections (a Python, data or weights that moved), checked: UsageError when one cannot serve.
-    They go into the "resumed" line of status.jsonl (run.json is never changed; rundir.effective_request)."""
+    They go into the "resumed" line of status.jsonl (run.json is never changed; RunDir.effective_request)."""
     import os
 
-    meta = rundir.effective_request(run)
+    meta = RunDir(run).effective_request()
     out: dict[str, str] = {}
     if python is not None:
         if not meta.get("native", True):
@@ -508,7 +510,7 @@ def resume_overrides(run: Path, python: str | None, data: Path | None, models: P
 def container_plan(req: RunRequest, cfg, run_tag: str, create: bool = True):
     """Reach the nodes' engines and fix the containers' shape (raises ContainerError, exit 3); with create=False
     (a dry run) nothing is written, not even the results directory."""
-    from ..launchers import containers
+    from kit.launchers import containers
 
     read_only = [Path(p) for p in (req.data, req.models, req.mmmu, req.model_dir) if p]
     return containers.plan(
@@ -535,7 +537,7 @@ def dry_run(req: RunRequest, cfg, console: Console, stops: list[Stop] | None = N
         cmds[stage] = args
     late: list[Stop] = []  # what a launch meets after the host's checks: the engines and the image's stack
     if req.launcher == "slurm":
-        from ..launchers import slurm
+        from kit.launchers import slurm
 
         case = cases.get(req.case)
         meta = {**asdict(req), "config": cfg.to_dict()}
@@ -545,7 +547,7 @@ def dry_run(req: RunRequest, cfg, console: Console, stops: list[Stop] | None = N
         for stage, args in cmds.items():
             step = run / "slurm" / f"{stage}.sh"
             console.print(Text(f"{stage}: {shlex.join(slurm.stage_srun(meta, run / stage, step))}"), soft_wrap=True)
-            console.print(Text(slurm.step_script(python, case.stage_module(stage), req.nodes, req.gpus,
+            console.print(Text(slurm.step_script(python, cases.stage(case, stage).module, req.nodes, req.gpus,
                                                  "FIRST_NODE_ADDR", req.master_port or 0, args)
                                .replace("--master-port=0", "--master-port=FREE_PORT"), style="dim"),
                           soft_wrap=True)  # fmt: skip
@@ -553,7 +555,7 @@ def dry_run(req: RunRequest, cfg, console: Console, stops: list[Stop] | None = N
         console.print("native: torchrun on this host with " + req.python)
         for stage, args in cmds.items():
             case = cases.get(req.case)
-            cmd = NativeLauncher(case, python=req.python).command(case.stage_module(stage), req.gpus, 0, args)
+            cmd = NativeLauncher(case, python=req.python).command(cases.stage(case, stage).module, req.gpus, 0, args)
             console.print(f"{stage}: {' '.join(cmd)}".replace("--master-port=0", "--master-port=<free port>"))
     else:
         late = _dry_run_containers(req, cfg, console, cmds)
@@ -565,14 +567,14 @@ def _dry_run_containers(req: RunRequest, cfg, console: Console, cmds: dict[str, 
     """The container plan as the engines answer it; an engine that cannot be reached is a stop, and the plan is
     then printed with what only the engines know (image id, engine names) left open. Everything that asks an
     engine runs under the ssh policy (an ssh:// node's image labels too)."""
-    from ..launchers import containers
+    from kit.launchers import containers
 
     with containers.SshPolicy(req.ssh_options):
         return _dry_run_engines(req, cfg, console, cmds)
 
 
 def _dry_run_engines(req: RunRequest, cfg, console: Console, cmds: dict[str, list[str]]) -> list[Stop]:
-    from ..launchers import containers
+    from kit.launchers import containers
 
     stops: list[Stop] = []
     try:
@@ -591,7 +593,7 @@ def _dry_run_engines(req: RunRequest, cfg, console: Console, cmds: dict[str, lis
     case = cases.get(req.case)
     for node in p.nodes:
         for stage, args in cmds.items():
-            cmd = " ".join(p.torchrun(node, case.stage_module(stage), args))
+            cmd = " ".join(p.torchrun(node, cases.stage(case, stage).module, args))
             console.print(Text(f"{stage}, {node.where}: {cmd}".replace("--master-port=0", "--master-port=<free port>")))
     for line in containers.describe(p):
         console.print(Text(line))
@@ -657,8 +659,8 @@ def case_args(req: RunRequest, cfg_path: str, stage: str, synthetic_mmmu_questio
 
 
 def score_eval(run: Path) -> str | None:
-    """Score the eval stage's raw responses on the host (kit.mmmu); None, or what went wrong."""
-    from .. import mmmu
+    """Score the eval stage's raw responses on the host (cases.llava1_5_7b.plugin.scoring); None, or what went wrong."""
+    from cases.llava1_5_7b.plugin import scoring as mmmu
 
     responses = run / "eval" / "responses.json"
     try:
@@ -670,7 +672,7 @@ def score_eval(run: Path) -> str | None:
 
 
 def host_facts() -> dict:
-    from ..hostfacts import host_facts as facts
+    from kit.run.hostfacts import host_facts as facts
 
     return facts()
 
@@ -681,7 +683,7 @@ def start(req: RunRequest, cfg, console: Console) -> tuple[Path, int]:
     On the container path the nodes' engines are reached and the image pinned first, so an unreachable node
     or a missing image leaves no run directory behind (ContainerError, exit 3).
     """
-    from ..launchers import containers
+    from kit.launchers import containers
 
     if req.launcher == "slurm":
         return start_slurm(req, cfg, console)
@@ -695,17 +697,16 @@ def start(req: RunRequest, cfg, console: Console) -> tuple[Path, int]:
         if plan_ is not None and not plan_.own_network and len(plan_.nodes) > 1:
             with console.status("checking the nodes: shared results, rendezvous port, reachability"):
                 containers.preflight(plan_, Path(req.results))
-        run = rundir.new_run_dir(Path(req.results), req.case, req.config)
+        run = RunDir.create(Path(req.results), req.case, req.config).path
         try:  # a failure before the first stage leaves no run directory in state `created` behind
             # The resolved config (overrides applied) is what every process of the run reads.
             resolved = run / "config.toml"
             resolved.write_text(cases.config_module(cases.get(req.case)).dumps(cfg))
-            rundir.write_json(
-                run / "run.json",
+            RunDir(run).write_request(
                 run_record(run, req, cfg, resolved, containers=plan_.to_dict() if plan_ else None,
                            stack=stack or {"name": "native", "python": req.python}),
             )
-            rundir.append_status(run, "created")
+            RunDir(run).append_status("created")
             console.print(f"run directory [bold]{run}[/]")
             if plan_ is not None:
                 for line in containers.describe(plan_):
@@ -716,7 +717,7 @@ def start(req: RunRequest, cfg, console: Console) -> tuple[Path, int]:
         try:
             return run, execute(run, console, plan_=plan_)
         except Exception:
-            if rundir.stage_states(run) == {None: "created"}:  # raised before anything was launched
+            if RunDir(run).stage_states() == {None: "created"}:  # raised before anything was launched
                 _abandon(run)
             raise
 
@@ -739,10 +740,10 @@ def run_record(run: Path, req: RunRequest, cfg, resolved: Path, **more) -> dict:
 def start_slurm(req: RunRequest, cfg, console: Console, follow: bool | None = None) -> tuple[Path, int]:
     """--launcher slurm: inside an allocation, the stages run here as srun steps; outside, the batch script is
     submitted held, its job id recorded in run.json, the job released and (unless --no-follow) followed."""
-    from ..launchers import slurm
+    from kit.launchers import slurm
 
     follow = req.slurm.get("follow", True) if follow is None else follow
-    run = rundir.new_run_dir(Path(req.results), req.case, req.config)
+    run = RunDir.create(Path(req.results), req.case, req.config).path
     job = None
     try:
         resolved = run / "config.toml"
@@ -756,9 +757,9 @@ def start_slurm(req: RunRequest, cfg, console: Console, follow: bool | None = No
             record = {**request, "job_id": os.environ["SLURM_JOB_ID"], "in_allocation": True, "nodes": nodes,
                       "script": None}  # fmt: skip
             req.slurm = record
-            rundir.write_json(run / "run.json", run_record(run, req, cfg, resolved, containers=None,
+            RunDir(run).write_request(run_record(run, req, cfg, resolved, containers=None,
                                                            stack=slurm_stack(req)))  # fmt: skip
-            rundir.append_status(run, "created")
+            RunDir(run).append_status("created")
             console.print(f"run directory [bold]{run}[/]")
             console.print(Text(f"inside slurm job {record['job_id']} on {', '.join(nodes)}: each stage one srun step",
                                style="dim"))  # fmt: skip
@@ -768,10 +769,10 @@ def start_slurm(req: RunRequest, cfg, console: Console, follow: bool | None = No
             job = slurm.sbatch(script, hold=True)
             req.slurm = {**request, "job_id": job, "in_allocation": False, "script": str(script.relative_to(run)),
                          "script_sha256": slurm.script_digest(script)}  # fmt: skip
-            rundir.write_json(run / "run.json", run_record(run, req, cfg, resolved, containers=None,
+            RunDir(run).write_request(run_record(run, req, cfg, resolved, containers=None,
                                                            stack=slurm_stack(req)))  # fmt: skip
-            rundir.append_status(run, "created")
-            rundir.append_status(run, "submitted", detail={"job_id": job})
+            RunDir(run).append_status("created")
+            RunDir(run).append_status("submitted", detail={"job_id": job})
             slurm.release(job)
             console.print(f"run directory [bold]{run}[/]")
             console.print(Text(f"{slurm.describe(meta)}; batch script {script}; submitted as job {job}", style="dim"))
@@ -790,7 +791,7 @@ def start_slurm(req: RunRequest, cfg, console: Console, follow: bool | None = No
 
 
 def image_stack_of(plan_) -> dict:
-    """The stack of a container plan's image, from its labels (kit.stacks.image_stack)."""
+    """The stack of a container plan's image, from its labels (kit.image.stacks.image_stack)."""
     try:
         labels = plan_.nodes[0].client.images.get(plan_.image_id or plan_.image).labels or {}
     except Exception:  # noqa: BLE001 - the plan just inspected it; an engine that went away reads as unlabelled
@@ -814,12 +815,12 @@ def probed_stack(meta: dict, probe: dict) -> dict:
 
 def resubmit(run: Path, console: Console, overrides: dict | None, follow: bool = True) -> int:
     """`kit resume` of a Slurm run outside an allocation: the same batch script, submitted again and followed."""
-    from ..launchers import slurm
+    from kit.launchers import slurm
 
     if live := slurm.live_job(run):
         raise UsageError(f"{run} is still slurm job {live[0]} ({live[1]}): wait for it, or `scancel {live[0]}`, then "
                          "resume")  # fmt: skip
-    meta = {**rundir.effective_request(run), **(overrides or {})}
+    meta = {**RunDir(run).effective_request(), **(overrides or {})}
     if overrides and {"data", "models"} & set(overrides) and (run / "inputs.json").exists():
         fields = {k: meta[k] for k in RunRequest.__dataclass_fields__ if k in meta}
         req = RunRequest(**{**fields, "config": meta["config"]["name"]})
@@ -829,9 +830,9 @@ def resubmit(run: Path, console: Console, overrides: dict | None, follow: bool =
     if not script.is_file():
         raise UsageError(f"{script} is missing: it is the run's batch script; a run started inside an allocation "
                          "resumes inside one (salloc, then kit resume)")  # fmt: skip
-    rundir.append_status(run, "resumed", detail=overrides or None)
+    RunDir(run).append_status("resumed", detail=overrides or None)
     job = slurm.sbatch(script, hold=False)
-    rundir.append_status(run, "submitted", detail={"job_id": job})
+    RunDir(run).append_status("submitted", detail={"job_id": job})
     console.print(f"resubmitted {script} as slurm job {job}")
     if not follow:
         console.print(f"its output: {run / 'slurm' / f'job-{job}.out'}")
@@ -844,14 +845,14 @@ def _abandon(run: Path) -> None:
     config.toml, status.jsonl, the lock); with anything more (a probe's log) it is marked failed, for the record."""
     import shutil
 
-    from ..guard import HEARTBEAT_NAME, LOCK_NAME
+    from kit.run.guard import HEARTBEAT_NAME, LOCK_NAME
 
     ours = {"run.json", "config.toml", "status.jsonl", LOCK_NAME, HEARTBEAT_NAME}
     entries = list(run.iterdir()) if run.is_dir() else []
     if all(p.is_file() and (p.name in ours or p.name.endswith(".tmp")) for p in entries):
         shutil.rmtree(run, ignore_errors=True)
     else:
-        rundir.append_status(run, "failed", detail="failed before the first stage")
+        RunDir(run).append_status("failed", detail="failed before the first stage")
 
 
 def execute(
@@ -862,13 +863,13 @@ def execute(
     For its whole life it holds the run's lock (a second kit on the same run is refused: guard.RunBusy), handles
     SIGTERM and SIGHUP as Ctrl-C, and keeps the heartbeat the ranks watch, so none outlives this process.
     """
-    from .. import guard
-    from ..launchers import containers
+    from kit.launchers import containers
+    from kit.run import guard
 
-    meta = {**rundir.effective_request(run), **(overrides or {})}  # run.json with the resumes' --python/--data/--models
+    meta = {**RunDir(run).effective_request(), **(overrides or {})}  # run.json with the resumes' --python/--data/--models
     launcher = None
     if meta.get("launcher") == "slurm":
-        from ..launchers import slurm
+        from kit.launchers import slurm
 
         if not slurm.in_allocation():  # the job, not this process, runs the stages (and takes the lock)
             return resubmit(run, console, overrides, follow=follow)
@@ -887,7 +888,7 @@ def execute(
                 launcher.env["KIT_HEARTBEAT"] = str(beat.path)
                 return _execute(run, console, resumed, launcher, overrides)
         except KeyboardInterrupt as e:  # outside a stage (probe, data generation): nothing runs on, just mark it
-            rundir.append_status(run, "interrupted", detail={"signal": str(e) or "SIGINT"})
+            RunDir(run).append_status("interrupted", detail={"signal": str(e) or "SIGINT"})
             console.print(f"[yellow]interrupted[/]; continue with: kit resume {run}")
             return guard.exit_code(e, EXIT_INTERRUPTED)
         finally:
@@ -897,7 +898,7 @@ def execute(
 
 def replan(meta: dict):
     """The container plan of a run being resumed: the same hosts, and the same image (by id), or ContainerError."""
-    from ..launchers import containers
+    from kit.launchers import containers
 
     stored = meta["containers"]
     fields = {k: meta[k] for k in RunRequest.__dataclass_fields__ if k in meta}
@@ -921,8 +922,8 @@ def replan(meta: dict):
 
 
 def write_inputs(run: Path, req: RunRequest, config: dict, console: Console) -> None:
-    """inputs.json: the sha256 of every record file, checkpoint file and MMMU parquet the run reads (kit.identity)."""
-    from .. import identity
+    """inputs.json: the sha256 of every record file, checkpoint file and MMMU parquet the run reads (kit.data.identity)."""
+    from kit.data import identity
 
     with console.status("hashing the inputs (record files, weights, MMMU) for the run's identity"):
         facts = identity.collect(
@@ -931,7 +932,7 @@ def write_inputs(run: Path, req: RunRequest, config: dict, console: Console) -> 
             synthetic_dir=run / "synthetic" if req.synthetic else None, stages=req.stages, config=config,
             cache_path=Path(req.results) / identity.CACHE_NAME,
         )  # fmt: skip
-    rundir.write_json(run / "inputs.json", facts)
+    RunDir(run).write_inputs(facts)
 
 
 DISK_LOW_BYTES = 64 << 20
@@ -940,7 +941,7 @@ NO_SPACE = "No space left on device"
 
 def disk_full_note(run: Path, meta: dict, logs: list[Path]) -> str | None:
     """When a failure comes from a full disk, say which disk, how much is free and what the run needs."""
-    from ..checks.system import free_bytes, human, results_need
+    from kit.checks.system import free_bytes, human, results_need
 
     where, free = free_bytes(run)
     said = any(NO_SPACE in tail_lines(p, 200) for p in logs if p.is_file())
@@ -964,7 +965,7 @@ def _leftovers(stage_dir: Path) -> None:
 
 def same_inputs(run: Path, req: RunRequest, config: dict, console: Console) -> str | None:
     """A corrected --data or --models may move the inputs, never change them: their digests must equal inputs.json's."""
-    from .. import identity
+    from kit.data import identity
 
     with console.status("hashing the corrected inputs: a resumed run must read the same bytes"):
         now = identity.collect(
@@ -972,7 +973,7 @@ def same_inputs(run: Path, req: RunRequest, config: dict, console: Console) -> s
             mmmu=Path(req.mmmu) if req.mmmu else None, synthetic_dir=None, stages=req.stages, config=config,
             cache_path=Path(req.results) / identity.CACHE_NAME,
         )  # fmt: skip
-    before = rundir.read_json(run / "inputs.json")
+    before = (RunDir(run).inputs() or {})
     for part, flag in (("data", "--data"), ("weights", "--models")):
         a = (before.get(part) or {}).get("digest") if isinstance(before.get(part), dict) else None
         b = (now.get(part) or {}).get("digest") if isinstance(now.get(part), dict) else None
@@ -984,25 +985,25 @@ def same_inputs(run: Path, req: RunRequest, config: dict, console: Console) -> s
 
 
 def _execute(run: Path, console: Console, resumed: bool, launcher, overrides: dict | None = None) -> int:
-    meta = {**rundir.effective_request(run), **(overrides or {})}  # run.json, then every resume's corrections in order
+    meta = {**RunDir(run).effective_request(), **(overrides or {})}  # run.json, then every resume's corrections in order
     fields = {k: meta[k] for k in RunRequest.__dataclass_fields__ if k in meta}
     req = RunRequest(**{**fields, "config": meta["config"]["name"]})
-    states = rundir.stage_states(run)
+    states = RunDir(run).stage_states()
     if resumed and overrides and {"data", "models"} & set(overrides) and (run / "inputs.json").exists():
         if problem := same_inputs(run, req, meta["config"], console):
             console.print(f"[red]error:[/] {problem}")
             return EXIT_USAGE
     if resumed:
-        rundir.append_status(run, "resumed", detail=overrides or None)
+        RunDir(run).append_status("resumed", detail=overrides or None)
 
     if not (run / "environment.json").exists():
-        probe = launcher.run_module("env", [], run / "logs" / "probe.log")
+        probe = launcher.run_module(launcher.case.probe_module, [], run / "logs" / "probe.log")
         if probe.returncode != 0:
             image = (meta.get("containers") or {}).get("image") or (meta.get("slurm") or {}).get("container_image")
             where = req.python if req.native else f"the image {image}"
             console.print(f"[red]the case cannot run with {where}:[/]")
             console.print(Text(tail_lines(run / "logs" / "probe.log", 20)))
-            rundir.append_status(run, "failed", detail="environment probe failed")
+            RunDir(run).append_status("failed", detail="environment probe failed")
             return EXIT_ENVIRONMENT
         env = {"host": host_facts(), "case": json.loads(probe.stdout)}
         if meta.get("containers"):
@@ -1012,11 +1013,11 @@ def _execute(run: Path, console: Console, resumed: bool, launcher, overrides: di
             image = (meta.get("slurm") or {}).get("container_image") or "native"
             if problem := stacks.config_problem(meta["config"], env["stack"], image):
                 console.print(f"[red]error:[/] {problem}")
-                rundir.append_status(run, "failed", detail=problem)
+                RunDir(run).append_status("failed", detail=problem)
                 return EXIT_ENVIRONMENT
         if meta.get("launcher") == "slurm":
             env["slurm"] = launcher.allocation()
-        rundir.write_json(run / "environment.json", env)
+        RunDir(run).write_environment(env)
 
     cfg_path = meta["config_path"]
     if req.synthetic and not (run / "synthetic" / ".complete").exists():  # eval alone needs its tokenizer too
@@ -1029,12 +1030,12 @@ def _execute(run: Path, console: Console, resumed: bool, launcher, overrides: di
                 cfg = meta["config"]
                 args += ["--pretrain-records", str((req.max_steps + 1) * cfg["pretrain"]["global_batch"])]
                 args += ["--finetune-records", str((req.max_steps + 1) * cfg["finetune"]["global_batch"])]
-            gen = launcher.run_module("synthetic", args, run / "logs" / "synthetic.log")
+            gen = launcher.run_module(launcher.case.synthetic_module, args, run / "logs" / "synthetic.log")
         if gen.returncode != 0:
             console.print("[red]synthetic data generation failed:[/]")
             disk = disk_full_note(run, meta, [run / "logs" / "synthetic.log"])
             console.print(Text(disk or tail_lines(run / "logs" / "synthetic.log", 20) or "(no output)"))
-            rundir.append_status(run, "failed", detail=disk or "synthetic data generation failed")
+            RunDir(run).append_status("failed", detail=disk or "synthetic data generation failed")
             return EXIT_FAILED
 
     if not (run / "inputs.json").exists():
@@ -1046,16 +1047,16 @@ def _execute(run: Path, console: Console, resumed: bool, launcher, overrides: di
             if states.get(stage) == "finished":
                 continue
             display.start(stage)
-            rundir.append_status(run, "launched", stage, {"gpus": req.gpus, "nodes": req.nodes})
+            RunDir(run).append_status("launched", stage, {"gpus": req.gpus, "nodes": req.nodes})
             args = case_args(req, cfg_path, stage, mmmu_questions)
             result = run_stage(launcher, run, stage, req.nodes * req.gpus, args, display)
             if result.state == "finished" and stage == "eval" and (problem := score_eval(run)):
                 result = StageResult(stage, "failed", EXIT_FAILED, message=problem)
-            rundir.append_status(run, result.state, stage, result.message or None)
+            RunDir(run).append_status(result.state, stage, result.message or None)
             display.finish(result.state)
             if result.state == "interrupted":
                 signame = (result.message or "").rpartition("(")[2].rstrip(")") or "SIGINT"
-                rundir.append_status(run, "interrupted", detail={"signal": signame})
+                RunDir(run).append_status("interrupted", detail={"signal": signame})
                 console.print(
                     Panel(
                         f"stopped every rank; the run is marked interrupted.\ncontinue it with: kit resume {run}",
@@ -1068,11 +1069,11 @@ def _execute(run: Path, console: Console, resumed: bool, launcher, overrides: di
                 logs = [*(run / stage / "logs").glob("*.log")]
                 if disk := disk_full_note(run, meta, logs):
                     result = StageResult(stage, "failed", result.returncode, result.failures, f"{disk}\n\n{result.message}")
-                rundir.append_status(run, "failed", detail=f"stage {stage}")
+                RunDir(run).append_status("failed", detail=f"stage {stage}")
                 console.print(Panel(Text(result.message), title=f"{stage} failed", border_style="red"))
                 return EXIT_FAILED
-    rundir.append_status(run, "finished")
-    from .report import show
+    RunDir(run).append_status("finished")
+    from kit.commands.report import show
 
     show(run, console)
     return EXIT_OK

@@ -37,9 +37,9 @@ def submit(
 
       kit submit runs/RUN1 runs/RUN2 runs/RUN3 --system system.toml --out submissions/ --sign-key ~/.ssh/id_ed25519
     """
-    from .. import rules as rules_mod
-    from ..guard import Stop, stop_on_signals
-    from ..submission import SubmissionError, pack
+    from kit.case import rules as rules_mod
+    from kit.run.guard import Stop, stop_on_signals
+    from kit.submission import SubmissionError, pack
 
     try:
         with stop_on_signals():

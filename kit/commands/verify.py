@@ -36,10 +36,10 @@ def verify(
 
       kit verify submissions/acme --json
     """
-    from ..guard import Stop, stop_on_signals
-    from ..submission import SubmissionError
-    from ..submission.verify import verify as run_verify
-    from ..tables import print_table, whole
+    from kit.run.guard import Stop, stop_on_signals
+    from kit.submission import SubmissionError
+    from kit.submission.verifier import verify as run_verify
+    from kit.tables import print_table, whole
 
     try:
         with stop_on_signals():

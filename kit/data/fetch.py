@@ -33,8 +33,8 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, ProgressColumn, Task, TextColumn, TimeRemainingColumn
 from rich.text import Text
 
-from . import http
-from .sources import Source, Sources, SourcesError, load
+from kit.data import http
+from kit.data.sources import Source, Sources, SourcesError, load
 
 STATE_SCHEMA = "kit.fetch-state/1"
 KIT_DIR = ".kit-data"
@@ -231,14 +231,14 @@ def _check_scheme(what: str, url: str) -> None:
 
 def select(opts: Options, urls: list[str] | None = None) -> tuple[Sources, list[Source], list[Source]]:
     """The sources file, the sources to fetch, and those left out for want of --models."""
-    from .. import cases
+    from kit import case as cases
 
     try:
         case = cases.get(opts.case)
     except KeyError as e:
         raise UsageError(str(e)) from None
     try:
-        srcs = load(case.dir, opts.sources_file)
+        srcs = load(case.root, opts.sources_file)
     except SourcesError as e:
         raise UsageError(str(e)) from None
     opts.sources_file = srcs.path  # named in messages
@@ -330,7 +330,7 @@ def _hub_items(src: Source, root: Path, endpoint: str, unreachable: dict[str, So
     from huggingface_hub.hf_api import RepoFile
     from huggingface_hub.utils import build_hf_headers
 
-    from .. import __version__
+    from kit import __version__
 
     if endpoint in unreachable:  # one wait for a hub that does not answer is enough
         first = unreachable[endpoint]
@@ -734,7 +734,7 @@ def zlib_error() -> type[Exception]:
 
 def _finetune_ids(root: Path, case: str, dest: str) -> tuple[set[str] | None, Path]:
     """Cover ids the finetune records name (`<dest>/<id>.jpg`), read by pattern (the file is about 1 GB)."""
-    from .. import cases
+    from kit import case as cases
 
     try:
         data_cfg = cases.config_module(cases.get(case)).DataConfig()

@@ -27,8 +27,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from . import manifest as manifest_mod
-from .verify import FATAL, STATE_DIR, Layout, Progress, Ticker, Verification, _sibling, iter_records
+from kit.data import manifest as manifest_mod
+from kit.data.audit import FATAL, STATE_DIR, Layout, Progress, Ticker, Verification, _sibling, iter_records
 
 JPEG_QUALITY = 95
 TMP_SUFFIX = ".kit-fix.tmp"

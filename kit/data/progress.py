@@ -38,7 +38,7 @@ def rate(per_s: float, unit: str) -> str:
 
 
 class PhaseProgress:
-    """kit.data.verify.Progress for a console (stderr): a bar per phase on a terminal, plain lines elsewhere;
+    """kit.data.audit.Progress for a console (stderr): a bar per phase on a terminal, plain lines elsewhere;
     nothing with `quiet` off a terminal (--json into a file or a pipe)."""
 
     def __init__(self, console: Console | None = None, quiet: bool = False) -> None:

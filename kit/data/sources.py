@@ -188,6 +188,6 @@ def load(case_dir: str | Path, path: str | Path | None = None) -> Sources:
 
 def for_case(case_name: str) -> Sources:
     """The data sources of a registered case (kit/cases.py)."""
-    from .. import cases
+    from kit import case as cases
 
-    return load(cases.get(case_name).dir)
+    return load(cases.get(case_name).root)

@@ -2,7 +2,7 @@
 (sbatch and srun on a cluster), each one module behind the interface in `base` (`Launcher`), with the stage loop,
 progress, hang watch and failure report written once there."""
 
-from .base import (
+from kit.launchers.base import (
     EXIT_ENVIRONMENT,
     EXIT_FAILED,
     EXIT_INTERRUPTED,

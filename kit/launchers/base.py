@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from ..guard import HangWatch, StageHung, collect_stacks, hang_message
-from ..monitor import start_stage_monitor
-from ..progress import EventTail, StageProgress
+from kit.run.guard import HangWatch, StageHung, collect_stacks, hang_message
+from kit.run.monitor import start_stage_monitor
+from kit.run.progress import EventTail, StageProgress
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_ENVIRONMENT, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
@@ -227,7 +227,7 @@ def supervise(
     """Every launcher's wait: (wait's value, None), or, after Ctrl-C, SIGTERM, SIGHUP or a hang, everything stopped
     and (None, the stage's result). A hang first collects every rank's stacks, then names the hung rank(s).
 
-    The devices (or the host) are sampled into `<stage>/monitor.jsonl` for as long as the stage runs (kit.monitor);
+    The devices (or the host) are sampled into `<stage>/monitor.jsonl` for as long as the stage runs (kit.run.monitor);
     the sampler cannot fail the stage."""
     monitor = start_stage_monitor(stage_dir)
     try:

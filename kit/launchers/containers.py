@@ -35,9 +35,10 @@ from typing import Any
 
 from rich.markup import escape
 
-from ..cases import Case
-from ..progress import StageProgress
-from .base import StageResult, StartFailed, free_port, launcher_root_cause, tail_lines
+from kit.case import Case
+from kit.case import stage as stage_of
+from kit.launchers.base import StageResult, StartFailed, free_port, launcher_root_cause, tail_lines
+from kit.run.progress import StageProgress
 
 LABEL_RUN = "kit.run"
 DEFAULT_MASTER_PORT = 29500
@@ -82,7 +83,7 @@ class ContainerError(RuntimeError):
 def base_url_of(host: str) -> str:
     """`local` -> this host's engine; unix://, tcp://, ssh:// as given; `user@host[:port]` -> ssh://user@host[:port]."""
     if host == "local":
-        from ..checks.docker import DEFAULT_SOCKET
+        from kit.checks.docker import DEFAULT_SOCKET
 
         return os.environ.get("DOCKER_HOST") or DEFAULT_SOCKET
     if host.startswith(("unix://", "tcp://", "ssh://", "npipe://")):
@@ -216,7 +217,7 @@ def connect(node: Node, timeout: float = 60) -> None:
     """Attach an engine client to the node, or ContainerError with check-host's diagnosis of the engine."""
     import docker
 
-    from ..checks import docker as dc
+    from kit.checks import docker as dc
 
     ssh = node.base_url.startswith("ssh://")
     since = _ssh_log_size() if ssh else 0
@@ -248,7 +249,7 @@ def has_infiniband(node: Node, ssh_options: list[str]) -> bool:
     if node.base_url.startswith("unix://"):
         return Path("/dev/infiniband").is_dir()
     if node.base_url.startswith("ssh://"):
-        from ..checks.remote import ssh_command
+        from kit.checks.remote import ssh_command
 
         dest, port = ssh_destination(node.base_url)
         host = f"{dest}:{port}" if port else dest
@@ -378,7 +379,7 @@ def start_error_fix(text: str, use_gpus: bool) -> str:
     if "rlimit" in text:
         return RLIMIT_FIX
     if use_gpus and ("device driver" in text or "gpu" in text.lower() or "nvidia" in text.lower()):
-        from ..checks.docker import TOOLKIT_FIX
+        from kit.checks.docker import TOOLKIT_FIX
 
         return f"{TOOLKIT_FIX} (`kit check-host --deep` tries a GPU container)"
     return "look at the engine's log (`journalctl -u docker`) and `kit check-host --deep`"
@@ -688,7 +689,7 @@ class ContainerLauncher:
         import docker
 
         node = self.plan.nodes[0]
-        cmd = ["python", "-m", self.case.module(module), *args]
+        cmd = ["python", "-m", module, *args]
         kw = self.plan.create_kwargs(self.run_id, module.replace("_", "-"), node, cmd)
         kw["name"] = f"{kw['name']}-{uuid.uuid4().hex[:6]}"
         if module == "synthetic":  # the probe reports the GPUs; data generation needs none
@@ -725,7 +726,7 @@ class ContainerLauncher:
         import docker
 
         stage_dir = run / stage
-        module = self.case.stage_module(stage)
+        module = stage_of(self.case, stage).module
         args = ["--stage", stage, "--run-dir", str(run), *case_args]
         containers: list[tuple[Node, Any, _LogPump]] = []
         self._ensure_network()

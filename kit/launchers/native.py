@@ -12,10 +12,9 @@ import sys
 import time
 from pathlib import Path
 
-from ..cases import Case
-from ..guard import child_setup
-from ..progress import StageProgress, clock
-from .base import (
+from kit.case import Case
+from kit.case import stage as stage_of
+from kit.launchers.base import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     StageResult,
@@ -25,6 +24,8 @@ from .base import (
     stop_group,
     tail_lines,
 )
+from kit.run.guard import child_setup
+from kit.run.progress import StageProgress, clock
 
 OPS_NOTE_EVERY_S = 10.0  # a build or a wait says how long so far at least this often
 
@@ -69,7 +70,7 @@ class NativeLauncher:
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "ab") as out:
             return subprocess.run(
-                [self.python, "-m", self.case.module(module), *args],
+                [self.python, "-m", module, *args],
                 stdout=subprocess.PIPE, stderr=out, env=self.env, check=False, preexec_fn=child_setup,
             )  # fmt: skip
 
@@ -77,7 +78,7 @@ class NativeLauncher:
         self.prepare_ops(run, stage, display)
         stage_dir = run / stage
         cmd = self.command(
-            self.case.stage_module(stage), world, free_port(), ["--stage", stage, "--run-dir", str(run), *case_args]
+            stage_of(self.case, stage).module, world, free_port(), ["--stage", stage, "--run-dir", str(run), *case_args]
         )
         with open(stage_dir / "logs" / "launcher.log", "ab") as log:
             log.write(("$ " + " ".join(cmd) + "\n").encode())
@@ -93,7 +94,7 @@ class NativeLauncher:
         if self.ops_checked:
             return
         try:
-            ops = importlib.import_module(self.case.module("ops"))  # standard library only at import
+            ops = importlib.import_module(self.case.prepare_module)  # standard library only at import
         except ImportError:
             self.ops_checked = True
             return
@@ -105,7 +106,7 @@ class NativeLauncher:
         log = run / "logs" / "ops.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "ab") as err:
-            proc = subprocess.Popen([self.python, "-m", self.case.module("ops")], stdout=subprocess.PIPE, stderr=err,
+            proc = subprocess.Popen([self.python, "-m", self.case.prepare_module], stdout=subprocess.PIPE, stderr=err,
                                     env=self.env, preexec_fn=child_setup, bufsize=0)  # fmt: skip
         try:
             last = _follow_ops(proc, display)

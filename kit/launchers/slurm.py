@@ -32,10 +32,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..cases import Case
-from ..guard import child_setup
-from ..progress import StageProgress
-from .base import (
+from kit.case import Case
+from kit.case import stage as stage_of
+from kit.launchers.base import (
     StageResult,
     StartFailed,
     failure_message,
@@ -44,7 +43,9 @@ from .base import (
     stop_group,
     tail_lines,
 )
-from .native import extensions_dir
+from kit.launchers.native import extensions_dir
+from kit.run.guard import child_setup
+from kit.run.progress import StageProgress
 
 SCRIPT = "job.sbatch"
 STOP_GRACE_S = 20  # within Slurm's KillWait (30 s by default) after scancel's SIGTERM
@@ -233,7 +234,7 @@ class SlurmLauncher:
         """A single-process helper of the case as a one-task step on the first node (in the image with pyxis)."""
         log.parent.mkdir(parents=True, exist_ok=True)
         cmd = ["srun", "--nodes=1", "--ntasks=1", f"--job-name={module}", *container_flags(self.meta),
-               self.python, "-m", self.case.module(module), *args]  # fmt: skip
+               self.python, "-m", module, *args]  # fmt: skip
         with open(log, "ab") as out:
             out.write(f"$ {shlex.join(cmd)}\n".encode())
             out.flush()
@@ -252,7 +253,7 @@ class SlurmLauncher:
         args = ["--stage", stage, "--run-dir", str(run), *case_args]
         script = run / "slurm" / f"{stage}.sh"
         script.parent.mkdir(parents=True, exist_ok=True)
-        script.write_text(step_script(self.python, self.case.stage_module(stage), len(self.nodes), self.per_node,
+        script.write_text(step_script(self.python, stage_of(self.case, stage).module, len(self.nodes), self.per_node,
                                       head, port, args))  # fmt: skip
         cmd = stage_srun(self.meta, stage_dir, script)
         display.note(f"srun: {len(self.nodes)} node(s) x {self.per_node}, rendezvous {self.nodes[0]} ({head}:{port})")
@@ -315,13 +316,13 @@ class SlurmLauncher:
 
 def job_ids(run: Path) -> list[str]:
     """Every job this run was submitted as, oldest first (run.json's, then each resubmission's status line)."""
-    from .. import rundir
+    from kit.run.dir import RunDir
 
     ids = []
-    first = (rundir.read_json(run / "run.json").get("slurm") or {}).get("job_id")
+    first = (RunDir(run).request().get("slurm") or {}).get("job_id")
     if first:
         ids.append(str(first))
-    for row in rundir.read_status(run):
+    for row in RunDir(run).status_rows():
         if row.get("state") == "submitted" and isinstance(row.get("detail"), dict) and row["detail"].get("job_id"):
             ids.append(str(row["detail"]["job_id"]))
     return list(dict.fromkeys(ids))
@@ -373,11 +374,11 @@ def follow_job(run: Path, job: str, console, poll: float = 1.0) -> int:
     from rich.panel import Panel
     from rich.text import Text
 
-    from .. import rundir
-    from ..progress import EventTail
-    from .base import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
+    from kit.launchers.base import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
+    from kit.run.dir import RunDir
+    from kit.run.progress import EventTail
 
-    seen = len(rundir.read_status(run))
+    seen = len(RunDir(run).status_rows())
     said_state = None
     info: dict | None = None
     cancelled = False
@@ -392,7 +393,7 @@ def follow_job(run: Path, job: str, console, poll: float = 1.0) -> int:
                     reason = f" ({info.get('Reason')})" if state in WAITING and info.get("Reason") not in (None, "None") else ""
                     console.print(Text(f"slurm job {job}: {state}{reason}{where}", style="dim"))
                     said_state = state
-                rows = rundir.read_status(run)
+                rows = RunDir(run).status_rows()
                 for row in rows[seen:]:
                     stage, st = row.get("stage"), row.get("state")
                     if st == "launched" and stage:
@@ -419,11 +420,11 @@ def follow_job(run: Path, job: str, console, poll: float = 1.0) -> int:
                 if info is None or info.get("JobState") in TERMINAL:
                     break
                 time.sleep(1)
-    rows = rundir.read_status(run)
+    rows = RunDir(run).status_rows()
     last = next((r for r in reversed(rows) if r.get("stage") is None), {})
     words = ended_words(info, job)
     if last.get("state") == "finished":
-        from ..commands.report import show
+        from kit.commands.report import show
 
         show(run, console)
         return EXIT_OK
@@ -435,16 +436,16 @@ def follow_job(run: Path, job: str, console, poll: float = 1.0) -> int:
         return EXIT_FAILED
     if last.get("state") != "interrupted":
         # The job ended without a word from kit (SIGKILL after the grace, a node that died, never started).
-        rundir.append_status(run, "interrupted", detail={"slurm_job": job, "job_state": (info or {}).get("JobState")})
+        RunDir(run).append_status("interrupted", detail={"slurm_job": job, "job_state": (info or {}).get("JobState")})
     console.print(Panel(f"{words}; the run is marked interrupted.\ncontinue it with: kit resume {run}",
                         title="interrupted", border_style="yellow"))  # fmt: skip
     return EXIT_INTERRUPTED if cancelled or last.get("state") != "interrupted" else 128 + 15
 
 
 def record_allocation(run: Path, launcher: SlurmLauncher) -> None:
-    from .. import rundir
+    from kit.run.dir import RunDir
 
-    rundir.append_status(run, "allocated", detail=launcher.allocation())
+    RunDir(run).append_status("allocated", detail=launcher.allocation())
 
 
 def write_script(run: Path, meta: dict, use_gpus: bool) -> Path:

@@ -5,9 +5,16 @@ system description), findings.py, checks.py (the one set of checks submit refuse
 clocks.py, devices.py and duplicates.py, submit.py (kit submit) and verify.py (kit verify).
 """
 
-from .layout import SubmissionError, config_difference, data_of, read_run, sha256_file, unfinished
-from .submit import pack, write_manifest
-from .system import peak_problem
+from kit.submission.layout import (
+           SubmissionError,
+           config_difference,
+           data_of,
+           read_run,
+           sha256_file,
+           unfinished,
+)
+from kit.submission.packer import pack, write_manifest
+from kit.submission.system import peak_problem
 
 __all__ = ["SubmissionError", "config_difference", "data_of", "pack", "peak_problem", "read_run", "sha256_file",
            "unfinished", "write_manifest"]

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from .layout import SubmissionError
+from kit.submission.layout import SubmissionError
 
 MIB, GIB = 2**20, 2**30
 

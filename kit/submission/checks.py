@@ -17,13 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import rules as rules_mod
-from ..rules import Rules
-from ..stacks import describe as describe_stack
-from ..stacks import stack_key
-from . import clocks, devices, duplicates
-from .findings import Findings
-from .layout import (
+from kit.case import rules as rules_mod
+from kit.case.rules import Rules
+from kit.image.stacks import describe as describe_stack
+from kit.image.stacks import stack_key
+from kit.submission import clocks, devices, duplicates
+from kit.submission.findings import Findings
+from kit.submission.layout import (
     STAGES,
     TRAINING_STAGES,
     RunFacts,
@@ -32,7 +32,7 @@ from .layout import (
     data_of,
     unfinished,
 )
-from .system import derived_keys, describe, peak_problem, person_problems
+from kit.submission.system import derived_keys, describe, peak_problem, person_problems
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -383,7 +383,7 @@ def _system(c: Candidate, out: Findings) -> None:
 
 def candidate_from_runs(run_dirs: list[Path], person: dict[str, Any], rules: Rules, system_where: str) -> Candidate:
     """What `kit submit` is asked to pack, as the checks see it (the description is derived when written)."""
-    from .layout import read_run
+    from kit.submission.layout import read_run
 
     runs = [(str(p), read_run(Path(p))) for p in run_dirs]
     first = runs[0][1] if runs else None

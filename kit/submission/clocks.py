@@ -20,9 +20,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ..events import StageEvents
-from .findings import Findings
-from .layout import STAGES, RunFacts
+from kit.run.events import StageEvents
+from kit.submission.findings import Findings
+from kit.submission.layout import STAGES, RunFacts
 
 STEP_SLACK_S = 0.05  # a step's logged time against its stamps, plus 1% of the step (STEP_SLACK_REL)
 STEP_SLACK_REL = 0.01

@@ -12,8 +12,8 @@ import json
 import math
 from typing import Any
 
-from .findings import Findings
-from .layout import TRAINING_STAGES, RunFacts
+from kit.submission.findings import Findings
+from kit.submission.layout import TRAINING_STAGES, RunFacts
 
 CHECK = "devices"
 MEMORY_REL_TOL = 0.10  # torch's total_memory leaves out what the driver reserves; NVML counts all of it

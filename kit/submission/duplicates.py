@@ -16,8 +16,8 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
-from .findings import Findings
-from .layout import STAGES, TRAINING_STAGES, RunFacts
+from kit.submission.findings import Findings
+from kit.submission.layout import STAGES, TRAINING_STAGES, RunFacts
 
 CHECK = "duplicate run"
 EXACT_MIN = 3  # values equal to the last digit, at least this many ...

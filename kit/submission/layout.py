@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..events import StageEvents, load_stage, read_status
-from ..stacks import run_stack
+from kit.image.stacks import run_stack
+from kit.run.events import StageEvents, load_stage, read_status
 
 SUBMISSION_SCHEMA = "kit.submission/1"
 MANIFEST_SCHEMA = "kit.manifest/1"
@@ -82,7 +82,7 @@ class RunFacts:
     events: dict[str, StageEvents]
     stage_states: dict[str, str]
     run_state: str | None
-    status: Any = None  # kit.events.RunStatus
+    status: Any = None  # kit.run.events.RunStatus
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -112,7 +112,7 @@ class RunFacts:
         return "throughput" if self.run.get("max_steps") or self.run.get("eval_limit") else "full"
 
     def stack(self) -> dict[str, Any]:
-        """The software stack the run ran on (run.json `stack`: kit/stacks.py's record); "unknown" when the run
+        """The software stack the run ran on (run.json `stack`: kit/image/stacks.py's record); "unknown" when the run
         was made before the kit recorded it."""
         return run_stack(self.run, self.environment)
 
@@ -192,7 +192,7 @@ def unfinished(rf: RunFacts) -> str | None:
 
 
 def config_difference(a: dict[str, Any], b: dict[str, Any]) -> str | None:
-    from ..rules import flatten
+    from kit.case.rules import flatten
 
     fa, fb = flatten(a), flatten(b)
     for k in sorted(set(fa) | set(fb)):

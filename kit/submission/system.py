@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..stacks import describe as describe_stack
-from .layout import SYSTEM_SCHEMA, RunFacts, SubmissionError
+from kit.image.stacks import describe as describe_stack
+from kit.submission.layout import SYSTEM_SCHEMA, RunFacts, SubmissionError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -160,7 +160,7 @@ def derived_keys() -> set[str]:
 def peak_problem(accelerator: dict[str, Any], person: dict[str, Any]) -> str | None:
     """An accelerator env/accelerators.toml does not know needs its peak declared, or no MFU can be shown; one it
     knows may not be given another peak (a lower one would raise every MFU)."""
-    from ..metrics import lookup_peak
+    from kit.results.metrics import lookup_peak
 
     if accelerator.get("type") == "cpu":
         return None

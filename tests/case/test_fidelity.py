@@ -441,7 +441,7 @@ def test_modality_grouped_order_is_the_references(kind: str, micro: int, chunks:
 
 
 def test_counts_reach_the_summary_and_the_report_once_per_step(tmp_path: Path) -> None:
-    from kit import report
+    from kit.results import report
     from tests.host.rundir_factory import StageSpec, make_run
 
     rd = make_run(tmp_path, [StageSpec("finetune", steps=10, resume_at=6)])

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from kit.events import load_stage
+from kit.run.events import load_stage
 
 from .helpers import kit, only_run, start_kit, status_rows, wait_for_step
 

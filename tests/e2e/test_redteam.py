@@ -20,11 +20,11 @@ from pathlib import Path
 
 import pytest
 
-from kit import rules as rules_mod
+from kit.case import rules as rules_mod
 from kit.submission import read_run
 from kit.submission.duplicates import same_run
-from kit.submission.submit import prepare, write, write_manifest
-from kit.submission.verify import verify
+from kit.submission.packer import prepare, write, write_manifest
+from kit.submission.verifier import verify
 
 from ..tinyruns import ROOT, SYSTEM_TOML, kit_cli
 
@@ -311,7 +311,7 @@ def test_a_full_disk(tiny_runs, tmp_path, system_toml):
         with open(filler, "wb") as f:
             f.write(b"\0" * (shutil.disk_usage(small).free - 64 * 1024))
         plan = prepare(list(tiny_runs), system_toml, rules_mod.load("llava1_5_7b"), allow_synthetic=True)
-        import kit.submission.submit as submit_mod
+        import kit.submission.packer as submit_mod
 
         real_need = submit_mod._need_bytes
         submit_mod._need_bytes = lambda plan: 0  # the check passes; the disk is too small all the same
@@ -328,7 +328,7 @@ def test_a_full_disk(tiny_runs, tmp_path, system_toml):
 
 
 def test_an_interrupted_submit_leaves_nothing_and_a_retry_works(tiny_runs, tmp_path, system_toml, monkeypatch):
-    import kit.submission.submit as submit_mod
+    import kit.submission.packer as submit_mod
 
     plan = prepare(list(tiny_runs), system_toml, rules_mod.load("llava1_5_7b"), allow_synthetic=True)
     out = tmp_path / "out"

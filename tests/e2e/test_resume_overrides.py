@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
-from kit import rundir
+from kit.run.dir import RunDir
 
 from .helpers import kit, only_run, status_rows
 
@@ -31,6 +31,6 @@ def test_resume_with_a_corrected_python(tmp_path):
     assert json.loads((run / "run.json").read_text())["python"] == str(broken)
     resumed = [x for x in status_rows(run) if x["state"] == "resumed"]
     assert [x["detail"] for x in resumed] == [{"python": sys.executable}]  # the refused resume left no line
-    assert rundir.effective_request(run)["python"] == sys.executable
+    assert RunDir(run).effective_request()["python"] == sys.executable
     assert [x["state"] for x in status_rows(run) if x["stage"] is None][-1] == "finished"
     assert (run / "environment.json").is_file()

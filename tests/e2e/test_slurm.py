@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from kit import rundir
-from kit.events import load_stage
 from kit.launchers import slurm as sl
+from kit.run.dir import RunDir
+from kit.run.events import load_stage
 
 from ..host.services import ENV_FILE, services_env, unavailable
 from .helpers import kit, only_run, start_kit, status_rows, wait_for_step
@@ -148,7 +148,7 @@ def test_no_follow_returns_with_the_job_id_and_the_job_runs_on(cluster, tmp_path
     assert f"submitted batch job {job}" in flat and f"scancel {job}" in flat and f"job-{job}.out" in flat
     assert "pretrain: finished" not in r.stdout and time.time() - t0 < 60  # it did not wait for the job
     squeue_empty(cluster, run, timeout=300)
-    assert rundir.stage_states(run) == {None: "finished", "pretrain": "finished"}
+    assert RunDir(run).stage_states() == {None: "finished", "pretrain": "finished"}
     assert "pretrain: finished" in (run / "slurm" / f"job-{job}.out").read_text()
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from kit.submission import write_manifest
-from kit.submission.verify import verify
+from kit.submission.verifier import verify
 
 from ..tinyruns import SYSTEM_TOML, kit_cli
 
@@ -85,8 +85,8 @@ def test_clean_submission_verifies_and_is_left_unchanged(tiny_submission):
 
 
 def test_stated_results_are_olympic_means(tiny_submission):
-    from kit.metrics import run_summary
-    from kit.rules import olympic_mean
+    from kit.case.rules import olympic_mean
+    from kit.results.metrics import run_summary
 
     sub = json.loads((tiny_submission / "submission.json").read_text())
     runs = sorted((tiny_submission / "results/cpu_box/llava1_5_7b").iterdir())
@@ -144,7 +144,7 @@ def test_faster_step_times_than_the_clock(copy):
             line = ":::MLLOG " + json.dumps(ev)
         lines.append(line)
     log.write_text("\n".join(lines) + "\n")
-    from kit.metrics import run_summary
+    from kit.results.metrics import run_summary
 
     s = run_summary(copy / RUN_1)
     s.pop("generated_at")
@@ -287,8 +287,8 @@ def test_a_run_with_a_changed_learning_rate(throughput_run, tmp_path, system_tom
     assert r.returncode == 2, r.stdout + r.stderr
     text = " ".join(r.stderr.split())
     assert "[runs] results: 1 run(s); the throughput category needs 5" in text and "[rules]" not in text, text
-    from kit import rules as rules_mod
-    from kit.submission.submit import prepare, write
+    from kit.case import rules as rules_mod
+    from kit.submission.packer import prepare, write
 
     packed = write(prepare([run], open_toml, rules_mod.load("llava1_5_7b"), allow_synthetic=True), tmp_path / "open")
     assert [b.key for b in packed.breaks] == ["pretrain.lr"] and packed.category == "throughput"

@@ -66,7 +66,7 @@ def write_parquet_mmmu(root: Path) -> bool:
         import pyarrow.parquet as pq
     except ImportError:
         return False
-    from kit.mmmu import SUBJECTS
+    from cases.llava1_5_7b.plugin.scoring import SUBJECTS
 
     for s in SUBJECTS:
         (root / s).mkdir(parents=True, exist_ok=True)

@@ -18,9 +18,9 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from kit import __version__
-from kit import build as b
 from kit.commands.build import build as build_command
-from kit.nvml import open_nvml
+from kit.image import builder as b
+from kit.vendors.nvml import open_nvml
 
 from .services import docker_engine_env
 

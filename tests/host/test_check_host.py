@@ -1,6 +1,6 @@
 """`kit check-host` and `kit env`: GPU, driver, system and data verdicts, each with its fix.
 
-NVML is faked only at the binding's boundary: `kit.nvml.ReplayNVML` answers from
+NVML is faked only at the binding's boundary: `kit.vendors.nvml.ReplayNVML` answers from
 tests/fixtures/hosts/nvml-h200x2.json, recorded on a real machine with 2 NVIDIA H200 (driver 580.159.04,
 NVLink). The variants below are that recording with single readings changed (an ECC count, a clock event bit,
 a foreign process, an old driver string), each documented where it is made. /proc and /sys are real files in
@@ -21,12 +21,12 @@ import typer
 from rich.console import Console
 from typer.testing import CliRunner
 
-from kit import cases
+from kit import case as cases
 from kit.checks import Check, driver, gpu, system
 from kit.checks import data as data_mod
 from kit.commands import check_host as ch
 from kit.commands.env import env, env_block
-from kit.nvml import NVMLUnavailable, ReplayNVML, open_nvml
+from kit.vendors.nvml import NVMLUnavailable, ReplayNVML, open_nvml
 
 RECORDING = Path(__file__).resolve().parents[1] / "fixtures" / "hosts" / "nvml-h200x2.json"
 CASE = cases.get("llava1_5_7b")

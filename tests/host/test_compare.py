@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from kit import compare as cmp
-from kit import rules as rules_mod
+from kit.case import rules as rules_mod
 from kit.cli import app
-from kit.metrics import run_summary
+from kit.results import compare as cmp
+from kit.results.metrics import run_summary
 
 runner = CliRunner()
 CHROMIUM = "/usr/bin/chromium"

@@ -8,7 +8,8 @@ import json
 from pathlib import Path
 
 from cases.llava1_5_7b import config as case_config
-from kit import identity, rules
+from kit.case import rules
+from kit.data import identity
 
 FT = "llava_v1_5_mix665k.json"
 

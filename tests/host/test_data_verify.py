@@ -20,8 +20,8 @@ from PIL import Image, ImageChops, ImageStat
 from typer.testing import CliRunner
 
 from kit.cli import app
+from kit.data import audit as verify_mod
 from kit.data import manifest
-from kit.data import verify as verify_mod
 
 from . import datagen
 

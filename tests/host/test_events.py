@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from kit.events import load_stage, parse_mllog_line, read_status, stage_events_from
+from kit.run.events import load_stage, parse_mllog_line, read_status, stage_events_from
 
 from .rundir_factory import T0, StageSpec, make_run, mllog
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from kit import guard
+from kit.run import guard
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -26,7 +26,7 @@ def test_a_second_holder_is_refused_naming_the_first(tmp_path):
 
 
 def test_a_lock_left_by_a_killed_process_never_blocks(tmp_path):
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; from kit import guard;"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; from kit.run import guard;"
                                "l = guard.RunLock(Path(sys.argv[1])).__enter__(); print('held', flush=True); "
                                "time.sleep(60)", str(tmp_path)], cwd=ROOT, stdout=subprocess.PIPE, text=True)  # fmt: skip
     assert holder.stdout.readline().strip() == "held"
@@ -112,7 +112,7 @@ def _status(run: Path, rows: list[tuple]) -> None:
 
 def test_a_run_killed_in_its_eval_stage_is_stopped_not_finished(tmp_path):
     """What a `timeout` that killed kit during the eval stage left: training finished, eval launched, no kit."""
-    from kit.metrics import run_summary
+    from kit.results.metrics import run_summary
 
     run = tmp_path / "run"
     run.mkdir()

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from kit import metrics as m
-from kit.guard import RunLock
+from kit.results import metrics as m
+from kit.run.guard import RunLock
 
 from .rundir_factory import GIB, SMALL_MODEL, STAGE_TRAINS, T0, StageSpec, make_run, mllog, step_facts
 

@@ -11,7 +11,7 @@ import sys
 import pytest
 from typer.testing import CliRunner
 
-from kit import mmmu
+from cases.llava1_5_7b.plugin import scoring as mmmu
 from kit.commands.mmmu import app
 
 runner = CliRunner()
@@ -390,7 +390,7 @@ def test_cli_help_has_examples():
 
 def test_scorer_is_standard_library_only():
     code = (
-        "import sys, kit.mmmu\n"
+        "import sys, cases.llava1_5_7b.plugin.scoring\n"
         "bad = sorted(m for m in ('typer', 'rich', 'torch', 'transformers', 'deepspeed', 'numpy') if m in sys.modules)\n"
         "assert not bad, bad\n"
         "import kit.commands.mmmu\n"

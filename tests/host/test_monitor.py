@@ -1,6 +1,6 @@
-"""kit.monitor: the sampler beside every stage, its summary, warnings and plot.
+"""kit.run.monitor: the sampler beside every stage, its summary, warnings and plot.
 
-NVML is faked only at the binding's boundary: `kit.nvml.ReplayNVML` answers from
+NVML is faked only at the binding's boundary: `kit.vendors.nvml.ReplayNVML` answers from
 tests/fixtures/hosts/nvml-h200x2.json (2 idle NVIDIA H200, recorded on a real machine); the variants below change
 single readings of it (a clock-event bit, the compute processes), each said where it is made. The processes a
 GPU reading names are real processes of this host (a "run" subprocess and a spinning "foreign" one), so telling
@@ -22,12 +22,12 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from kit import monitor
-from kit.guard import HEARTBEAT_NAME
 from kit.launchers import base as launch
-from kit.monitor import GIB, MONITOR_NAME, Monitor, monitor_summary, plot_monitor, read_monitor
-from kit.nvml import ReplayNVML
-from kit.progress import StageProgress
+from kit.run import monitor
+from kit.run.guard import HEARTBEAT_NAME
+from kit.run.monitor import GIB, MONITOR_NAME, Monitor, monitor_summary, plot_monitor, read_monitor
+from kit.run.progress import StageProgress
+from kit.vendors.nvml import ReplayNVML
 
 RECORDING = Path(__file__).resolve().parents[1] / "fixtures" / "hosts" / "nvml-h200x2.json"
 SPIN = "import time\nwhile True: pass"
@@ -86,7 +86,7 @@ def run_tree():
 
 
 def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process, read from /proc/<pid>/stat here (not through kit.monitor)."""
+    """utime + stime of a process, read from /proc/<pid>/stat here (not through kit.run.monitor)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 

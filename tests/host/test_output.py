@@ -19,14 +19,14 @@ from rich.console import Console
 from rich.table import Table
 from typer.testing import CliRunner
 
-from kit import metrics
 from kit.checks import Check
 from kit.cli import app
 from kit.commands import check_host as ch
 from kit.commands import ls as ls_cmd
 from kit.commands.env import env_block, revision_text, source_revision
 from kit.launchers.base import follow
-from kit.progress import EventTail, StageProgress
+from kit.results import metrics
+from kit.run.progress import EventTail, StageProgress
 
 from .rundir_factory import StageSpec, make_run, mllog
 
@@ -95,7 +95,7 @@ def test_check_host_shows_every_detail_whole_at_160_columns():
 
 
 def test_check_host_on_two_cores_for_the_tiny_config_warns_of_nothing_it_cannot_fix(tmp_path):
-    from kit import cases
+    from kit import case as cases
     from kit.checks import system
 
     root = tmp_path / "root"
@@ -426,7 +426,7 @@ def test_a_path_column_is_kept_whole_while_the_prose_wraps():
 
 def test_kit_configs_to_a_pipe_cuts_no_header_and_folds_nothing():
     """Off a terminal `kit configs` was cut to 80 columns ("micro/GAS/glob…"); a pipe gets the whole table."""
-    from kit import cases
+    from kit import case as cases
 
     r = runner.invoke(app, ["configs"])  # CliRunner: not a terminal, no COLUMNS
     print(r.output)

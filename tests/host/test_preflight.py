@@ -15,10 +15,11 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
-from kit import nvml, rundir
 from kit.checks import system
 from kit.cli import app
 from kit.commands import run as run_cmd
+from kit.run.dir import RunDir
+from kit.vendors import nvml
 
 runner = CliRunner()
 RECORDING = Path(__file__).resolve().parents[1] / "fixtures" / "hosts" / "nvml-h200x2.json"
@@ -397,17 +398,19 @@ def tiny_req(tmp_path):
 
 def test_a_failure_before_the_first_stage_leaves_no_run_directory(tmp_path, monkeypatch):
     req, cfg = tiny_req(tmp_path)
-    real_write = rundir.write_json
+    from kit import io as kit_io
+
+    real_write = kit_io.write_json
 
     def full_disk(path, obj, **kw):
         real_write(path, obj, **kw)
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(rundir, "write_json", full_disk)
+    monkeypatch.setattr(kit_io, "write_json", full_disk)
     with pytest.raises(OSError):
         run_cmd.start(req, cfg, Console(file=io.StringIO()))
     assert empty(tmp_path)
-    monkeypatch.setattr(rundir, "write_json", real_write)
+    monkeypatch.setattr(kit_io, "write_json", real_write)
 
     def refused(run, console, **kw):
         raise RuntimeError("the launcher could not start")
@@ -430,7 +433,7 @@ def test_a_run_that_got_further_is_marked_failed_not_removed(tmp_path, monkeypat
     with pytest.raises(RuntimeError):
         run_cmd.start(req, cfg, Console(file=io.StringIO()))
     (run,) = tmp_path.iterdir()
-    assert rundir.stage_states(run) == {None: "failed"}
+    assert RunDir(run).stage_states() == {None: "failed"}
 
 
 # ---------------------------------------------------------------- kit resume --python/--data/--models
@@ -472,11 +475,11 @@ def test_resume_records_the_overrides_and_later_resumes_keep_them(stopped_run, t
     assert seen == [{"resumed": True, "overrides": {"python": sys.executable}, "follow": True}]
     # What execute() writes: the "resumed" line carries them; the request is run.json overlaid, in order.
     first = json.loads((stopped_run / "run.json").read_text())["python"]
-    rundir.append_status(stopped_run, "resumed", detail={"python": "/opt/a/python", "models": str(tmp_path)})
-    rundir.append_status(stopped_run, "failed", detail="stage pretrain")
-    rundir.append_status(stopped_run, "resumed")  # a resume without corrections keeps the earlier ones
-    rundir.append_status(stopped_run, "resumed", detail={"python": "/opt/b/python"})
-    meta = rundir.effective_request(stopped_run)
+    RunDir(stopped_run).append_status("resumed", detail={"python": "/opt/a/python", "models": str(tmp_path)})
+    RunDir(stopped_run).append_status("failed", detail="stage pretrain")
+    RunDir(stopped_run).append_status("resumed")  # a resume without corrections keeps the earlier ones
+    RunDir(stopped_run).append_status("resumed", detail={"python": "/opt/b/python"})
+    meta = RunDir(stopped_run).effective_request()
     assert (meta["python"], meta["models"]) == ("/opt/b/python", str(tmp_path))
     assert json.loads((stopped_run / "run.json").read_text())["python"] == first  # never rewritten
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kit.progress import EventTail
+from kit.run.progress import EventTail
 
 
 def test_tail_reads_new_events_once_and_waits_for_partial_lines(tmp_path):
@@ -23,7 +23,7 @@ import io  # noqa: E402
 
 from rich.console import Console  # noqa: E402
 
-from kit.progress import StageProgress  # noqa: E402
+from kit.run.progress import StageProgress  # noqa: E402
 
 
 def ev(key: str, value, t: float) -> dict:

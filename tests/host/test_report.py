@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from kit import report
-from kit.guard import RunLock
+from kit.results import report
+from kit.run.guard import RunLock
 
 from .rundir_factory import StageSpec, make_run
 
@@ -146,7 +146,7 @@ def test_running_resumed_run(tmp_path: Path) -> None:
 def test_host_modules_import_no_heavy_packages() -> None:
     import subprocess
 
-    code = ("import sys, kit.events, kit.metrics, kit.report; "
+    code = ("import sys, kit.run.events, kit.results.metrics, kit.results.report; "
             "print(sorted({m.split('.')[0] for m in sys.modules} & "
             "{'torch', 'deepspeed', 'transformers', 'mlperf_logging', 'matplotlib'}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,

@@ -15,8 +15,9 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from kit import metrics, report, rundir
 from kit.cli import app
+from kit.results import metrics, report
+from kit.run.dir import RunDir, RunDirError, find_run
 
 from .rundir_factory import GIB, T0, StageSpec, _status, make_run, mllog
 
@@ -25,13 +26,13 @@ CASE = "llava1_5_7b"
 
 
 def _rules() -> Any:
-    from kit import rules
+    from kit.case import rules
 
     return rules.load(CASE)
 
 
 def _reference_config() -> dict[str, Any]:
-    from kit import rules
+    from kit.case import rules
 
     return rules.reference_for(_rules(), {}, False)
 
@@ -81,7 +82,7 @@ def make_reference_like(rd: Path, filters: dict[str, dict[str, Any]] | None = No
 
 def make_synthetic_tiny(rd: Path) -> Path:
     """A factory run as `kit run --config tiny --synthetic` records it: tiny model, generated data, random weights."""
-    from kit import cases
+    from kit import case as cases
 
     tiny = cases.config_module(cases.get(CASE)).load("tiny").to_dict()
     _rewrite_json(rd / "run.json", config={**tiny, "device": "cpu"}, synthetic=True)
@@ -416,7 +417,7 @@ def test_eval_launched_and_never_ended_means_the_run_is_not_finished(tmp_path: P
     (rd / "eval" / "events.log").write_text(mllog("init_start", {"stage": "eval"}, (end - 0.4) * 1000) + "\n")
     s = report.write_summary(rd, plots=False)
     assert s["state"] == "stopped" and s["eval"]["state"] == "stopped"
-    assert rundir.stage_states(rd)[None] == "stopped"  # so `kit resume` continues the eval
+    assert RunDir(rd).stage_states()[None] == "stopped"  # so `kit resume` continues the eval
     text = _flat(report.render(s, "table"))
     assert "run-1 (stopped)" in text
     assert "warning: status.jsonl says the run finished, but not every stage did: eval stopped" in text
@@ -452,12 +453,12 @@ def test_eval_alone_shows_the_mmmu_row(tmp_path: Path) -> None:
 
 def test_missing_absolute_run_is_said_once(tmp_path: Path) -> None:
     missing = tmp_path / "missing"
-    with pytest.raises(rundir.RunDirError) as e:
-        rundir.find_run(str(missing), tmp_path / "runs")
+    with pytest.raises(RunDirError) as e:
+        find_run(str(missing), tmp_path / "runs")
     assert str(e.value) == f"no run {str(missing)!r}: {missing} does not exist"
     (tmp_path / "runs" / "empty").mkdir(parents=True)
-    with pytest.raises(rundir.RunDirError, match=r"runs/empty has no run\.json: it is not a run directory made by"):
-        rundir.find_run("empty", tmp_path / "runs")
+    with pytest.raises(RunDirError, match=r"runs/empty has no run\.json: it is not a run directory made by"):
+        find_run("empty", tmp_path / "runs")
     r = runner.invoke(app, ["report", str(missing)])
     assert r.exit_code == 2 and "neither" not in r.output and "does not exist" in r.output
 

@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 
 from cases.llava1_5_7b import config as case_config
-from kit import identity, rules
-from kit.hostfacts import gpu_facts
-from kit.nvml import ReplayNVML
+from kit.case import rules
+from kit.data import identity
+from kit.run.hostfacts import gpu_facts
+from kit.vendors.nvml import ReplayNVML
 
-RULES = Path(rules.cases.get("llava1_5_7b").dir / "rules.toml")
+RULES = Path(rules.cases.get("llava1_5_7b").root / "rules.toml")
 RECORDING = Path(__file__).resolve().parents[1] / "fixtures" / "hosts" / "nvml-h200x2.json"
 
 

@@ -24,11 +24,11 @@ import typer
 from typer.testing import CliRunner
 
 from kit import __version__
-from kit import build as b
 from kit.commands import check_host as ch
 from kit.commands.build import build as build_command
 from kit.commands.env import env
-from kit.nvml import open_nvml
+from kit.image import builder as b
+from kit.vendors.nvml import open_nvml
 
 ROOT = Path(__file__).resolve().parents[2]
 HOSTS = ROOT / "tests" / "fixtures" / "hosts"

@@ -24,7 +24,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from kit import cases
+from kit import case as cases
 from kit.checks import Check
 from kit.checks import slurm as sl
 from kit.commands import check_host as ch

@@ -1,4 +1,4 @@
-"""Software stacks (env/stacks.toml, kit/stacks.py): the schema, `kit build --stack`, the current stack's lock,
+"""Software stacks (env/stacks.toml, kit/image/stacks.py): the schema, `kit build --stack`, the current stack's lock,
 what an image or environment is, and whether a config's needs are met.
 
 - The reference stack's plan keeps the hash inputs, tag, args and labels it had before stacks existed; the
@@ -31,9 +31,9 @@ import pytest
 from typer.testing import CliRunner
 
 from kit import __version__
-from kit import build as b
-from kit import stacks as st
 from kit.checks import driver
+from kit.image import builder as b
+from kit.image import stacks as st
 
 from .test_image import _lock, _missing
 
@@ -385,7 +385,7 @@ def test_native_stack_from_the_case_probe():
 
 
 def test_report_and_compare_name_the_stack():
-    from kit import compare, report
+    from kit.results import compare, report
 
     cur = {"name": "current", "lock_sha256": "cf" * 32, "variant": "13.0"}
     assert report.stack_line({"stack": cur}) == f"stack: current (lock {'cf' * 6}, CUDA 13.0), lock sha256 {'cf' * 32}"

@@ -1,0 +1,582 @@
+"""`kit build`: the image of one software stack and CUDA variant, tagged by what it is made of, with a record of
+what it was built on.
+
+Stacks (env/stacks.toml, kit/image/stacks.py): `reference` (the default: the reference's pins, Dockerfile) and
+`current` (the versions of the bench/results GPU figures, Dockerfile.current). The reference's plan is exactly
+what it was before stacks existed (same hash inputs, tag, args and labels); another stack adds `stack NAME` to
+the hash, its name to the tag (kit-llava:VERSION-NAME-cuXXX-HASH12) and the label kit.build.stack=NAME.
+
+Two steps, so that the decisions are testable without an engine:
+
+- `plan_build(...)` decides everything: the variant (from the host driver with `cuda="auto"`), the base image,
+  the lock files, the content hash, the tag, the build args and labels, and the exact SDK call. It touches no
+  engine; `kit build --dry-run` prints it.
+- `run_build(plan, client, console)` makes that call on the Docker engine (`client.api.build`, the classic
+  builder with `pull=False`, so the base image the build uses is exactly the one whose digest is recorded),
+  streams its output, and writes the build record `<results>/builds/<tag>.json` (`:` and `/` become `_`)
+  next to the full log `<tag>.log`.
+
+Content hash: sha256 over the Dockerfile, the variant's lock file(s), kit's version, the variant, the base
+image reference and any extra `--build-arg` that changes what is installed (the index URLs, CA bundle and
+MAX_JOBS do not: every package is pinned by its sha256). The same inputs give the same tag, so a tag never
+silently changes meaning; different inputs give a different tag.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import socket
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from kit import __version__
+
+KIT_ROOT = Path(__file__).resolve().parents[2]
+IMAGE_REPO = "kit-llava"
+REFERENCE = "reference"
+
+
+def stack_variants(name: str = REFERENCE) -> dict[str, dict[str, Any]]:
+    """Variant -> lock files (relative to the build context: the Dockerfile COPYs env/lock-*.txt from there) and
+    the default base image (each lock's "# base-image:" line wins when present), from env/stacks.toml, in the
+    stack's order of preference."""
+    from kit.image.stacks import stacks
+
+    return {v.cuda: {"short": v.short, "locks": list(v.locks), "base": v.base} for v in stacks().get(name).variants}
+
+
+def __getattr__(name: str) -> Any:
+    """`VARIANTS`: the reference stack's variants (they agree with the Dockerfile), read from env/stacks.toml when
+    first asked for, never at import: kit installed without the source tree (in an image) must still start."""
+    if name == "VARIANTS":
+        return stack_variants(REFERENCE)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+# The CA bundle is copied into the context under this name for the build and removed afterwards; the
+# Dockerfile's CA_BUNDLE arg is a path in the context (it COPYs it and installs it as a system CA).
+CA_IN_CONTEXT = ".kit-build-ca.crt"
+# Build args kit sets itself, each with the option that sets it.
+RESERVED_ARGS = {
+    "CUDA_VARIANT": "--cuda", "BASE_IMAGE": "--base-image", "KIT_VERSION": "(kit's own version)",
+    "KIT_LOCK_SHA256": "(computed from the lock)", "PIP_INDEX_URL": "--pip-index-url", "CA_BUNDLE": "--ca-bundle",
+}  # fmt: skip
+# Build args that change how packages are fetched or built, not which (every package is hash-pinned).
+TRANSPORT_ARGS = {"PIP_EXTRA_INDEX_URL", "TORCH_INDEX_URL", "DEADSNAKES_URL", "KEYSERVER_URL", "MAX_JOBS",
+                  "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy"}
+LOCK_FIX = "run `bash env/lock.sh` on a machine that reaches PyPI (and download.pytorch.org for 11.8), then build again"
+TAG_RE = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*(?::\d+)?(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*(?::[\w][\w.-]{0,127})?$")
+LABEL_PREFIX = "kit.build"
+
+
+class BuildRequestError(ValueError):
+    """The request cannot be built as asked (exit 2): nothing was sent to the engine."""
+
+    def __init__(self, message: str, fix: str = "") -> None:
+        super().__init__(f"{message}; fix: {fix}" if fix else message)
+        self.message, self.fix = message, fix
+
+
+class EngineUnavailable(RuntimeError):
+    """No engine to build on, or no base image it can use (exit 3)."""
+
+    def __init__(self, message: str, fix: str) -> None:
+        super().__init__(f"{message}; fix: {fix}")
+        self.message, self.fix = message, fix
+
+
+class BuildFailed(RuntimeError):
+    """The engine ran the build and it failed (exit 1); `step` is the Dockerfile step that failed."""
+
+    def __init__(self, message: str, step: str | None, log: Path | None) -> None:
+        super().__init__(message)
+        self.message, self.step, self.log = message, step, log
+
+
+@dataclass
+class BuildPlan:
+    variant: str  # "12.1" or "11.8" (reference), "13.0" (current)
+    variant_reason: str  # why this variant (explicit, or the driver's verdict)
+    base_image: str
+    dockerfile: Path
+    context: Path
+    locks: list[Path]
+    lock_sha256: str  # sha256 of the variant's lock file(s), concatenated in order (= `cat LOCKS | sha256sum`)
+    content_hash: str
+    tag: str
+    build_args: dict[str, str]
+    labels: dict[str, str]
+    ca_bundle: Path | None = None  # the host file; copied to CONTEXT/CA_IN_CONTEXT during the build
+    results: Path = Path("runs")
+    warnings: list[str] = field(default_factory=list)
+    stack: str = REFERENCE  # env/stacks.toml
+
+    @property
+    def record_path(self) -> Path:
+        return self.results / "builds" / f"{safe_name(self.tag)}.json"
+
+    @property
+    def log_path(self) -> Path:
+        return self.results / "builds" / f"{safe_name(self.tag)}.log"
+
+    def dockerfile_arg(self) -> str:
+        """The Dockerfile as the SDK wants it: relative to the context when inside it (the SDK ships an outside
+        Dockerfile itself)."""
+        try:
+            return str(self.dockerfile.relative_to(self.context))
+        except ValueError:
+            return str(self.dockerfile)
+
+    def sdk_call(self) -> dict[str, Any]:
+        """The keyword arguments of `client.api.build` (pull=False: build on the base image whose digest is recorded)."""
+        return {
+            "path": str(self.context), "dockerfile": self.dockerfile_arg(), "tag": self.tag,
+            "buildargs": dict(self.build_args), "labels": dict(self.labels), "rm": True, "forcerm": True,
+            "pull": False, "decode": True,
+        }  # fmt: skip
+
+    def sdk_call_text(self) -> str:
+        shown = self.sdk_call()
+        shown["buildargs"] = redact_args(shown["buildargs"])
+        return "client.api.build(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        for k in ("dockerfile", "context", "ca_bundle", "results"):
+            d[k] = None if d[k] is None else str(d[k])
+        d["locks"] = [str(p) for p in self.locks]
+        d["build_args"] = redact_args(self.build_args)
+        d["sdk_call"] = self.sdk_call_text()
+        d["record"] = str(self.record_path)
+        return d
+
+
+def safe_name(tag: str) -> str:
+    return re.sub(r"[/:@]", "_", tag)
+
+
+def redact_url(url: str) -> str:
+    """An index URL without its password or token (they end up in shell history and records otherwise)."""
+    parts = urlsplit(url)
+    if parts.password is None and "@" not in parts.netloc:
+        return url
+    host = parts.netloc.rsplit("@", 1)[-1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}" if user else f"***@{host}"))
+
+
+def redact_args(args: dict[str, str]) -> dict[str, str]:
+    return {k: redact_url(v) if "://" in v else v for k, v in args.items()}
+
+
+def sha256_file(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def parse_build_args(items: list[str] | None) -> dict[str, str]:
+    """['K=V', ...] -> {K: V}; a reserved key is refused with the option that sets it."""
+    out: dict[str, str] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+            raise BuildRequestError(f"--build-arg {item!r} is not KEY=VALUE", "write it as --build-arg MAX_JOBS=8")
+        if key in RESERVED_ARGS:
+            raise BuildRequestError(f"--build-arg {key} is set by kit build", f"use {RESERVED_ARGS[key]} instead")
+        out[key] = value
+    return out
+
+
+def _read_driver(driver: Any) -> tuple[str, int | None]:
+    """(driver version, the CUDA version NVML reports) from a version string or an NVML handle."""
+    if isinstance(driver, str):
+        return driver, None
+    version = driver.nvmlSystemGetDriverVersion()
+    version = version.decode() if isinstance(version, bytes) else version
+    try:
+        return version, driver.nvmlSystemGetCudaDriverVersion()
+    except Exception:  # noqa: BLE001 - older drivers lack it; the table still answers
+        return version, None
+
+
+def choose_stack_variant(driver: Any, stack: str) -> tuple[str, str, list[str]]:
+    """For a stack other than the reference: its first variant the driver runs fully, else the first it runs
+    through minor-version compatibility, else BuildRequestError with the driver's fix."""
+    from kit.checks.driver import assess
+
+    version, cuda_reported = _read_driver(driver)
+    order = list(stack_variants(stack))
+    try:
+        verdict = assess(version, cuda_reported)
+    except ValueError as e:
+        raise BuildRequestError(f"cannot read the driver version: {e}",
+                                f"pass --cuda {' or --cuda '.join(order)}") from None  # fmt: skip
+    by = {v.cuda: v for v in verdict.variants}
+    missing = [c for c in order if c not in by]
+    if missing:
+        raise BuildRequestError(f"env/cuda-drivers.toml has no [[variant]] for CUDA {', '.join(missing)} of the "
+                                f"{stack} stack", "add it there (cuda, stack, build), as for the others")  # fmt: skip
+    for want in ("full", "compat"):
+        for cuda in order:
+            v = by[cuda]
+            if v.support == want:
+                warns = [f"{v.detail}; {v.fix}"] if want == "compat" else []
+                return cuda, f"driver {version}: {v.detail} (newest full: {verdict.newest_full})", warns
+    details = "; ".join(by[c].detail for c in order)
+    raise BuildRequestError(f"no variant of the {stack} stack runs on driver {version}: {details}",
+                            f"{by[order[0]].fix}; or build the reference stack (`kit build --stack reference`), "
+                            "whose CUDA 11.8 variant runs on older drivers")  # fmt: skip
+
+
+def choose_variant(driver: Any) -> tuple[str, str, list[str]]:
+    """12.1 when the driver fully supports it, else 11.8 when it runs (fully or through minor-version
+    compatibility), else BuildRequestError with the driver's fix. `driver` is a version string or an NVML
+    handle (pynvml, or a replay of a recording)."""
+    from kit.checks.driver import assess
+
+    version, cuda_reported = _read_driver(driver)
+    try:
+        verdict = assess(version, cuda_reported)
+    except ValueError as e:
+        raise BuildRequestError(f"cannot read the driver version: {e}", "pass --cuda 12.1 or --cuda 11.8") from None
+    by = {v.cuda: v for v in verdict.variants}
+    v121, v118 = by["12.1"], by["11.8"]
+    if v121.support == "full":
+        return "12.1", f"driver {version} fully supports CUDA 12.1 (newest full: {verdict.newest_full})", []
+    if v118.support in ("full", "compat"):
+        why = f"driver {version} cannot run CUDA 12.1 fully ({v121.detail}); {v118.detail}"
+        warns = [f"{v118.detail}; {v118.fix}"] if v118.support == "compat" else []
+        return "11.8", why, warns
+    raise BuildRequestError(f"no image variant runs on driver {version}: {v118.detail}; {v121.detail}", v118.fix)
+
+
+def _read_lock(path: Path, variant: str, stack: str = REFERENCE) -> None:
+    """Refuse a lock that is missing, or that pins something without its hash (pip --require-hashes would stop
+    an hour in; better now)."""
+    lock_fix = LOCK_FIX if stack == REFERENCE else LOCK_FIX.replace(
+        "`bash env/lock.sh`", f"`bash env/lock.sh {stack}`").replace(" (and download.pytorch.org for 11.8)", "")
+    what = f"CUDA {variant}" if stack == REFERENCE else f"{stack} stack's CUDA {variant}"
+    if not path.is_file():
+        raise BuildRequestError(f"the {what} lock {path} is missing", lock_fix)
+    for line in path.read_text().splitlines():
+        req = line.strip()
+        if req and not req.startswith("#") and "--hash=sha256:" not in req:
+            name = req.split()[0]
+            fix = lock_fix
+            if "+cu118" in name:
+                fix = ("run `bash env/lock.sh` on a machine that reaches https://download.pytorch.org/whl (or set "
+                       "TORCH_INDEX_URL to a mirror of it), then build again; or build --cuda 12.1")
+            raise BuildRequestError(f"{path} pins {name} without its sha256: the {what} image cannot be "
+                                    "built from it", fix)
+
+
+def _lock_base(path: Path) -> str | None:
+    m = re.search(r"^# base-image:\s*(\S+)", path.read_text(), re.M)
+    return m.group(1) if m else None
+
+
+def _cuda_of_image(ref: str) -> str | None:
+    """'nvidia/cuda:11.8.0-cudnn8-...' -> '11.8'; None for other images."""
+    m = re.match(r"^(?:[\w.-]+(?::\d+)?/)?nvidia/cuda:(\d+\.\d+)", ref)
+    return m.group(1) if m else None
+
+
+def _excluded_by_dockerignore(context: Path, rel: str) -> bool:
+    ignore = context / ".dockerignore"
+    if not ignore.is_file():
+        return False
+    from docker.utils.build import PatternMatcher
+
+    patterns = [p.strip() for p in ignore.read_text().splitlines() if p.strip() and not p.startswith("#")]
+    return PatternMatcher(patterns).matches(rel)
+
+
+def plan_build(
+    root: Path | str = KIT_ROOT,
+    cuda: str = "auto",
+    base_image: str | None = None,
+    tag: str | None = None,
+    dockerfile: Path | str | None = None,
+    build_args: list[str] | dict[str, str] | None = None,
+    pip_index_url: str | None = None,
+    ca_bundle: Path | str | None = None,
+    driver: Any = None,
+    *,
+    context: Path | str | None = None,
+    results: Path | str = "runs",
+    stack: str | None = None,
+) -> BuildPlan:
+    """Decide the whole build; raise BuildRequestError (with the fix) for anything that cannot be built.
+
+    `root` is the kit checkout (the default context, holding Dockerfile and env/). `driver` is used only with
+    `cuda="auto"`: a driver version string, an NVML handle, or None to open NVML here. `stack` names a stack
+    of env/stacks.toml (None: its default, the reference).
+    """
+    from kit.image.stacks import StacksError, stacks
+    from kit.vendors.nvml import NVMLUnavailable, open_nvml
+
+    try:
+        all_stacks = stacks()
+        stack = stack or all_stacks.default
+        spec_stack = all_stacks.get(stack)
+    except StacksError as e:
+        raise BuildRequestError(str(e), f"pass --stack {' or --stack '.join(stacks().names())}"
+                                if "no stack" in str(e) else "fix env/stacks.toml") from None  # fmt: skip
+    variants = stack_variants(stack)
+
+    root = Path(root).resolve()
+    ctx = Path(context).resolve() if context else root
+    if not ctx.is_dir():
+        raise BuildRequestError(f"the build context {ctx} is not a directory", "pass --context DIR (the kit checkout)")
+    df = Path(dockerfile) if dockerfile else ctx / spec_stack.dockerfile
+    df = df if df.is_absolute() else (Path.cwd() / df if dockerfile else df)
+    df = df.resolve()
+    if not df.is_file():
+        raise BuildRequestError(f"no Dockerfile at {df}", "pass --file PATH or --context DIR (the kit checkout)")
+
+    warnings: list[str] = []
+    if cuda == "auto":
+        if driver is None:
+            try:
+                driver = open_nvml()
+            except NVMLUnavailable as e:
+                hint = ("pass --cuda 12.1 (driver >= 525.60.13) or --cuda 11.8 (driver >= 450.80.02)" if stack == REFERENCE
+                        else f"pass --cuda {' or --cuda '.join(variants)}")  # fmt: skip
+                raise BuildRequestError(f"--cuda auto reads the driver through NVML, and NVML is not available here "
+                                        f"({e})", f"{hint} for the host the image will run on") from None
+        variant, reason, warnings = choose_variant(driver) if stack == REFERENCE else choose_stack_variant(driver, stack)
+    elif cuda in variants:
+        variant, reason = cuda, f"--cuda {cuda}"
+    elif stack == REFERENCE:
+        raise BuildRequestError(f"--cuda {cuda!r} is not a variant", "pass --cuda auto, 12.1 or 11.8")
+    else:
+        others = [s for s in all_stacks.names() if cuda in (stack_variants(s))]
+        raise BuildRequestError(f"--cuda {cuda!r} is not a variant of the {stack} stack (its variants: "
+                                f"{', '.join(variants)})", f"pass --cuda auto or {', '.join(variants)}"
+                                + (f"; CUDA {cuda} is a variant of: --stack {', '.join(others)}" if others else ""))  # fmt: skip
+    spec = variants[variant]
+
+    locks = [ctx / p for p in spec["locks"]]
+    for lock in locks:
+        _read_lock(lock, variant, stack)
+    lock_sha = hashlib.sha256(b"".join(p.read_bytes() for p in locks)).hexdigest()
+
+    default_base = _lock_base(locks[0]) or spec["base"]
+    base = base_image or default_base
+    base_cuda = _cuda_of_image(base)
+    if base_cuda and base_cuda != variant:
+        raise BuildRequestError(f"--base-image {base} is a CUDA {base_cuda} image, but the variant is CUDA {variant}",
+                                f"pass --cuda {base_cuda}, or --base-image {default_base}")
+
+    extra = parse_build_args(list(build_args)) if isinstance(build_args, list) else dict(build_args or {})
+    for key in extra:
+        if key in RESERVED_ARGS:
+            raise BuildRequestError(f"--build-arg {key} is set by kit build", f"use {RESERVED_ARGS[key]} instead")
+
+    h = hashlib.sha256()
+    h.update(b"kit-build v1\n")
+    if stack != REFERENCE:  # the reference's hash inputs are what they were before stacks existed
+        h.update(f"stack {stack}\n".encode())
+    h.update(f"dockerfile {sha256_file(df)}\n".encode())
+    for lock in locks:
+        h.update(f"lock {lock.name} {sha256_file(lock)}\n".encode())
+    h.update(f"kit {__version__}\nvariant {variant}\nbase {base}\n".encode())
+    for key in sorted(k for k in extra if k not in TRANSPORT_ARGS):
+        h.update(f"arg {key}={extra[key]}\n".encode())
+    content_hash = h.hexdigest()
+
+    flavour = spec["short"] if stack == REFERENCE else f"{stack}-{spec['short']}"
+    tag = tag or f"{IMAGE_REPO}:{__version__}-{flavour}-{content_hash[:12]}"
+    if not TAG_RE.match(tag):
+        raise BuildRequestError(f"--tag {tag!r} is not a valid image reference",
+                                "use lowercase NAME[:TAG], e.g. --tag kit-llava:mine")
+
+    args = {"CUDA_VARIANT": variant, "BASE_IMAGE": base, "KIT_VERSION": __version__, "KIT_LOCK_SHA256": lock_sha}
+    if pip_index_url:
+        if not re.match(r"^https?://", pip_index_url):
+            raise BuildRequestError(f"--pip-index-url {pip_index_url!r} is not an http(s) URL",
+                                    "pass the index's simple/ URL, e.g. https://mirror.example/simple")
+        args["PIP_INDEX_URL"] = pip_index_url
+        if redact_url(pip_index_url) != pip_index_url:
+            warnings.append("the --pip-index-url credentials are redacted in kit's output and record, but build "
+                            "args stay readable in the image (`docker history`); prefer a token-free mirror")
+    ca = None
+    if ca_bundle:
+        ca = Path(ca_bundle).resolve()
+        if not ca.is_file():
+            raise BuildRequestError(f"--ca-bundle {ca} is not a file", "pass the PEM file of the proxy's CA")
+        if b"-----BEGIN CERTIFICATE-----" not in ca.read_bytes()[:1 << 20]:
+            raise BuildRequestError(f"--ca-bundle {ca} holds no PEM certificate",
+                                    "convert it: `openssl x509 -inform DER -in CA.der -out CA.pem`")
+        if _excluded_by_dockerignore(ctx, CA_IN_CONTEXT):
+            raise BuildRequestError(f"{ctx / '.dockerignore'} excludes {CA_IN_CONTEXT}, where kit puts the CA bundle",
+                                    f"add the line `!{CA_IN_CONTEXT}` to it")
+        args["CA_BUNDLE"] = CA_IN_CONTEXT
+    args.update(extra)
+    if not (ctx / ".dockerignore").is_file():
+        warnings.append(f"no .dockerignore in {ctx}: the whole directory (.venv included) is sent to the engine")
+
+    labels = {
+        f"{LABEL_PREFIX}.content-hash": content_hash,
+        f"{LABEL_PREFIX}.variant": variant,
+        f"{LABEL_PREFIX}.kit-version": __version__,
+        f"{LABEL_PREFIX}.lock-sha256": lock_sha,
+        "org.opencontainers.image.base.name": base,
+    }
+    if stack != REFERENCE:  # a reference image is known by its variant label (kit.image.stacks.image_stack)
+        labels[f"{LABEL_PREFIX}.stack"] = stack
+    return BuildPlan(variant, reason, base, df, ctx, locks, lock_sha, content_hash, tag, args, labels, ca,
+                     Path(results), warnings, stack)
+
+
+# --- the engine side ------------------------------------------------------------------------------------
+
+
+def connect(base_url: str | None = None, timeout: float = 60) -> Any:
+    """A client that answered a ping, or EngineUnavailable with kit check-host's wording and fix."""
+    import docker
+
+    from kit.checks import docker as dc
+
+    url = base_url or os.environ.get("DOCKER_HOST") or dc.DEFAULT_SOCKET
+    try:
+        client = docker.DockerClient(base_url=base_url, timeout=timeout) if base_url else docker.from_env(timeout=timeout)
+        client.ping()
+        return client
+    except Exception as e:  # noqa: BLE001 - every way of not reaching the engine is one answer
+        check = dc._unreachable(url, e)
+        raise EngineUnavailable(check.detail, check.fix) from None
+
+
+def base_image_identity(client: Any, ref: str, console: Any = None) -> dict[str, Any]:
+    """The base image as the build will use it: its id and registry digest (pulled first when missing).
+
+    `digest` is the registry digest (`RepoDigests[0]`, e.g. nvidia/cuda@sha256:...) when the image came from a
+    registry; an image that exists only locally (built or imported here) has none, and its image id stands in
+    (`digest_kind` says which).
+    """
+    import docker
+
+    try:
+        image = client.images.get(ref)
+        pulled = False
+    except docker.errors.ImageNotFound:
+        if console is not None:
+            console.print(f"base image {ref} is not on this host; pulling it")
+        try:
+            client.images.pull(ref)
+            image = client.images.get(ref)
+            pulled = True
+        except Exception as e:  # noqa: BLE001 - unreachable registry, unknown name, auth: all the same answer here
+            raise EngineUnavailable(
+                f"the base image {ref} is not on this host and cannot be pulled ({str(e).strip()[-300:]})",
+                f"`docker pull {ref}` on a machine with registry access, then move it here with `docker save {ref} "
+                f"| ssh THIS-HOST docker load`; or pass --base-image IMAGE, an image on this host",
+            ) from None
+    repo_digests = image.attrs.get("RepoDigests") or []
+    return {
+        "ref": ref, "id": image.id, "repo_digests": repo_digests,
+        "digest": repo_digests[0] if repo_digests else image.id,
+        "digest_kind": "repo-digest" if repo_digests else "image-id (local only: no registry digest)",
+        "pulled": pulled,
+    }  # fmt: skip
+
+
+def _step_of(line: str) -> str | None:
+    """The classic builder's 'Step 3/12 : RUN ...' line, or None."""
+    m = re.match(r"^Step \d+/\d+ : .*", line)
+    return m.group(0) if m else None
+
+
+def run_build(plan: BuildPlan, client: Any, console: Any, tail: int = 30) -> dict[str, Any]:
+    """Build on the engine, streaming every output line; return the build record (also written to disk).
+
+    Raises EngineUnavailable (exit 3) when the base image cannot be had and BuildFailed (exit 1) with the
+    failing step when the build fails. The CA bundle copy in the context is removed whatever happens.
+    """
+    from rich.markup import escape
+
+    base = base_image_identity(client, plan.base_image, console)
+    labels = dict(plan.labels, **{"org.opencontainers.image.base.digest": base["digest"]})
+    call = dict(plan.sdk_call(), labels=labels)
+    plan.log_path.parent.mkdir(parents=True, exist_ok=True)
+    ca_copy = plan.context / CA_IN_CONTEXT if plan.ca_bundle else None
+    last: deque[str] = deque(maxlen=tail)
+    step: str | None = None
+    image_id: str | None = None
+    error: str | None = None
+    started = time.time()
+    try:
+        if ca_copy is not None:
+            shutil.copyfile(plan.ca_bundle, ca_copy)
+        with plan.log_path.open("w") as log, console.status(f"building {plan.tag}") as status:
+            for chunk in client.api.build(**call):
+                if "error" in chunk or "errorDetail" in chunk:
+                    error = (chunk.get("errorDetail") or {}).get("message") or chunk.get("error") or str(chunk)
+                    log.write(f"ERROR: {error}\n")
+                    break
+                if "aux" in chunk and isinstance(chunk["aux"], dict) and chunk["aux"].get("ID"):
+                    image_id = chunk["aux"]["ID"]
+                text = chunk.get("stream")
+                if text is None and chunk.get("status"):  # a pull inside the build (pull=False: rare)
+                    text = f"{chunk['status']} {chunk.get('progress', '')}".rstrip() + "\n"
+                if not text:
+                    continue
+                log.write(text)
+                log.flush()
+                for line in text.rstrip("\n").splitlines():
+                    last.append(line)
+                    step = _step_of(line) or step
+                    m = re.match(r"^Successfully built ([0-9a-f]+)", line)
+                    image_id = image_id or (m.group(1) if m else None)
+                    console.print(escape(line), highlight=False, soft_wrap=True)
+                elapsed = time.time() - started
+                status.update(f"building {plan.tag}: {escape(step or 'starting')} ({elapsed:.0f} s)")
+    finally:
+        if ca_copy is not None:
+            ca_copy.unlink(missing_ok=True)
+    if error is not None:
+        msg = f"the build of {plan.tag} failed at {step or 'its start'}:\n{error}"
+        if last:
+            msg += "\nlast output:\n" + "\n".join(last)
+        raise BuildFailed(msg, step, plan.log_path)
+
+    image = client.images.get(plan.tag)
+    version = client.version()
+    record = {
+        "tag": plan.tag,
+        "image_id": image.id,
+        "stack": plan.stack,
+        "variant": plan.variant,
+        "variant_reason": plan.variant_reason,
+        "base_image": base,
+        "content_hash": plan.content_hash,
+        "lock_sha256": plan.lock_sha256,
+        "locks": [str(p.relative_to(plan.context)) if p.is_relative_to(plan.context) else str(p) for p in plan.locks],
+        "dockerfile": str(plan.dockerfile),
+        "dockerfile_sha256": sha256_file(plan.dockerfile),
+        "context": str(plan.context),
+        "build_args": redact_args(plan.build_args),
+        "ca_bundle": str(plan.ca_bundle) if plan.ca_bundle else None,
+        "labels": image.labels,
+        "kit_version": __version__,
+        "started": started,
+        "finished": time.time(),
+        "duration_s": round(time.time() - started, 3),
+        "engine": {"version": version.get("Version"), "api_version": version.get("ApiVersion"),
+                   "os": version.get("Os"), "arch": version.get("Arch")},
+        "host": socket.gethostname(),
+        "log": str(plan.log_path),
+    }  # fmt: skip
+    if image_id and not image.id.endswith(image_id.removeprefix("sha256:")):
+        record["stream_image_id"] = image_id  # the tag moved between the build and the inspect
+    tmp = plan.record_path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(record, indent=1) + "\n")
+    tmp.replace(plan.record_path)
+    return record

@@ -1,0 +1,768 @@
+"""What the devices (or the host) did while a stage ran: a sampler beside every stage, and what its samples say.
+
+A benchmark figure is only as good as the machine was quiet: a GPU that throttled, or another job on the same
+GPUs or cores, changes the step time without changing anything the run logs. `Monitor` runs as a thread of the
+kit process for the life of each stage (started and stopped by `launchers.base.supervise()`, so native and container
+stages get it alike) and appends one JSON line every `MONITOR_INTERVAL_S` seconds to `<stage>/monitor.jsonl`:
+
+- with NVML (a GPU host): per GPU utilization, memory, power and its limit, SM clock and its maximum,
+  temperature, clock-event ("throttle") reasons decoded to names, and the compute processes on it, each marked
+  as the run's or not; and the host's CPU, load and memory besides;
+- without NVML (a CPU host): the host's CPU overall and per core (from /proc/stat), load, memory, the run's
+  process tree (RSS, CPU) and the busiest other processes.
+
+Which processes are the run's: the kit process and its descendants (the native launcher and its ranks); any
+process whose environment holds the run's `KIT_HEARTBEAT` (every stage process gets it, in containers too, where
+the processes are children of the engine's shim, not of kit); and any process in the same container cgroup as
+one of those (a container process whose environment this user cannot read). docs/monitoring.md has the rest.
+
+The sampler never disturbs the stage: every error is written to the file as an `error` line and ends the
+sampler, never the stage. `monitor_summary()` and `plot_monitor()` read the file back for `kit report`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import statistics
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from kit.checks.gpu import CLOCK_EVENTS, NOT_REPORTED, read
+
+MONITOR_NAME = "monitor.jsonl"
+MONITOR_INTERVAL_S = 5.0
+INTERVAL_ENV = "KIT_MONITOR_INTERVAL"  # seconds between samples; 0 turns the sampler off
+MARKER_ENV = "KIT_HEARTBEAT"  # set in every stage process by `kit run` (the run's heartbeat file)
+TOP_OTHERS = 5  # other processes kept per host sample (by CPU)
+OTHER_MIN_CPU_PCT = 1.0  # ... those using at least this much of one core
+STOP_JOIN_S = 5.0
+GIB = 1024**3
+
+# Warning thresholds (docs/monitoring.md).
+OTHERS_CPU_WARN = 0.10  # other processes' mean share of the host's CPU capacity
+STEAL_WARN = 0.10  # the hypervisor's mean share (steal time)
+THROTTLE_WARN = 0.05  # fraction of samples with a "warn" clock event (a power cap, a clock setting)
+# "fail" clock events (HW slowdown, HW thermal, power brake) are flagged from a single sample.
+BUSY_OTHER_PCT = 5.0  # an other process is "busy" when its mean CPU is at least this much of one core
+
+# NVML's clock-event bits under nvmlClocksEventReason* names (kit/checks/gpu.py holds their meanings).
+EVENT_NAMES = {
+    0x1: "GPU_IDLE",
+    0x2: "APPLICATIONS_CLOCKS_SETTING",
+    0x4: "SW_POWER_CAP",
+    0x8: "HW_SLOWDOWN",
+    0x10: "SYNC_BOOST",
+    0x20: "SW_THERMAL_SLOWDOWN",
+    0x40: "HW_THERMAL_SLOWDOWN",
+    0x80: "HW_POWER_BRAKE_SLOWDOWN",
+    0x100: "DISPLAY_CLOCK_SETTING",
+}
+STATUS_BY_NAME = {EVENT_NAMES[bit]: status for bit, (_, status, _) in CLOCK_EVENTS.items()}
+CONTAINER_ID = re.compile(r"(?:docker[-/]|cri-containerd-|crio-|libpod-|containerd/)([0-9a-f]{64})")
+
+
+def event_names(mask: int) -> list[str]:
+    """The set bits of a clocks-event-reasons mask, by name (unknown bits as hex)."""
+    names = [EVENT_NAMES[bit] for bit in sorted(EVENT_NAMES) if mask & bit]
+    unknown = mask & ~sum(EVENT_NAMES)
+    if unknown:
+        names.append(f"UNKNOWN_{unknown:#x}")
+    return names
+
+
+def configured_interval() -> float:
+    """MONITOR_INTERVAL_S, or KIT_MONITOR_INTERVAL when set to a number (0: no sampler)."""
+    raw = os.environ.get(INTERVAL_ENV, "").strip()
+    try:
+        return max(0.0, float(raw)) if raw else MONITOR_INTERVAL_S
+    except ValueError:
+        return MONITOR_INTERVAL_S
+
+
+# ---- /proc ----
+
+CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path, "rb") as f:
+            return f.read().decode("utf-8", "replace")
+    except OSError:
+        return None
+
+
+def proc_table(proc: str = "/proc") -> dict[int, dict[str, Any]]:
+    """Every process now: {pid: {ppid, name, ticks (user+system), start (ticks since boot), rss (bytes)}}."""
+    table: dict[int, dict[str, Any]] = {}
+    for entry in os.scandir(proc):
+        if not entry.name.isdigit():
+            continue
+        text = _read(f"{proc}/{entry.name}/stat")
+        if not text:
+            continue  # gone between the listing and the read
+        # "pid (comm) state ppid ...": comm may hold spaces and parentheses, so split at the last ')'.
+        head, _, rest = text.rpartition(")")
+        fields = rest.split()
+        if len(fields) < 22:
+            continue
+        table[int(entry.name)] = {
+            "ppid": int(fields[1]),
+            "name": head.partition("(")[2],
+            "ticks": int(fields[11]) + int(fields[12]),
+            "start": int(fields[19]),
+            "rss": int(fields[21]) * PAGE,
+        }
+    return table
+
+
+def cpu_times(proc: str = "/proc") -> dict[str, list[int]]:
+    """/proc/stat's cpu lines: {"cpu": [...], "cpu0": [...], ...} (user nice system idle iowait irq softirq steal)."""
+    out = {}
+    for line in (_read(f"{proc}/stat") or "").splitlines():
+        if line.startswith("cpu"):
+            name, *values = line.split()
+            out[name] = [int(v) for v in values[:8]] + [0] * (8 - len(values[:8]))
+    return out
+
+
+def _cpu_delta(old: list[int], new: list[int]) -> dict[str, float] | None:
+    d = [b - a for a, b in zip(old, new, strict=True)]
+    total = sum(d)
+    if total <= 0:
+        return None
+    user, nice, system, idle, iowait, irq, softirq, steal = d
+    return {
+        "busy": 100.0 * (user + nice + system + irq + softirq) / total,
+        "iowait": 100.0 * iowait / total,
+        "steal": 100.0 * steal / total,
+    }
+
+
+def meminfo(proc: str = "/proc") -> dict[str, int]:
+    out = {}
+    for line in (_read(f"{proc}/meminfo") or "").splitlines():
+        key, _, value = line.partition(":")
+        parts = value.split()
+        if parts and parts[0].isdigit():
+            out[key] = int(parts[0]) * 1024
+    return out
+
+
+class Ownership:
+    """Tells the run's processes from foreign ones (module docstring); answers are cached per process."""
+
+    def __init__(self, roots: set[int], marker: str | None, proc: str = "/proc") -> None:
+        self.roots = set(roots)
+        self.marker = f"{MARKER_ENV}={marker}\0".encode() if marker else None
+        self.proc = proc
+        self.containers: set[str] = set()  # container ids (from cgroups) holding a process of the run
+        self._cache: dict[tuple[int, int], tuple[bool, int]] = {}
+
+    def _container(self, pid: int) -> str | None:
+        m = CONTAINER_ID.search(_read(f"{self.proc}/{pid}/cgroup") or "")
+        return m.group(1) if m else None
+
+    def _environ_marked(self, pid: int) -> bool:
+        if self.marker is None:
+            return False
+        try:
+            with open(f"{self.proc}/{pid}/environ", "rb") as f:
+                env = f.read()
+        except OSError:  # another user's process: not readable, and not ours by this rule
+            return False
+        return (b"\0" + env).find(b"\0" + self.marker) >= 0
+
+    def ours(self, pid: int, table: dict[int, dict[str, Any]]) -> bool | None:
+        """True: the run's; False: foreign; None: not a process of this host's view (a pid NVML gave)."""
+        info = table.get(pid)
+        if info is None:
+            return None
+        key = (pid, info["start"])
+        cached = self._cache.get(key)
+        if cached is not None and (cached[0] or cached[1] == len(self.containers)):
+            return cached[0]
+        verdict = self._decide(pid, table)
+        self._cache[key] = (verdict, len(self.containers))
+        return verdict
+
+    def _decide(self, pid: int, table: dict[int, dict[str, Any]]) -> bool:
+        p, hops = pid, 0
+        while p in table and hops < 512:
+            if p in self.roots:
+                return True
+            p, hops = table[p]["ppid"], hops + 1
+        if self._environ_marked(pid):
+            cid = self._container(pid)
+            if cid:
+                self.containers.add(cid)
+            return True
+        return bool(self.containers) and self._container(pid) in self.containers
+
+    def forget(self, table: dict[int, dict[str, Any]]) -> None:
+        """Drop the answers of processes that ended (pids are reused)."""
+        live = {(pid, info["start"]) for pid, info in table.items()}
+        for key in [k for k in self._cache if k not in live]:
+            del self._cache[key]
+
+
+class HostSampler:
+    """The host's CPU, load and memory, the run's processes and the busiest others, as rates since the last call."""
+
+    def __init__(self, owner: Ownership, proc: str = "/proc") -> None:
+        self.owner = owner
+        self.proc = proc
+        self.table = proc_table(proc)
+        self._cpu = cpu_times(proc)
+        self._t = time.monotonic()
+        self.wall = time.time()
+
+    def sample(self) -> dict[str, Any]:
+        table, cpu, now = proc_table(self.proc), cpu_times(self.proc), time.monotonic()
+        # The sample's wall time is taken with `now`, so the gap between two samples' times is their `dt` (kit verify
+        # holds one against the other).
+        self.wall = time.time()
+        dt = max(now - self._t, 1e-6)
+        cores = [k for k in cpu if k != "cpu"]
+        overall = _cpu_delta(self._cpu.get("cpu", []), cpu.get("cpu", [])) if "cpu" in self._cpu else None
+        per_core = []
+        for k in cores:
+            d = _cpu_delta(self._cpu[k], cpu[k]) if k in self._cpu else None
+            per_core.append(round(d["busy"], 1) if d else None)
+        run_ticks = run_rss = run_pids = 0
+        others_ticks = 0
+        others: list[dict[str, Any]] = []
+        for pid, info in table.items():
+            before = self.table.get(pid)
+            # a process born since the last sample spent all its CPU time within this interval
+            ticks = info["ticks"] - before["ticks"] if before and before["start"] == info["start"] else info["ticks"]
+            if self.owner.ours(pid, table):
+                run_ticks += ticks
+                run_rss += info["rss"]
+                run_pids += 1
+            else:
+                others_ticks += ticks
+                pct = 100.0 * ticks / CLK_TCK / dt
+                if pct >= OTHER_MIN_CPU_PCT:
+                    others.append({"pid": pid, "name": info["name"], "cpu_pct": round(pct, 1)})
+        self.owner.forget(table)
+        self.table, self._cpu, self._t = table, cpu, now
+        others.sort(key=lambda o: -o["cpu_pct"])
+        mem = meminfo(self.proc)
+        try:
+            load = [round(x, 2) for x in os.getloadavg()]
+        except OSError:
+            load = None
+        total, avail = mem.get("MemTotal"), mem.get("MemAvailable")
+        return {
+            "dt": round(dt, 3),
+            "cpu": {
+                "cores": len(cores),
+                "busy_pct": round(overall["busy"], 1) if overall else None,
+                "iowait_pct": round(overall["iowait"], 1) if overall else None,
+                "steal_pct": round(overall["steal"], 1) if overall else None,
+                "per_core_pct": per_core,
+                "load": load,
+            },
+            "mem": {
+                "total_bytes": total,
+                "available_bytes": avail,
+                "used_bytes": total - avail if total is not None and avail is not None else None,
+            },
+            "run": {"pids": run_pids, "rss_bytes": run_rss, "cpu_pct": round(100.0 * run_ticks / CLK_TCK / dt, 1)},
+            "others_cpu_pct": round(100.0 * others_ticks / CLK_TCK / dt, 1),
+            "others": others[:TOP_OTHERS],
+        }
+
+
+def _value(nvml: Any, fn: str, *args: Any) -> Any:
+    """One reading, or None: NVML refused it, or (ReplayNVML's KeyError) an older recording does not hold it."""
+    try:
+        v = read(nvml, fn, *args)
+    except KeyError:
+        return None
+    return None if v is NOT_REPORTED else v
+
+
+class GpuSampler:
+    """One reading of every GPU through NVML (pynvml or a ReplayNVML); a reading NVML refuses is null."""
+
+    def __init__(self, nvml: Any) -> None:
+        self.nvml = nvml
+        self.count = nvml.nvmlDeviceGetCount()
+        self.handles = [nvml.nvmlDeviceGetHandleByIndex(i) for i in range(self.count)]
+        sm = getattr(nvml, "NVML_CLOCK_SM", 1)
+        self.fixed = [
+            {
+                "name": _value(nvml, "nvmlDeviceGetName", h),
+                "sm_clock_max_mhz": _value(nvml, "nvmlDeviceGetMaxClockInfo", h, sm),
+            }
+            for h in self.handles
+        ]
+
+    def sample(self, owner: Ownership, table: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
+        nvml = self.nvml
+        sm = getattr(nvml, "NVML_CLOCK_SM", 1)
+        temp = getattr(nvml, "NVML_TEMPERATURE_GPU", 0)
+        out = []
+        for i, h in enumerate(self.handles):
+            util = _value(nvml, "nvmlDeviceGetUtilizationRates", h)
+            mem = _value(nvml, "nvmlDeviceGetMemoryInfo", h)
+            power = _value(nvml, "nvmlDeviceGetPowerUsage", h)
+            limit = _value(nvml, "nvmlDeviceGetEnforcedPowerLimit", h)
+            mask = _value(nvml, "nvmlDeviceGetCurrentClocksEventReasons", h)
+            if mask is None:
+                mask = _value(nvml, "nvmlDeviceGetCurrentClocksThrottleReasons", h)  # the older name
+            procs, seen = [], set()
+            for fn in ("nvmlDeviceGetComputeRunningProcesses", "nvmlDeviceGetGraphicsRunningProcesses"):
+                for p in _value(nvml, fn, h) or []:
+                    if p.pid in seen:
+                        continue
+                    seen.add(p.pid)
+                    used = getattr(p, "usedGpuMemory", None)
+                    info = table.get(p.pid)
+                    procs.append({
+                        "pid": p.pid,
+                        "name": info["name"] if info else None,
+                        "used_bytes": used if isinstance(used, int) and used >= 0 else None,
+                        "ours": owner.ours(p.pid, table),
+                    })  # fmt: skip
+            out.append({
+                "index": i,
+                "util_gpu_pct": getattr(util, "gpu", None),
+                "util_mem_pct": getattr(util, "memory", None),
+                "mem_used_bytes": getattr(mem, "used", None),
+                "mem_total_bytes": getattr(mem, "total", None),
+                "power_w": power / 1000 if isinstance(power, (int, float)) else None,
+                "power_limit_w": limit / 1000 if isinstance(limit, (int, float)) else None,
+                "sm_clock_mhz": _value(nvml, "nvmlDeviceGetClockInfo", h, sm),
+                "sm_clock_max_mhz": self.fixed[i]["sm_clock_max_mhz"],
+                "temp_c": _value(nvml, "nvmlDeviceGetTemperature", h, temp),
+                "clock_events": mask,
+                "clock_event_names": event_names(mask) if isinstance(mask, int) else None,
+                "processes": procs,
+            })  # fmt: skip
+        return out
+
+
+AUTO = object()  # Monitor(nvml=AUTO): NVML when this host has it, else the host alone
+
+
+class Monitor:
+    """The sampler of one stage: `start()`, then `stop()` when the stage ends (or a `with` block)."""
+
+    def __init__(
+        self, stage_dir: Path, interval: float = MONITOR_INTERVAL_S, roots: set[int] | None = None,
+        marker: str | None = None, nvml: Any = AUTO, proc: str = "/proc",
+    ) -> None:  # fmt: skip
+        self.path = Path(stage_dir) / MONITOR_NAME
+        self.interval = interval
+        self.owner = Ownership(roots if roots is not None else {os.getpid()}, marker, proc)
+        self._nvml_arg = nvml
+        self.proc = proc
+        self.nvml: Any = None
+        self.gpus: GpuSampler | None = None
+        self.host: HostSampler | None = None
+        self.samples = 0
+        self.failed: str | None = None
+        self._last = 0.0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._nvml_opened = False
+
+    # -- writing --
+    def _write(self, record: dict[str, Any]) -> None:
+        """One whole line per write (O_APPEND): readers never see half a line, unless the host dies mid-write."""
+        data = (json.dumps(record, separators=(",", ":")) + "\n").encode()
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+
+    def _fail(self, where: str, e: BaseException) -> None:
+        self.failed = f"{where}: {type(e).__name__}: {e}"
+        try:
+            frame = traceback.extract_tb(e.__traceback__)[-1] if e.__traceback__ else None
+            at = f"{Path(frame.filename).name}:{frame.lineno}" if frame else ""
+            self._write({"type": "error", "t": round(time.time(), 3), "error": self.failed, "at": at,
+                         "samples": self.samples})  # fmt: skip
+        except Exception:  # noqa: BLE001 - nowhere left to say it; the stage goes on
+            pass
+
+    # -- sampling --
+    def open(self) -> None:
+        """Choose the source (NVML or the host alone), take the baseline, write the start line."""
+        if self._nvml_arg is AUTO:
+            from kit.vendors.nvml import NVMLUnavailable, open_nvml
+
+            try:
+                self.nvml = open_nvml()
+                self._nvml_opened = True
+            except NVMLUnavailable:
+                self.nvml = None
+        else:
+            self.nvml = self._nvml_arg
+        self.host = HostSampler(self.owner, self.proc)
+        nvml_error = None
+        if self.nvml is not None:
+            try:
+                self.gpus = GpuSampler(self.nvml)
+            except Exception as e:  # noqa: BLE001 - NVML started but cannot list the GPUs: the host is still sampled
+                nvml_error = f"{type(e).__name__}: {e}"
+        self._last = time.monotonic()
+        self._write({
+            "type": "start", "t": round(self.host.wall, 3), "source": "nvml" if self.gpus else "host",
+            **({"nvml_error": nvml_error} if nvml_error else {}),
+            "interval_s": self.interval, "pid": os.getpid(), "roots": sorted(self.owner.roots),
+            "marker": MARKER_ENV if self.owner.marker else None,
+            "devices": [{"index": i, **f} for i, f in enumerate(self.gpus.fixed)] if self.gpus else [],
+        })  # fmt: skip
+
+    def sample_once(self) -> dict[str, Any]:
+        """Take and write one sample; returns it."""
+        with self._lock:
+            assert self.host is not None, "open() first"
+            host = self.host.sample()
+            record: dict[str, Any] = {"type": "sample", "t": round(self.host.wall, 3), **host}
+            if self.gpus is not None:
+                record["devices"] = self.gpus.sample(self.owner, self.host.table)
+            self._write(record)
+            self.samples += 1
+            self._last = time.monotonic()
+            return record
+
+    def _loop(self) -> None:
+        try:
+            while not self._stop.wait(self.interval):
+                self.sample_once()
+        except Exception as e:  # noqa: BLE001 - a sampler never fails the stage
+            self._fail("sample", e)
+
+    def start(self) -> Monitor:
+        try:
+            self.open()
+        except Exception as e:  # noqa: BLE001
+            self._fail("start", e)
+            return self
+        self._thread = threading.Thread(target=self._loop, name="kit-monitor", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """End the sampler: a last sample when the tail since the previous one is long enough, then the stop line."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(STOP_JOIN_S)
+            if self._thread.is_alive():
+                return  # stuck in a driver call: left behind (a daemon thread); nothing more is written
+        if self.failed is None and self.host is not None:
+            try:
+                if time.monotonic() - self._last >= self.interval / 2 or self.samples == 0:
+                    self.sample_once()
+                self._write({"type": "stop", "t": round(time.time(), 3), "samples": self.samples})
+            except Exception as e:  # noqa: BLE001
+                self._fail("stop", e)
+        if self._nvml_opened:
+            try:
+                self.nvml.nvmlShutdown()
+            except Exception:  # noqa: BLE001
+                pass
+            self._nvml_opened = False
+
+    def __enter__(self) -> Monitor:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def start_stage_monitor(stage_dir: Path) -> Monitor | None:
+    """The sampler `supervise()` runs beside a stage of a run: ours are this kit process's tree and the processes
+    carrying the run's heartbeat path; None when KIT_MONITOR_INTERVAL=0. Never raises."""
+    from kit.run.guard import HEARTBEAT_NAME
+
+    try:
+        interval = configured_interval()
+        if interval <= 0:
+            return None
+        return Monitor(stage_dir, interval, marker=str(Path(stage_dir).parent / HEARTBEAT_NAME)).start()
+    except Exception:  # noqa: BLE001 - no sampler, but the stage runs
+        return None
+
+
+# ---- reading it back ----
+
+
+def read_monitor(stage_dir: Path) -> tuple[list[dict[str, Any]], list[int]]:
+    """The file's records and the numbers of lines that did not parse (a torn last line after a crash)."""
+    path = Path(stage_dir) / MONITOR_NAME
+    records, bad = [], []
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return [], []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            bad.append(n)
+            continue
+        if isinstance(rec, dict):
+            records.append(rec)
+        else:
+            bad.append(n)
+    return records, bad
+
+
+def _num(values: list[Any]) -> list[float]:
+    return [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+
+
+def _mean(values: list[Any]) -> float | None:
+    v = _num(values)
+    return sum(v) / len(v) if v else None
+
+
+def _max(values: list[Any]) -> float | None:
+    v = _num(values)
+    return max(v) if v else None
+
+
+def _min(values: list[Any]) -> float | None:
+    v = _num(values)
+    return min(v) if v else None
+
+
+def _median(values: list[Any]) -> float | None:
+    v = _num(values)
+    return statistics.median(v) if v else None
+
+
+def _gib(n: float | None) -> str:
+    return f"{n / GIB:.1f} GiB" if n is not None else "memory not reported"
+
+
+def _who(p: dict[str, Any]) -> str:
+    return f"{p.get('name') or '?'} (pid {p['pid']}"
+
+
+def monitor_summary(stage_dir: Path) -> dict | None:
+    """What `<stage>/monitor.jsonl` says: counts, per-device or host figures, foreign processes, and one-line
+    warnings; None when the stage has no monitor file or no sample in it."""
+    records, bad = read_monitor(stage_dir)
+    samples = [r for r in records if r.get("type") == "sample" and isinstance(r.get("t"), (int, float))]
+    errors = [r for r in records if r.get("type") == "error"]
+    start = next((r for r in records if r.get("type") == "start"), {})
+    if not samples:
+        if errors:
+            return {"samples": 0, "source": start.get("source"), "errors": [e.get("error") for e in errors],
+                    "unreadable_lines": bad, "warnings": [f"the monitor stopped before its first sample: "
+                                                          f"{errors[0].get('error')}"]}  # fmt: skip
+        return None
+    ts = [r["t"] for r in samples]
+    gaps = [b - a for a, b in zip(ts, ts[1:], strict=False)]
+    out: dict[str, Any] = {
+        "samples": len(samples),
+        "source": start.get("source") or ("nvml" if any("devices" in s for s in samples) else "host"),
+        "interval_s": round(statistics.median(gaps), 3) if gaps else start.get("interval_s"),
+        "span_s": round(ts[-1] - ts[0], 3),
+        "errors": [e.get("error") for e in errors],
+        "unreadable_lines": bad,
+    }
+    warnings: list[str] = []
+    if errors:
+        warnings.append(f"the monitor stopped early after {errors[0].get('samples', '?')} samples: {errors[0].get('error')}")
+    if any("devices" in s for s in samples):
+        _gpu_summary(samples, out, warnings)
+    _host_summary(samples, out, warnings)
+    out["warnings"] = warnings
+    return out
+
+
+def _gpu_summary(samples: list[dict[str, Any]], out: dict[str, Any], warnings: list[str]) -> None:
+    per: dict[int, list[dict[str, Any]]] = {}
+    for s in samples:
+        for d in s.get("devices") or []:
+            if isinstance(d, dict) and isinstance(d.get("index"), int):
+                per.setdefault(d["index"], []).append(d)
+    run_devices = sorted(i for i, ds in per.items() if any(p.get("ours") for d in ds for p in d.get("processes") or []))
+    watched = run_devices or sorted(per)  # no process of the run seen on any GPU: judge them all
+    devices: dict[str, Any] = {}
+    foreign: list[dict[str, Any]] = []
+    for i, ds in sorted(per.items()):
+        masks = [d.get("clock_events") for d in ds if isinstance(d.get("clock_events"), int)]
+        counts: dict[str, int] = {}
+        for m in masks:
+            for name in event_names(m):
+                if name != "GPU_IDLE":
+                    counts[name] = counts.get(name, 0) + 1
+        throttle = {k: round(v / len(masks), 4) for k, v in sorted(counts.items())} if masks else {}
+        devices[str(i)] = {
+            "samples": len(ds),
+            "util_gpu_pct_mean": _mean([d.get("util_gpu_pct") for d in ds]),
+            "util_gpu_pct_max": _max([d.get("util_gpu_pct") for d in ds]),
+            "util_mem_pct_mean": _mean([d.get("util_mem_pct") for d in ds]),
+            "mem_used_bytes_max": _max([d.get("mem_used_bytes") for d in ds]),
+            "mem_total_bytes": _max([d.get("mem_total_bytes") for d in ds]),
+            "power_w_mean": _mean([d.get("power_w") for d in ds]),
+            "power_w_max": _max([d.get("power_w") for d in ds]),
+            "power_limit_w": _max([d.get("power_limit_w") for d in ds]),
+            "sm_clock_mhz_min": _min([d.get("sm_clock_mhz") for d in ds]),
+            "sm_clock_mhz_median": _median([d.get("sm_clock_mhz") for d in ds]),
+            "sm_clock_max_mhz": _max([d.get("sm_clock_max_mhz") for d in ds]),
+            "temp_c_max": _max([d.get("temp_c") for d in ds]),
+            "throttle": throttle,
+            "used_by_run": i in run_devices,
+        }
+        for name, frac in throttle.items():
+            status = STATUS_BY_NAME.get(name, "warn")
+            if i in watched and status != "ok" and (status == "fail" or frac >= THROTTLE_WARN):
+                warnings.append(f"GPU {i} throttled ({name}) in {100 * frac:.0f}% of samples")
+        seen: dict[int, dict[str, Any]] = {}
+        for d in ds:
+            for p in d.get("processes") or []:
+                if p.get("ours") or not isinstance(p.get("pid"), int):
+                    continue
+                f = seen.setdefault(p["pid"], {"gpu": i, "pid": p["pid"], "name": p.get("name"),
+                                               "used_bytes_max": None, "samples": 0})  # fmt: skip
+                f["samples"] += 1
+                f["name"] = f["name"] or p.get("name")
+                if isinstance(p.get("used_bytes"), int):
+                    f["used_bytes_max"] = max(f["used_bytes_max"] or 0, p["used_bytes"])
+        foreign += seen.values()
+        if i in watched and seen:
+            who = ", ".join(
+                _who(f) + (f", up to {_gib(f['used_bytes_max'])})" if f["used_bytes_max"] is not None else ")")
+                for f in seen.values()
+            )
+            warnings.append(f"other processes used GPU {i} during the stage: {who}")
+    out["devices"] = devices
+    out["run_devices"] = run_devices
+    out["foreign_processes"] = foreign
+
+
+def _host_summary(samples: list[dict[str, Any]], out: dict[str, Any], warnings: list[str]) -> None:
+    cpus = [s.get("cpu") or {} for s in samples]
+    cores = _max([c.get("cores") for c in cpus])
+    runs = [s.get("run") or {} for s in samples]
+    others_pct = _mean([s.get("others_cpu_pct") for s in samples])
+    share = others_pct / (100.0 * cores) if others_pct is not None and cores else None
+    by_pid: dict[int, dict[str, Any]] = {}
+    for s in samples:
+        for o in s.get("others") or []:
+            if not isinstance(o.get("pid"), int):
+                continue
+            b = by_pid.setdefault(o["pid"], {"pid": o["pid"], "name": o.get("name"), "cpu_pcts": []})
+            b["cpu_pcts"].append(o.get("cpu_pct") or 0.0)
+    busy = []
+    for b in by_pid.values():
+        mean = sum(b["cpu_pcts"]) / len(samples)  # a sample where the process was not among the top counts as 0
+        if mean >= BUSY_OTHER_PCT:
+            busy.append({"pid": b["pid"], "name": b["name"], "cpu_pct_mean": round(mean, 1),
+                         "cpu_pct_max": max(b["cpu_pcts"]), "samples": len(b["cpu_pcts"])})  # fmt: skip
+    busy.sort(key=lambda b: -b["cpu_pct_mean"])
+    steal = _mean([c.get("steal_pct") for c in cpus])
+    out["host"] = {
+        "cores": int(cores) if cores else None,
+        "cpu_busy_pct_mean": _mean([c.get("busy_pct") for c in cpus]),
+        "cpu_busy_pct_max": _max([c.get("busy_pct") for c in cpus]),
+        "steal_pct_mean": steal,
+        "load1_max": _max([(c.get("load") or [None])[0] for c in cpus]),
+        "mem_used_bytes_max": _max([(s.get("mem") or {}).get("used_bytes") for s in samples]),
+        "mem_total_bytes": _max([(s.get("mem") or {}).get("total_bytes") for s in samples]),
+        "run_cpu_pct_mean": _mean([r.get("cpu_pct") for r in runs]),
+        "run_rss_bytes_max": _max([r.get("rss_bytes") for r in runs]),
+        "others_cpu_pct_mean": others_pct,
+        "others_cpu_share_mean": share,
+        "other_busy_processes": busy,
+    }
+    if share is not None and share >= OTHERS_CPU_WARN:
+        who = ", ".join(f"{_who(b)}, {b['cpu_pct_mean']:.0f}% of a core)" for b in busy[:3]) or "many small ones"
+        warnings.append(
+            f"other processes used {100 * share:.0f}% of the CPU during the stage "
+            f"({int(cores)} cores, mean over {len(samples)} samples): {who}"
+        )
+    if steal is not None and steal / 100 >= STEAL_WARN:
+        warnings.append(f"the hypervisor took {steal:.0f}% of the CPU time (steal) during the stage: "
+                        "other virtual machines share these cores")  # fmt: skip
+
+
+# ---- plot ----
+
+
+def plot_monitor(stage_dir: Path, png: Path) -> bool:
+    """Utilization, memory, power and SM clock over the stage (a CPU host: CPU and memory), as a PNG written
+    atomically; False without matplotlib or without samples. An unwritable `png` raises OSError."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        return False
+    records, _ = read_monitor(stage_dir)
+    samples = [r for r in records if r.get("type") == "sample" and isinstance(r.get("t"), (int, float))]
+    if not samples:
+        return False
+    t0 = samples[0]["t"]
+    xs = [s["t"] - t0 for s in samples]
+    nan = float("nan")
+
+    def series(values: list[Any], scale: float = 1.0) -> list[float]:
+        return [v / scale if isinstance(v, (int, float)) else nan for v in values]
+
+    gpu = any("devices" in s for s in samples)
+    title = Path(stage_dir).name
+    if gpu:
+        fig = Figure(figsize=(10, 7))
+        axes = fig.subplots(2, 2, sharex=True)
+        indices = sorted({d["index"] for s in samples for d in s.get("devices") or [] if "index" in d})
+        panels = [
+            (axes[0][0], "util_gpu_pct", 1.0, "GPU utilization (%)"),
+            (axes[0][1], "mem_used_bytes", GIB, "memory used (GiB)"),
+            (axes[1][0], "power_w", 1.0, "power (W; dashed: limit)"),
+            (axes[1][1], "sm_clock_mhz", 1.0, "SM clock (MHz)"),
+        ]
+        for ax, key, scale, label in panels:
+            for i in indices:
+                vals = [next((d.get(key) for d in s.get("devices") or [] if d.get("index") == i), None) for s in samples]
+                line = ax.plot(xs, series(vals, scale), lw=1, label=f"GPU {i}")[0]
+                if key == "power_w":  # the limit it may reach, dashed in the same colour
+                    limits = [next((d.get("power_limit_w") for d in s.get("devices") or [] if d.get("index") == i),
+                                   None) for s in samples]  # fmt: skip
+                    ax.plot(xs, series(limits), lw=0.8, linestyle="--", color=line.get_color())
+            ax.set(ylabel=label)
+            ax.grid(alpha=0.3)
+        for ax in axes[1]:
+            ax.set(xlabel="seconds since the first sample")
+        axes[0][0].legend(loc="best", fontsize="small")
+        fig.suptitle(f"{title}: devices")
+    else:
+        fig = Figure(figsize=(8, 6))
+        ax1, ax2 = fig.subplots(2, 1, sharex=True)
+        cores = max((s.get("cpu") or {}).get("cores") or 1 for s in samples)
+        ax1.plot(xs, series([(s.get("cpu") or {}).get("busy_pct") for s in samples]), lw=1, label="host busy")
+        ax1.plot(xs, series([(s.get("run") or {}).get("cpu_pct") for s in samples], cores), lw=1, label="the run")
+        ax1.plot(xs, series([s.get("others_cpu_pct") for s in samples], cores), lw=1, label="other processes")
+        ax1.set(ylabel=f"CPU (% of {cores} cores)")
+        ax1.legend(loc="best", fontsize="small")
+        ax1.grid(alpha=0.3)
+        ax2.plot(xs, series([(s.get("run") or {}).get("rss_bytes") for s in samples], GIB), lw=1, label="the run's RSS")
+        ax2.plot(xs, series([(s.get("mem") or {}).get("used_bytes") for s in samples], GIB), lw=1, label="host used")
+        ax2.set(xlabel="seconds since the first sample", ylabel="memory (GiB)")
+        ax2.legend(loc="best", fontsize="small")
+        ax2.grid(alpha=0.3)
+        fig.suptitle(f"{title}: host")
+    FigureCanvasAgg(fig)
+    from kit.results.report import write_png
+
+    write_png(fig, Path(png), dpi=100)
+    return True
