@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from kit import __version__  # noqa: E402
 from kit.launchers.base import rank_failures  # noqa: E402
-from kit.results.report import write_summary  # noqa: E402
+from kit.results.summary import write_summary  # noqa: E402
 from kit.run.events import load_stage  # noqa: E402
 
 FIELDS = ("tokens_per_s_per_gpu", "padded_tokens_per_s_per_gpu", "reference_method_tokens_per_s_per_gpu",

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import inspect
-import sys
 from pathlib import Path
 
 import typer
@@ -52,180 +51,23 @@ def fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-@app.command()
-def run(
-    case: str = typer.Argument(..., help="The case to run, e.g. llava1_5_7b."),
-    nodes: int = typer.Option(1, help="Nodes (one container each)."),
-    gpus: int = typer.Option(None, help="GPUs per node (ranks per node on CPU); default: the config's."),
-    stage: str = typer.Option("all", help="all, train (pretrain + finetune), pretrain, finetune or eval."),
-    config: str = typer.Option(
-        None,
-        help="Config name (cases/CASE/configs/NAME.toml) or a .toml path; default: A800x{nodes}x{gpus} where one ships "
-        "(A800x1x1, A800x1x8, A800x2x8), else A800x1x8.",
-    ),
-    data: Path = typer.Option(None, help="Data root in the real layout (not needed with --synthetic)."),
-    models: Path = typer.Option(None, help="Directory with the LLM and CLIP checkpoint directories."),
-    results: Path = typer.Option(Path("runs"), help="Where run directories are created."),
-    synthetic: bool = typer.Option(False, help="Random-init model and generated data: no downloads."),
-    max_steps: int = typer.Option(0, help="Stop each stage after this many optimizer steps (0: one epoch)."),
-    native: bool = typer.Option(False, help="Run on this host with torchrun instead of in containers."),
-    save: bool = typer.Option(True, help="Save each stage's output (projector, 16-bit model)."),
-    python: str = typer.Option(sys.executable, help="Python that runs the case with --native."),
-    set_: list[str] = typer.Option(
-        None, "--set", metavar="KEY=VALUE", help="Override a config value, e.g. --set finetune.micro_batch=8."
-    ),
-    mmmu: Path = typer.Option(None, help="MMMU validation (local copy of MMMU/MMMU); default DATA/MMMU."),
-    model_dir: Path = typer.Option(None, help="With --stage eval alone: the finetuned model (a run's finetune/model)."),
-    mmmu_decoding: str = typer.Option("greedy", help="greedy (deterministic) or reference (5 beams, sampling)."),
-    eval_limit: int = typer.Option(0, help="Evaluate only the first K MMMU questions (0: all 900)."),
-    image: str = typer.Option(None, help="Container image (default: the newest `kit build` recorded under RESULTS)."),
-    hosts: str = typer.Option(
-        None, help="One Docker host per node, node 0 first: local, user@host[:port] (ssh://), or a base URL."
-    ),
-    ssh_option: list[str] = typer.Option(None, "--ssh-option", help="Extra ssh option for ssh:// hosts, e.g. '-i KEY'."),
-    master_addr: str = typer.Option(None, help="Rendezvous address of node 0 as the others reach it (several nodes)."),
-    master_port: int = typer.Option(None, help="Rendezvous port (default: a free one on node 0, or 29500 remotely)."),
-    env: list[str] = typer.Option(
-        None, "--env", metavar="KEY=VALUE", help="Set in every container (NCCL_*/GLOO_* of this shell pass on anyway)."
-    ),
-    ulimit: list[str] = typer.Option(
-        None, "--ulimit", metavar="NAME=SOFT[:HARD]", help="Container limit over kit's (memlock=-1, stack=64 MiB)."
-    ),
-    dry_run: bool = typer.Option(
-        False, help="Print the plan (containers, mounts, commands), then every check a launch would stop on; start "
-        "nothing, write nothing. Exit 0 when a launch would go, else the code the launch would exit with."
-    ),
-    launcher: str = typer.Option(
-        "local", help="local (this host: --native, or Docker containers on --hosts) or slurm (sbatch/srun)."
-    ),
-    partition: str = typer.Option(None, help="Slurm partition (--launcher slurm; default: the cluster's)."),
-    account: str = typer.Option(None, help="Slurm account to charge (--launcher slurm)."),
-    time_limit: str = typer.Option(None, "--time", help="Slurm time limit, e.g. 04:00:00 (--launcher slurm)."),
-    sbatch_arg: list[str] = typer.Option(
-        None, "--sbatch-arg", metavar="ARG", help="One more sbatch option for the batch script, e.g. --qos=bench."
-    ),
-    container_image: str = typer.Option(
-        None, help="With --launcher slurm: the image pyxis runs the stages in (e.g. a squashfs made by enroot import)."
-    ),
-    follow: bool = typer.Option(True, help="With --launcher slurm: follow the job to its end (--no-follow: submit, print the job id)."),
-    hang_timeout: float = typer.Option(
-        0.0, help="Seconds without a step before a stage is declared hung, its stacks dumped and it is stopped "
-        "(0: the larger of 600 s and 20 x the median step time)."
-    ),
-) -> None:
-    """Run a case's stages into a new run directory, with live progress.
-
-    By default each stage runs in containers of the kit's image (one per node); --native runs on this host.
-
-    Examples:
-
-      kit run llava1_5_7b --config tiny --synthetic --native
-
-      kit run llava1_5_7b --nodes 1 --gpus 8 --data /data/llava --models /models
-
-      kit run llava1_5_7b --nodes 2 --gpus 8 --hosts gpu1,gpu2 --data /shared/llava --models /shared/models --dry-run
-
-      kit run llava1_5_7b --config H200x1x1 --synthetic --native --max-steps 30 --no-save
-
-      kit run llava1_5_7b --config tiny --synthetic --native --set pretrain.micro_batch=2
-
-      kit run llava1_5_7b --stage eval --model-dir runs/RUN/finetune/model --models /models --mmmu /data/MMMU
-
-      kit run llava1_5_7b --launcher slurm --nodes 2 --partition gpu --container-image /shared/kit.sqsh --data /shared/llava --models /shared/models
-    """
-    from kit.case import UnknownCase
+def _register_run() -> None:
+    """`kit run`, `kit resume` and `kit slurm-job` first, so they lead `kit --help` and completion."""
     from kit.commands import run as run_cmd
-    from kit.launchers.containers import ContainerError
-    from kit.launchers.slurm import SlurmError
-    from kit.run.dir import RunDirError
 
-    stops: list[run_cmd.Stop] | None = [] if dry_run else None  # a dry run lists what is missing, with the plan
-    try:
-        req, cfg = run_cmd.plan(
-            case, config, stage, nodes=nodes, gpus=gpus, results=results, data=data, models=models,
-            synthetic=synthetic, max_steps=max_steps, native=native, save=save, python=python, overrides=set_ or [],
-            mmmu=mmmu, model_dir=model_dir, mmmu_decoding=mmmu_decoding, eval_limit=eval_limit, image=image,
-            hosts=hosts, ssh_options=ssh_option or [], master_addr=master_addr, master_port=master_port, env=env or [],
-            ulimits=ulimit or [], hang_timeout=hang_timeout, launcher=launcher, partition=partition, account=account,
-            time_limit=time_limit, sbatch_args=sbatch_arg or [], container_image=container_image, stops=stops,
-        )
-        if req.slurm is not None:
-            req.slurm["follow"] = follow
-        if dry_run:  # the whole plan, then every check a launch would stop on; its exit code is the launch's
-            code = run_cmd.dry_run(req, cfg, console, stops)
-        else:
-            # GPUs, disk under --results, the record files: before anything is created
-            run_cmd.preflight(req, cfg, console)
-            _, code = run_cmd.start(req, cfg, console)
-    except (ContainerError, SlurmError, run_cmd.EnvironmentProblem) as e:
-        fail(str(e), 3)
-    except (run_cmd.UsageError, UnknownCase, ValueError, RunDirError) as e:
-        fail(str(e))
-    raise typer.Exit(code)
+    app.command("run", context_settings={"help_option_names": ["-h", "--help"]})(run_cmd.run)
+    app.command("resume")(run_cmd.resume)
+    app.command("slurm-job", hidden=True)(run_cmd.slurm_job)
 
 
-@app.command()
-def resume(
-    run_ref: str = typer.Argument(None, metavar="RUN", help="Run directory or id (default: the newest)."),
-    results: Path = typer.Option(Path("runs"), help="Where run directories are."),
-    python: str = typer.Option(None, help="A corrected Python for a --native run (the first one moved or broke)."),
-    data: Path = typer.Option(None, help="A corrected data root (the same data at a new path)."),
-    models: Path = typer.Option(None, help="A corrected checkpoint directory (the same weights at a new path)."),
-    follow: bool = typer.Option(True, help="A Slurm run: follow the new job to its end (--no-follow: submit only)."),
-) -> None:
-    """Continue an interrupted or failed run from its stages' last checkpoints.
-
-    Finished stages are kept; the others resume from their newest checkpoint into the same run directory.
-    --python, --data and --models correct a path that moved; they are recorded in the run's status.jsonl
-    (run.json keeps the first request) and hold for every later resume.
-
-    Examples:
-
-      kit resume runs/20261129-101500-llava1_5_7b-tiny-1a2b
-
-      kit resume runs/20261129-101500-llava1_5_7b-tiny-1a2b --python .venv/bin/python
-    """
-    from kit.commands import run as run_cmd
-    from kit.launchers.containers import ContainerError
-    from kit.launchers.slurm import SlurmError
-    from kit.run.dir import RunDir, RunDirError, find_run
-
-    try:
-        run_dir = find_run(run_ref, results)
-        if RunDir(run_dir).stage_states().get(None) == "finished":
-            fail(f"{run_dir} has finished; nothing to resume (start a new run with `kit run`)")
-        overrides = run_cmd.resume_overrides(run_dir, python, data, models)
-        code = run_cmd.execute(run_dir, console, resumed=True, overrides=overrides, follow=follow)
-    except (ContainerError, SlurmError) as e:
-        fail(str(e), 3)
-    except (RunDirError, run_cmd.UsageError) as e:
-        fail(str(e))
-    raise typer.Exit(code)
-
-
-@app.command("slurm-job", hidden=True)
-def slurm_job(run_dir: Path = typer.Argument(..., metavar="RUN")) -> None:
-    """The batch script's command, inside the run's allocation: the run's stages, one srun step each."""
-    from kit.commands import run as run_cmd
-    from kit.launchers.slurm import SlurmError, in_allocation
-    from kit.run.dir import RunDirError
-
-    if not in_allocation():
-        fail("kit slurm-job runs inside the run's Slurm job (its batch script); use `kit resume RUN` to submit it")
-    try:  # `kit resume` recorded the resume (and its corrections) when it submitted the job
-        code = run_cmd.execute(run_dir, console)
-    except SlurmError as e:
-        fail(str(e), 3)
-    except (RunDirError, run_cmd.UsageError) as e:
-        fail(str(e))
-    raise typer.Exit(code)
+_register_run()
 
 
 @app.command()
 def report(
     run_refs: list[str] = typer.Argument(
         None, metavar="[RUN]...", help="Run directories or ids (default: the newest). Several runs of one config: "
-        "their mean and spread."
+        "their olympic mean (the headline a submission states), plain mean and spread."
     ),
     format: str = typer.Option("table", "--format", "-f", help="table, json, csv or markdown."),
     results: Path = typer.Option(Path("runs"), help="Where run directories are."),
@@ -238,7 +80,8 @@ def report(
     Derived numbers are recomputed from the run's raw facts every time (summary.json and plots are
     rewritten), so a report works on finished, failed, interrupted and running runs alike. A run that is
     not the reference's (synthetic or other data, random weights, another model shape) is labelled, and
-    its ratios against the seed are not shown. Several runs of one config give the mean and the spread.
+    its ratios against the seed are not shown. Several runs of one config give the olympic mean (the
+    headline, as a submission states it), the plain mean and the spread.
 
     Examples:
 
@@ -249,7 +92,7 @@ def report(
       kit report runs/RUN_A runs/RUN_B runs/RUN_C
     """
     from kit.commands.report import show_many
-    from kit.results.report import MixedRunsError
+    from kit.results.entries import MixedRunsError
     from kit.run.dir import RunDirError, find_run
 
     if format not in ("table", "json", "csv", "markdown"):
@@ -266,7 +109,7 @@ def report(
 
 
 @app.command()
-def configs(case: str = typer.Argument("llava1_5_7b", help="The case.")) -> None:
+def configs(case: str = typer.Argument(None, help="The case (default: the only one registered).")) -> None:
     """List a case's configs and what each sets (devices, batches and GAS at the config's own scale, ZeRO stages).
 
     Example:
@@ -279,14 +122,14 @@ def configs(case: str = typer.Argument("llava1_5_7b", help="The case.")) -> None
     from kit.tables import print_table, whole
 
     try:
-        c = cases.get(case)
+        c = cases.only() if case is None else cases.get(case)
     except cases.UnknownCase as e:
         fail(str(e))
     mod = c.config
-    table = Table(title=f"{case} configs")
+    training = cases.training(c)
+    table = Table(title=f"{c.name} configs")
     # Headers in short lines: a narrow terminal wraps them between words, never cuts one ("micro/GAS/glob…").
-    for col in ("name", "description", "nodes x\ngpus", "pretrain ZeRO,\nmicro/GAS/global",
-                "finetune ZeRO,\nmicro/GAS/global"):  # fmt: skip
+    for col in ("name", "description", "nodes x\ngpus", *(f"{s} ZeRO,\nmicro/GAS/global" for s in training)):
         table.add_column(col, overflow="fold")
 
     def batches(cfg, stage: str) -> str:
@@ -299,15 +142,12 @@ def configs(case: str = typer.Argument("llava1_5_7b", help="The case.")) -> None
 
     for name in mod.available():
         cfg = mod.load(name)
-        table.add_row(
-            name, cfg.description, f"{cfg.nodes} x {cfg.gpus_per_node}", batches(cfg, "pretrain"),
-            batches(cfg, "finetune"),
-        )  # fmt: skip
+        table.add_row(name, cfg.description, f"{cfg.nodes} x {cfg.gpus_per_node}", *(batches(cfg, s) for s in training))
     print_table(console, whole(table, "name"))
 
 
 def _register_subcommands() -> None:
-    from kit.commands import build, check_host, compare, data, env, ls, mmmu, submit, verify
+    from kit.commands import build, check_host, compare, data, env, ls, score, submit, verify
 
     app.command("build")(build.build)
     app.command("check-host")(check_host.check_host)
@@ -317,7 +157,8 @@ def _register_subcommands() -> None:
     app.command("compare")(compare.compare)
     app.command("ls")(ls.ls)
     app.add_typer(data.app, name="data", help="The case's data and weights: fetch, verify, fix.")
-    app.add_typer(mmmu.app, name="mmmu", help="MMMU validation: score raw responses with the official rules.")
+    for group in score.groups():  # `kit <eval set> score`, one per registered case's scorer
+        app.add_typer(group, name=group.info.name)
 
 
 _register_subcommands()

@@ -1,4 +1,5 @@
-"""Rich tables whose paths and ids stay whole, on a terminal and off it.
+"""Tables as every renderer writes them: Rich tables whose paths and ids stay whole, on a terminal and off it; plain
+text of a Rich renderable; markdown cells; csv of raw values.
 
 A path or a run id folded across two lines cannot be copied and pasted, and a header cut to "micro/GAS/glob…"
 says nothing; both happened where a column was narrower than one unbroken word. Here the columns that hold
@@ -7,6 +8,11 @@ a table printed to a pipe or a file is as wide as it needs: a log is read, not a
 """
 
 from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterable
+from typing import Any
 
 from rich.console import Console, ConsoleOptions, RenderResult
 from rich.measure import Measurement
@@ -58,3 +64,34 @@ def print_table(console: Console, renderable: Table | Whole) -> None:
     wide = Measurement.get(console, console.options.update_width(10**4), renderable).maximum
     # console.print(width=) cannot go past the console's own width: a console of that width on the same file
     Console(file=console.file, width=max(console.width, wide), color_system=None).print(renderable)
+
+
+def plain(renderable: Any, width: int) -> str:
+    """A Rich renderable as plain text (no colour codes) at a fixed width: for logs, pipes and tests."""
+    console = Console(file=io.StringIO(), width=width, color_system=None, force_terminal=False, record=True)
+    console.print(renderable)
+    return console.export_text()
+
+
+def md(value: Any) -> str:
+    """A markdown table cell: its pipes escaped, on one line."""
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def csv_value(v: Any) -> Any:
+    """A raw csv cell: numbers as numbers, booleans as true/false, None as an empty cell (n/a)."""
+    if v is None:
+        return ""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return v
+
+
+def csv_text(columns: list[str], rows: Iterable[dict[str, Any]]) -> str:
+    """Rows as csv with a header of `columns` (other keys are left out)."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for row in rows:
+        w.writerow({k: csv_value(row.get(k)) for k in columns})
+    return buf.getvalue()

@@ -12,6 +12,19 @@ import pytest
 
 from .tinyruns import SYSTEM_TOML, kit_cli, make_tiny_run
 
+# Fixtures whose value is a real training run (tiny, but DeepSpeed engines on several ranks): a test that asks for
+# one starts training, so it is `slow` whatever its module says.
+TRAINING_FIXTURES = {"tiny_run", "tiny_runs", "throughput_run", "tiny_submission", "pinned_run"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """`slow` on every test that starts a training process: every end-to-end test (tests/e2e, tests/pins) and any
+    test that uses a training fixture. `-m "not slow"` is then the host-only subset (docs/development.md)."""
+    for item in items:
+        parts = item.path.parts
+        if "e2e" in parts or "pins" in parts or TRAINING_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(scope="session")
 def tiny_runs(tmp_path_factory) -> list[Path]:

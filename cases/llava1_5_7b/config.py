@@ -406,6 +406,13 @@ def dumps(cfg: CaseConfig) -> str:
     return "\n".join(table("", cfg.to_dict())) + "\n"
 
 
+def default_for(nodes: int, gpus: int | None) -> str:
+    """The config `kit run` takes without --config: A800x{nodes}x{gpus} (gpus 8 when not given) where one ships, else
+    A800x1x8 run at the given scale (the global batch check then names what works)."""
+    scaled = f"A800x{nodes}x{gpus or 8}"
+    return scaled if scaled in available() else "A800x1x8"
+
+
 def available() -> list[str]:
     return sorted(q.stem for q in CONFIG_DIR.glob("*.toml"))
 

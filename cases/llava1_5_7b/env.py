@@ -2,7 +2,9 @@
 
     python -m cases.llava1_5_7b.env
 
-Exits 3 with the missing package named when the case cannot run here, before any stage starts.
+Exits 3 with the missing package named when the case cannot run here, before any stage starts; also when the
+device layer (device.py) cannot serve it: a vendor runtime (KIT_DEVICE_RUNTIME) that does not apply, or an
+accelerator that finds no device. Its `torch` section is the device layer's `stack_facts()`.
 """
 
 from __future__ import annotations
@@ -35,35 +37,33 @@ def probe() -> dict:
         "missing": missing,
         "env": {k: v for k, v in os.environ.items() if k.startswith(("NCCL_", "CUDA_", "DS_", "TORCH_", "OMP_"))},
     }
-    if "torch" not in missing:
-        import torch
+    if "torch" not in missing and "deepspeed" not in missing:
+        from . import device
 
-        cuda = torch.cuda.is_available()
-        out["torch"] = {
-            "cuda_available": cuda,
-            "cuda_version": torch.version.cuda,
-            "cudnn": torch.backends.cudnn.version() if cuda else None,
-            "nccl": ".".join(map(str, torch.cuda.nccl.version())) if cuda else None,
-            "devices": [
-                {
-                    "index": i,
-                    "name": torch.cuda.get_device_name(i),
-                    "memory_bytes": torch.cuda.get_device_properties(i).total_memory,
-                    "capability": ".".join(map(str, torch.cuda.get_device_capability(i))),
-                }
-                for i in range(torch.cuda.device_count())
-            ]
-            if cuda
-            else [],
-            "cpu_threads": torch.get_num_threads(),
-        }
+        try:  # the vendor's runtime applied and the accelerator chosen as every rank does it (device.py)
+            out["torch"] = device.init().stack_facts()
+        except device.DeviceError as e:
+            out["device_error"] = str(e)
     out["pip_freeze"] = sorted(f"{d.metadata['Name']}=={d.version}" for d in metadata.distributions() if d.metadata["Name"])
     return out
 
 
 def main() -> int:
-    facts = probe()
-    print(json.dumps(facts))
+    # Only the JSON goes to stdout (the host parses it): what DeepSpeed, the device layer or a vendor's plug-in print
+    # while the probe runs, from Python or from C, goes to stderr.
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        facts = probe()
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+    print(json.dumps(facts), flush=True)
+    if facts.get("device_error"):
+        print(f"the case cannot use the device here: {facts['device_error']}", file=sys.stderr)
+        return 3
     if facts["missing"]:
         print(
             f"the case's packages are missing here: {', '.join(facts['missing'])}; "

@@ -30,7 +30,7 @@ from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 from . import config as config_mod  # noqa: E402
-from .train import Rank, device_facts, library_versions, redirect_output, run_as_rank  # noqa: E402
+from .train import Rank, library_versions, redirect_output, run_as_rank  # noqa: E402
 
 STAGE = "eval"
 MODEL_FILE = "pytorch_model.bin"
@@ -168,6 +168,9 @@ def load_state(model: Any, path: Path) -> None:
 def evaluate(args: argparse.Namespace, rank: Rank, stage_dir: Path) -> None:
     cfg = config_mod.load(args.config)
 
+    from . import device as device_layer
+
+    dev = device_layer.init(rank.local, rank.local_world)  # the vendor's runtime first, then the device (device.py)
     import torch
 
     from .data import ImageProcessor
@@ -190,20 +193,14 @@ def evaluate(args: argparse.Namespace, rank: Rank, stage_dir: Path) -> None:
     from .model import LlavaForTraining, resolve_attn
     from .tokenizer import Tokenizer
 
-    use_cuda = torch.cuda.is_available()
-    if use_cuda:
-        torch.cuda.set_device(rank.local)
-        device = torch.device("cuda", rank.local)
-    else:
-        device = torch.device("cpu")
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, rank.local_world)))
+    device = dev.torch_device
     dist = None
     if rank.world > 1:
         import datetime
 
         dist = torch.distributed
         # Ranks finish their shares at different times; the merge waits at a barrier, so allow hours.
-        dist.init_process_group("nccl" if use_cuda else "gloo", timeout=datetime.timedelta(hours=6))
+        dist.init_process_group(dev.backend, timeout=datetime.timedelta(hours=6))
 
     def barrier() -> None:
         if dist is not None:
@@ -244,8 +241,8 @@ def evaluate(args: argparse.Namespace, rank: Rank, stage_dir: Path) -> None:
     tokenizer = Tokenizer.from_dir(tokenizer_dir(args, cfg, weights))
     dtype = resolve_dtype(args.dtype, cfg)
     attn = resolve_attn(cfg.model.attn)
-    torch.manual_seed(cfg.train.seed)
-    plan = decoding_plan(cfg, args.decoding, use_cuda)
+    dev.seed(cfg.train.seed)
+    plan = decoding_plan(cfg, args.decoding, use_cuda=dev.type == "cuda")
     # liger's fused kernels are a training lever, and do not compile under torch.compile (its RMSNorm failed there
     # on an H200: bench/results/eval): a compiled decoding step fuses the stock modules itself.
     model_cfg = dataclasses.replace(cfg.model, kernels="none") if plan["compile"] else cfg.model
@@ -301,7 +298,7 @@ def evaluate(args: argparse.Namespace, rank: Rank, stage_dir: Path) -> None:
             "image_mode": "crop",
             "attn_implementation": attn,
             "dtype": str(dtype).removeprefix("torch."),
-            **device_facts(device, rank.world),
+            **dev.facts(rank.world),
             "seed": REFERENCE_SEED if args.decoding == "reference" else None,
             "versions": versions,
             "model": model.facts(),
@@ -312,11 +309,8 @@ def evaluate(args: argparse.Namespace, rank: Rank, stage_dir: Path) -> None:
 
     # ---- generation ----------------------------------------------------------------------------------
     if args.decoding == "reference":
-        torch.manual_seed(REFERENCE_SEED)  # the reference's seed; beam sampling stays non-deterministic on GPUs
-
-    def sync() -> None:
-        if use_cuda:
-            torch.cuda.synchronize(device)
+        dev.seed(REFERENCE_SEED)  # the reference's seed; beam sampling stays non-deterministic on GPUs
+    sync = dev.synchronize
 
     decoder = BatchDecoder(model, mode=args.decoding, batch_size=batch_size, max_new_tokens=args.max_new_tokens,
                            cache=plan["cache"], compile=plan["compile"], max_cache_len=max_cache_len,

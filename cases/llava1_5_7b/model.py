@@ -25,6 +25,7 @@ import transformers
 from torch import nn
 from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM
 
+from . import device as device_layer
 from .config import ModelConfig
 
 IMAGE_TOKEN_INDEX = -200  # the `<image>` placeholder id in input_ids (the reference's value)
@@ -50,7 +51,7 @@ def _flash_attn_importable() -> bool:
 def resolve_attn(requested: str) -> str:
     """Turn the config's `attn` into a transformers `attn_implementation` (auto: flash-attn on CUDA, else sdpa)."""
     if requested == "auto":
-        return "flash_attention_2" if _flash_attn_importable() and torch.cuda.is_available() else "sdpa"
+        return "flash_attention_2" if _flash_attn_importable() and device_layer.device_type() == "cuda" else "sdpa"
     if requested not in ATTN_CHOICES:
         raise ValueError(f"unknown attention implementation {requested!r}: expected auto or one of {', '.join(ATTN_CHOICES)}")
     if requested == "flash_attention_2" and not _flash_attn_importable():
@@ -148,8 +149,9 @@ def apply_kernels(llm: torch.nn.Module, kernels: str) -> str:
     """
     if kernels == "none":
         return "none"
-    if not torch.cuda.is_available():
-        raise RuntimeError(f"model.kernels = {kernels!r} needs a CUDA GPU (Triton kernels); use kernels = 'none' on CPU")
+    if (kind := device_layer.device_type()) != "cuda":
+        raise RuntimeError(f"model.kernels = {kernels!r} needs a CUDA GPU (Triton kernels), and this process runs on "
+                           f"{'the CPU' if kind == 'cpu' else kind}; use kernels = 'none' there")
     try:
         from liger_kernel.transformers import apply_liger_kernel_to_llama
     except ImportError:

@@ -241,12 +241,14 @@ def train(args: argparse.Namespace, rank: Rank, stage_dir: Path) -> None:
     cfg = config_mod.load(args.config)
     stage_cfg = cfg.stage(args.stage)
 
-    import torch
-
-    use_cuda = torch.cuda.is_available()
     from . import compat
+    from . import device as device_layer
 
-    deepspeed = compat.import_deepspeed(use_cuda)  # on a CPU: DS_ACCELERATOR=cpu, or the case's accelerator (compat.py)
+    # The device layer first: the vendor's runtime (KIT_DEVICE_RUNTIME) before torch is imported, then DeepSpeed with
+    # an accelerator that runs here (on a CPU: DeepSpeed's own, or the case's under old releases: compat.py).
+    dev = device_layer.init(rank.local, rank.local_world)
+    import deepspeed
+    import torch
     from torch.utils.data import DataLoader
 
     from .data import FIDELITY_KEYS, Collator, LlavaDataset, StepBatchSampler
@@ -255,17 +257,11 @@ def train(args: argparse.Namespace, rank: Rank, stage_dir: Path) -> None:
     from .tokenizer import Tokenizer
 
     # ---- devices and the process group -------------------------------------------------------------
-    if use_cuda:
-        torch.cuda.set_device(rank.local)
-        device = torch.device("cuda", rank.local)
-        torch.backends.cuda.matmul.allow_tf32 = cfg.train.tf32
-        torch.backends.cudnn.allow_tf32 = cfg.train.tf32
-    else:
-        device = torch.device("cpu")
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, rank.local_world)))
-    compat.init_distributed(deepspeed, "nccl" if use_cuda else "gloo")  # gloo of torch < 2.2: compat.py
+    device = dev.torch_device  # bound to this rank (device.py); on a CPU the rank has its share of the cores
+    dev.allow_tf32(cfg.train.tf32)
+    compat.init_distributed(deepspeed, dev.backend)  # gloo of torch < 2.2: compat.py
     dist = torch.distributed
-    torch.manual_seed(cfg.train.seed)
+    dev.seed(cfg.train.seed)
 
     log = EventLog(stage_dir / "events.log", enabled=rank.main)
     log.start("init_start", {"stage": args.stage}, time_ms=PROCESS_START * 1000)
@@ -345,7 +341,7 @@ def train(args: argparse.Namespace, rank: Rank, stage_dir: Path) -> None:
 
         optimizer = DeepSpeedCPUAdam(params, adamw_mode=True, **adam)
     else:
-        optimizer = torch.optim.AdamW(params, fused=use_cuda, **adam)
+        optimizer = torch.optim.AdamW(params, fused=dev.fused_adamw, **adam)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(warmup, steps_total))
     ds_config = deepspeed_config(cfg, args.stage, gas, rank.world, bf16=cfg.train.bf16)
     leaf_modules = 0
@@ -389,12 +385,12 @@ def train(args: argparse.Namespace, rank: Rank, stage_dir: Path) -> None:
         batch_sampler=sampler,
         collate_fn=Collator(tokenizer.pad_id, cfg.model.max_length, image_tokens),
         num_workers=d.num_workers,
-        pin_memory=use_cuda,
         persistent_workers=False,
         prefetch_factor=4 if d.num_workers else None,
+        **dev.loader_pinning(),
     )
 
-    device_info = device_facts(device, rank.world)
+    device_info = dev.facts(rank.world)
     mem_total = device_info["device_mem_total_bytes"]
     log.point(
         "kit_facts",
@@ -434,10 +430,7 @@ def train(args: argparse.Namespace, rank: Rank, stage_dir: Path) -> None:
     log.start("run_start", {"step": start_step + 1})
 
     # ---- the loop ------------------------------------------------------------------------------------
-    def sync() -> None:
-        if use_cuda:
-            torch.cuda.synchronize(device)
-
+    sync = dev.synchronize
     # The fidelity counts come from the collator of the rank that trains each sample: summed over ranks like the
     # token counts, logged per step, so a resumed attempt that re-logs a step replaces it (never double counts).
     stat_keys = ("samples", "images", "real_tokens", "padded_tokens", "real_tokens_sq", "supervised_tokens",
@@ -475,7 +468,7 @@ def train(args: argparse.Namespace, rank: Rank, stage_dir: Path) -> None:
         full = model.fully_recomputed_micro_batches - full_before
         full_before = model.fully_recomputed_micro_batches
         sums = torch.tensor([*stats_sum, full, loss_sum.item(), gas], dtype=torch.float64, device=device)
-        mem = torch.tensor(_memory(device, use_cuda), dtype=torch.float64, device=device)
+        mem = torch.tensor(dev.memory(), dtype=torch.float64, device=device)
         dist.all_reduce(sums, op=dist.ReduceOp.SUM)
         dist.all_reduce(mem, op=dist.ReduceOp.MAX)
         sums, mem = sums.tolist(), mem.tolist()
@@ -546,36 +539,6 @@ def save_output(engine, model, stage: str, stage_dir: Path, rank: Rank) -> Path:
     out = stage_dir / "model"
     engine.save_16bit_model(str(out), "pytorch_model.bin")
     return out
-
-
-def _memory(device, use_cuda: bool) -> list[float]:
-    """Peak allocated, peak reserved, and device memory in use (total minus free, as nvidia-smi counts)."""
-    import torch
-
-    if use_cuda:
-        free, total = torch.cuda.mem_get_info(device)
-        return [torch.cuda.max_memory_allocated(device), torch.cuda.max_memory_reserved(device), total - free]
-    import resource
-
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return [rss, rss, rss]
-
-
-def device_facts(device, world: int) -> dict:
-    """What the stage ran on, for kit_facts: the device kind and name, how many, and its memory."""
-    import torch
-
-    cuda = device.type == "cuda"
-    return {
-        "device_type": device.type,
-        "device_name": torch.cuda.get_device_name(device) if cuda else "cpu",
-        "device_count": world,
-        "device_mem_total_bytes": torch.cuda.get_device_properties(device).total_memory if cuda else _host_memory(),
-    }
-
-
-def _host_memory() -> int:
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 if __name__ == "__main__":

@@ -64,6 +64,8 @@ class Case(Protocol):
     package: str  # the training side's importable package
     root: Path  # the folder of configs/, rules.toml, reference.toml, data-sources.toml
     stages: tuple[Stage, ...]
+    image_repository: str  # the repository of `kit build`'s tags for this case's image
+    request_aliases: dict[str, str]  # run.json fields of older runs under their current names: old -> new
     probe_module: str  # prints, as JSON, what it finds where the ranks run (environment.json's `case`); exits 3 when it cannot run
     synthetic_module: str | None  # generates the synthetic data set (--synthetic) in the run directory
     prepare_module: str | None  # prepares this host once before a native run (a JIT-built op), or None
@@ -77,6 +79,24 @@ class Case(Protocol):
 
     def request_problems(self, request: dict[str, Any], cfg: Any) -> list[str]:
         """What only the case can refuse in a request (a stage that cannot run alone, ...): one line each."""
+
+    def synthetic_questions(self, cfg: Any) -> int:
+        """Questions per eval subject that --synthetic generates."""
+
+    def synthetic_eval_questions(self, cfg: dict[str, Any]) -> int:
+        """The questions a full eval on the synthetic set answers (a resolved config as a dict)."""
+
+    def synthetic_args(self, cfg: Any, max_steps: int) -> list[str]:
+        """The synthetic data module's arguments beyond --config and --out."""
+
+    def eval_default(self, data: Path | None) -> Path | None:
+        """Where the eval set lies under --data when --eval-data is not given."""
+
+    def eval_model_problem(self, model_dir: Path | None) -> str | None:
+        """Why --model-dir cannot serve the eval stage run alone, or None."""
+
+    def eval_data_problem(self, path: Path | None) -> str:
+        """The message for an eval set that is not there."""
 
 
 class UnknownCase(KitError, KeyError):
@@ -110,6 +130,14 @@ def get(name: str) -> Case:
         return registered()[name]
     except KeyError:
         raise UnknownCase(name) from None
+
+
+def only() -> Case:
+    """The case a command takes when none is named: the only one registered (UnknownCase names them otherwise)."""
+    found = registered()
+    if len(found) == 1:
+        return next(iter(found.values()))
+    raise UnknownCase("(none given: several are registered, name one)" if found else "(none registered)")
 
 
 def stage(case: Case, name: str) -> Stage:

@@ -1,8 +1,9 @@
 """A case's submission rules (cases/<case>/rules.toml), validated against its config schema, and applied to runs.
 
 The rules file is data: which config keys are fixed and which are free (every key of the schema exactly one of
-the two), the record counts and MMMU protocol a closed run must show, the categories and how many runs each
-needs, and which figures are olympic means. `check_run` turns one run's raw facts into the list of rules it
+the two), the eval protocol a closed run must show, the categories and how many runs each needs, and which figures
+are olympic means. The record counts a closed run must show are the data's, read from the case's data-sources.toml
+(kit/case/data.py `reference_records`). `check_run` turns one run's raw facts into the list of rules it
 breaks; a closed submission must break none, an open one lists them.
 """
 
@@ -15,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from kit import case as cases
+from kit.case import data as case_data
+from kit.errors import KitError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -25,7 +28,7 @@ RULES_SCHEMA = "kit.rules/1"
 DIVISIONS = ("closed", "open")
 
 
-class RulesError(ValueError):
+class RulesError(KitError, ValueError):
     """The rules file itself is wrong; the message names the file and the key."""
 
 
@@ -109,7 +112,7 @@ def load(case_name: str, path: str | Path | None = None) -> Rules:
         raise RulesError(f"{p}: schema = {data.get('schema')!r}, expected {RULES_SCHEMA!r}")
     if data.get("case") != case_name:
         raise RulesError(f"{p}: case = {data.get('case')!r}, expected {case_name!r}")
-    known = {"schema", "case", "reference", "fixed", "free", "stages", "eval", "weights", "data", "categories", "olympic"}
+    known = {"schema", "case", "reference", "fixed", "free", "eval", "weights", "data", "categories", "olympic"}
     if unknown := sorted(set(data) - known):
         raise RulesError(f"{p}: unknown table {unknown[0]}; allowed: {', '.join(sorted(known))}")
     ref = _need(data, "reference.config", str, p)
@@ -133,9 +136,11 @@ def load(case_name: str, path: str | Path | None = None) -> Rules:
             raise RulesError(f"{p}: config key {k} is both fixed ({f[0]!r}) and free ({r[0]!r})")
         if not f and not r:
             raise RulesError(f"{p}: config key {k} is neither fixed nor free: add it to [fixed] or [free]")
-    records = {}
-    for stage in ("pretrain", "finetune"):
-        records[stage] = _need(data, f"stages.{stage}.records", int, p)
+    # The record counts a closed run must show are the data's: the case's data-sources.toml holds them, once.
+    try:
+        records = case_data.reference_records(case)
+    except ValueError as e:  # SourcesError: the file and the key
+        raise RulesError(f"{p}: the record counts cannot be read: {e}") from None
     cats = _need(data, "categories", dict, p)
     for name in ("full", "throughput"):
         if name not in cats:
@@ -173,9 +178,11 @@ def olympic_mean(values: list[float], drop: int = 1, min_runs: int = 3) -> float
     return sum(vals) / len(vals)
 
 
-def _shape(cfg: dict[str, Any]) -> tuple:
-    m = cfg.get("model", {})
-    return tuple(sorted(flatten({"llm": m.get("llm", {}), "vision": m.get("vision", {})}).items()))
+def _shape(case: Any, cfg: dict[str, Any]) -> str:
+    """The model's shape, as the case defines it (its metrics' `shape`): the one definition comparability uses."""
+    import json
+
+    return json.dumps(case.metrics.shape(cfg), sort_keys=True, default=str)
 
 
 def reference_for(rules: Rules, config: dict[str, Any], synthetic: bool) -> dict[str, Any]:
@@ -184,7 +191,8 @@ def reference_for(rules: Rules, config: dict[str, Any], synthetic: bool) -> dict
     if not synthetic:
         return cfgmod.load(rules.reference_config).to_dict()
     candidates = [cfgmod.load(n).to_dict() for n in rules.synthetic_configs]
-    same = [c for c in candidates if _shape(c) == _shape(config)]
+    case = cases.get(rules.case)
+    same = [c for c in candidates if _shape(case, c) == _shape(case, config)]
     return same[0] if same else candidates[0]
 
 
@@ -232,25 +240,26 @@ def filter_standing(rules: Rules, stage: str, fixed_file: str, provenance: dict[
 def check_run(rules: Rules, facts: dict[str, Any], category: str, where: str = "") -> list[Break]:
     """The rules one run breaks. `facts`: config, synthetic, stages {name: kit_facts}, eval facts, inputs."""
     config, synthetic = facts["config"], bool(facts.get("synthetic"))
+    case = cases.get(rules.case)
+    training = cases.training(case)
+    ref = reference_for(rules, config, synthetic)
     out = check_config(rules, config, synthetic, where)
     data_stages = (((facts.get("inputs") or {}).get("data") or {}).get("stages") or {})
     dropped: dict[str, int] = {}
     if not synthetic:  # a filtered record file in place of the fixed one: admitted within [data.filtered]
-        ref_data = reference_for(rules, config, synthetic).get("data", {})
-        for stage in ("pretrain", "finetune"):
-            key = f"data.{stage}_json"
+        for stage in training:
+            key = case.data.record_key(stage)
             hit = [b for b in out if b.key == key]
             prov = (data_stages.get(stage) or {}).get("filter")
-            if hit and filter_standing(rules, stage, ref_data.get(f"{stage}_json"), prov) is None:
+            if hit and filter_standing(rules, stage, case.data.record_file(ref, stage), prov) is None:
                 out.remove(hit[0])
                 dropped[stage] = int(prov.get("dropped") or 0)
             elif hit and prov:  # it tried to be a filtered file: say why it does not stand in
-                why = filter_standing(rules, stage, ref_data.get(f"{stage}_json"), prov)
+                why = filter_standing(rules, stage, case.data.record_file(ref, stage), prov)
                 b = hit[0]
                 out[out.index(b)] = Break(f"{b.rule}; as a filtered record file: {why}", key, b.expected, b.found, b.where)
     full = category == "full"
-    ref = reference_for(rules, config, synthetic)
-    for stage in ("pretrain", "finetune"):
+    for stage in training:
         f = (facts.get("stages") or {}).get(stage) or {}
         if not f:
             continue
@@ -265,17 +274,18 @@ def check_run(rules: Rules, facts: dict[str, Any], category: str, where: str = "
                              ref[stage]["global_batch"], f.get("global_batch"), where))  # fmt: skip
     ev = facts.get("eval") or {}
     if ev and full:
-        want = rules.questions if not synthetic else 30 * int(ref["synthetic"]["mmmu_questions"])
+        want = rules.questions if not synthetic else case.synthetic_eval_questions(ref)
+        name = case.scorer.name if case.scorer else "eval"
         if ev.get("questions") != want:
-            out.append(Break("all MMMU validation questions", "eval.questions", want, ev.get("questions"), where))
+            out.append(Break(f"all {name} questions", "eval.questions", want, ev.get("questions"), where))
         if ev.get("decoding") != rules.decoding:
-            out.append(Break("the MMMU decoding", "eval.decoding", rules.decoding, ev.get("decoding"), where))
+            out.append(Break(f"the {name} decoding", "eval.decoding", rules.decoding, ev.get("decoding"), where))
     inputs = facts.get("inputs") or {}
     weights = inputs.get("weights") or {}
     if not synthetic:
         if weights.get("random_init") is not rules.weights.get("random_init", False):
             out.append(Break("the published initial weights", "weights.random_init", False, weights.get("random_init"), where))
-        for part in ("llm", "vision"):
+        for part in (c.part for c in case.data.checkpoints(None)):
             pin = rules.weights.get(f"{part}_sha256")
             got = (weights.get(part) or {}).get("digest")
             if pin and got != pin:
@@ -293,7 +303,7 @@ def check_run(rules: Rules, facts: dict[str, Any], category: str, where: str = "
             if found:
                 out.append(Break("data verified by `kit data verify` before the run", "data.manifest", "valid and clean",
                                  found, where))  # fmt: skip
-        for stage in ("pretrain", "finetune"):
+        for stage in training:
             pin = rules.data.get(f"{stage}_sha256")
             got = (((inputs.get("data") or {}).get("stages") or {}).get(stage) or {}).get("sha256")
             if stage in dropped:  # the pin is the original's: filter_standing checked it against the sidecar

@@ -2,7 +2,8 @@
 
 A missing file found here costs seconds; found by the training job, it costs a container start, a model load
 and a confusing traceback. Record counts are compared with the reference data sets so a truncated download
-or a different version shows before hours of training.
+or a different version shows before hours of training. Where the files lie, how records are counted and what the
+reference holds, the case says (kit/case/data.py); the counts are in its data-sources.toml, nowhere else.
 """
 
 from __future__ import annotations
@@ -10,53 +11,36 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from kit.case import data as case_data
 from kit.checks import Check
 
-# The reference data sets (LLaVA-1.5): LAION-CC-SBU 558K captions, the mix665k instructions.
-REFERENCE_RECORDS = {"pretrain": 558_128, "finetune": 665_298}
-# The finetune images' folders under the data root (docs/data.md; cases/llava1_5_7b/synthetic.py).
-FINETUNE_FOLDERS = ("coco/train2017", "gqa/images", "ocr_vqa/images", "textvqa/train_images", "vg/VG_100K", "vg/VG_100K_2")
 WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json")
-MMMU_SUBJECTS = 30
 SYNTHETIC_HINT = "or run with --synthetic, which needs no data and no weights"
 SHOWN = 5  # problems a --deep check names in its detail; the rest are counted
-CASE = "llava1_5_7b"  # the case whose data-sources.toml holds the reference counts (kit/data/sources.py)
 
 
-def count_records(path: Path, chunk: int = 1 << 24) -> int:
-    """Records of a LLaVA JSON file without parsing it (665K records are ~1 GB): each has one
-    "conversations" key, and inside string values that text would be escaped (\\"conversations\\")."""
-    needle = b'"conversations"'
-    n, tail = 0, b""
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            buf = tail + block
-            n += buf.count(needle)
-            tail = buf[-(len(needle) - 1):]  # too short to hold a whole needle: nothing counts twice
-    return n
-
-
-def verify_checks(cfg: Any, root: Path, models: Path | None = None, progress: Any = None) -> list[Check]:
+def verify_checks(cfg: Any, root: Path, models: Path | None = None, progress: Any = None, case: Any = None) -> list[Check]:
     """`--deep`: `kit data verify` itself (every record through the case's validator, every image decoded on all
     cores, the manifest written), its findings as check rows. Its progress goes to stderr as verify's does (minutes
     of decoding are never silent); the rows and --json go to stdout."""
     from kit.data import audit as data_verify
-    from kit.data import sources
     from kit.data.progress import PhaseProgress
 
-    layout = data_verify.Layout.from_config(root, cfg)
+    c = case or case_data.of_config(cfg)
+    layout = data_verify.Layout.from_config(root, cfg, c)
     display = progress if progress is not None else PhaseProgress()
     try:
-        v = data_verify.verify(layout, sources.for_case(CASE).reference, case=CASE, models=models, progress=display)
+        v = data_verify.verify(layout, case_data.reference(c), models=models, progress=display)
     except data_verify.VerifyError as e:
         return [Check("data", "data verify", "fail", str(e), "pip install pillow" if "Pillow" in str(e) else "")]
     finally:
         if isinstance(display, PhaseProgress):
             display.close()
+    counted = {f"{sd.stage} records" for sd in layout.stages}
     rows, folders = [], []
     for f in v.result["findings"]:
-        if f["what"] in ("pretrain records", "finetune records") or f["detail"].startswith("not checked"):
-            continue  # the record counts are the rows above; weights and MMMU have rows of their own
+        if f["what"] in counted or f["detail"].startswith("not checked"):
+            continue  # the record counts are the rows above; weights and the eval set have rows of their own
         if f["what"].startswith("folder ") and f["level"] == "info":
             folders.append(f"{f['what'][7:]} {f['detail']}")
             continue
@@ -75,12 +59,14 @@ def _listed(problems: list[str]) -> str:
     return "; ".join(problems[:SHOWN]) + (f"; and {more:,} more" if more > 0 else "")
 
 
-def _json_check(name: str, path: Path, stage: str) -> list[Check]:
-    ref = REFERENCE_RECORDS[stage]
+def _json_check(name: str, path: Path, ref: int | None, count: Any) -> list[Check]:
+    """A record file, its records counted by the case (without parsing) against the reference's count."""
     if not path.is_file():
         return [Check("data", name, "fail", f"missing: {path}", f"download it to {path} ({SYNTHETIC_HINT})", {"path": str(path)})]
-    n = count_records(path)
+    n = count(path)
     data = {"path": str(path), "records": n, "reference": ref}
+    if ref is None:
+        return [Check("data", name, "ok", f"{n:,} records (no reference count)", data=data)]
     if n == ref:
         return [Check("data", name, "ok", f"{n:,} records, as the reference", data=data)]
     diff = n - ref
@@ -99,33 +85,39 @@ def _dir_check(name: str, path: Path) -> Check:
     return Check("data", name, "ok", str(path), data={"path": str(path)})
 
 
-def data_checks(cfg: Any, data: Path | None, deep: bool = False) -> list[Check]:
-    """Both JSON files with their record counts, and the image folders; MMMU when its folder exists."""
+def _folders_check(name: str, images: Path, folders: tuple[str, ...]) -> Check:
+    missing = [f for f in folders if not (images / f).is_dir()]
+    if missing:
+        return Check("data", name, "fail", f"missing under {images}: {', '.join(missing)}",
+                     f"download and unpack them into {images} ({SYNTHETIC_HINT})", {"missing": missing})  # fmt: skip
+    return Check("data", name, "ok", f"{len(folders)} folders under {images}")
+
+
+def data_checks(cfg: Any, data: Path | None, deep: bool = False, case: Any = None) -> list[Check]:
+    """Each training stage's record file with its record count and its image folders; the eval set when its folder
+    exists. `case`: the case whose layout this is (default: the one whose config schema made `cfg`)."""
     if data is None:
         return [Check("data", "data", "skip", f"--data not given; pass --data DIR to check the data ({SYNTHETIC_HINT})")]
+    c = case or case_data.of_config(cfg)
+    stages = case_data.stages(c, cfg)
     root = Path(data)
     if not root.is_dir():
         return [Check("data", "data", "fail", f"--data {root}: no such directory",
-                      f"pass the directory that holds {cfg.data.pretrain_json} and {cfg.data.finetune_json}")]
-    ft_images = root / cfg.data.finetune_images
-    checks = [
-        *_json_check("pretrain JSON", root / cfg.data.pretrain_json, "pretrain"),
-        _dir_check("pretrain images", root / cfg.data.pretrain_images),
-        *_json_check("finetune JSON", root / cfg.data.finetune_json, "finetune"),
-    ]
-    missing = [f for f in FINETUNE_FOLDERS if not (ft_images / f).is_dir()]
-    if missing:
-        checks.append(Check(
-            "data", "finetune images", "fail", f"missing under {ft_images}: {', '.join(missing)}",
-            f"download and unpack them into {ft_images} ({SYNTHETIC_HINT})", {"missing": missing},
-        ))  # fmt: skip
-    else:
-        checks.append(Check("data", "finetune images", "ok", f"{len(FINETUNE_FOLDERS)} folders under {ft_images}"))
-    if (root / "MMMU").is_dir():
-        checks.append(mmmu_check(root / "MMMU"))
+                      f"pass the directory that holds {' and '.join(sd.records for sd in stages)}")]
+    reference = case_data.reference(c).records
+    checks: list[Check] = []
+    for sd in stages:
+        checks += _json_check(f"{sd.stage} JSON", root / sd.records, reference.get(sd.stage), c.data.count_records)
+        if sd.folders:
+            checks.append(_folders_check(f"{sd.stage} images", root / sd.images, sd.folders))
+        else:
+            checks.append(_dir_check(f"{sd.stage} images", root / sd.images))
+    ev = c.data.eval_set()
+    if ev is not None and (root / ev.folder).is_dir():
+        checks.append(eval_check(root / ev.folder, ev, root))
     # --deep runs the verifier, which writes the manifest; the manifest row then says what it found.
     if deep:
-        checks += verify_checks(cfg, root)
+        checks += verify_checks(cfg, root, case=c)
     checks.append(manifest_check(root))
     return checks
 
@@ -166,41 +158,47 @@ def manifest_check(root: Path) -> Check:
                  data=data)  # fmt: skip
 
 
-def mmmu_check(path: Path) -> Check:
-    """MMMU validation data: one folder per subject holding parquet files."""
-    subjects = sorted(d.name for d in path.iterdir() if d.is_dir() and any(d.rglob("*.parquet")))
-    data = {"path": str(path), "subjects": len(subjects)}
-    if len(subjects) == MMMU_SUBJECTS:
-        return Check("data", "MMMU", "ok", f"{len(subjects)} subjects with parquet files", data=data)
+def eval_check(path: Path, ev: Any, data: Path | None = None) -> Check:
+    """The eval set: one folder per group holding its files (a quick look; `kit data verify` checks each whole)."""
+    groups = sorted(d.name for d in path.iterdir() if d.is_dir() and any(d.rglob(ev.files)))
+    kind = Path(ev.files).suffix.lstrip(".") or "data"
+    n = len(ev.groups)
+    info = {"path": str(path), "groups": len(groups)}
+    if len(groups) >= n:
+        return Check("data", ev.name, "ok", f"{len(groups)} {ev.group_word} with {kind} files", data=info)
+    fetch = f"kit data fetch --data {data} --only {ev.source}" if data is not None and ev.source else ""
     return Check(
-        "data", "MMMU", "warn" if subjects else "fail",
-        f"{len(subjects)} of {MMMU_SUBJECTS} subjects with parquet files under {path}",
-        f"download MMMU (all {MMMU_SUBJECTS} subjects, validation split) into {path}, one folder per subject", data,
+        "data", ev.name, "warn" if groups else "fail",
+        f"{len(groups)} of {n} {ev.group_word} with {kind} files under {path}",
+        f"download {ev.name} into {path} (all {n} {ev.group_word}, a folder each)" + (f": {fetch}" if fetch else ""),
+        info,
     )  # fmt: skip
 
 
-def model_checks(cfg: Any, models: Path | None) -> list[Check]:
-    """The LLM and CLIP checkpoint directories: config.json, weights, and the LLM's tokenizer.model."""
+def model_checks(cfg: Any, models: Path | None, case: Any = None) -> list[Check]:
+    """The checkpoint folders the case loads: the files each must hold (config.json, a tokenizer) and weights."""
     if models is None:
         return [Check("data", "weights", "skip", f"--models not given; pass --models DIR to check the weights ({SYNTHETIC_HINT})")]
+    c = case or case_data.of_config(cfg)
+    parts = c.data.checkpoints(cfg)
     root = Path(models)
     if not root.is_dir():
+        held = " and ".join(f"{cp.folder}/" for cp in parts)
         return [Check("data", "weights", "fail", f"--models {root}: no such directory",
-                      f"pass the directory that holds {cfg.model.llm_dir}/ and {cfg.model.vision_dir}/ ({SYNTHETIC_HINT})")]
+                      f"pass the directory that holds {held} ({SYNTHETIC_HINT})")]
     checks = []
-    for name, sub, tokenizer in (("LLM weights", cfg.model.llm_dir, True), ("CLIP weights", cfg.model.vision_dir, False)):
-        d = root / sub
-        need = ["config.json", *(["tokenizer.model"] if tokenizer else [])]
-        missing = [f for f in need if not (d / f).is_file()]
+    for cp in parts:
+        d = root / cp.folder
+        missing = [f for f in cp.needs if not (d / f).is_file()]
         weights = sorted({p.name for pat in WEIGHT_PATTERNS for p in d.glob(pat)}) if d.is_dir() else []
         if not weights:
             missing.append("weights (*.safetensors or *.bin)")
         if not d.is_dir():
-            checks.append(Check("data", name, "fail", f"missing folder: {d}",
+            checks.append(Check("data", cp.label, "fail", f"missing folder: {d}",
                                 f"download the Hugging Face checkpoint into {d} ({SYNTHETIC_HINT})", {"path": str(d)}))
         elif missing:
-            checks.append(Check("data", name, "fail", f"{d}: missing {', '.join(missing)}",
+            checks.append(Check("data", cp.label, "fail", f"{d}: missing {', '.join(missing)}",
                                 f"download the complete Hugging Face checkpoint into {d}", {"path": str(d), "missing": missing}))
         else:
-            checks.append(Check("data", name, "ok", f"{d} ({len(weights)} weight files)", data={"path": str(d), "weights": weights}))
+            checks.append(Check("data", cp.label, "ok", f"{d} ({len(weights)} weight files)", data={"path": str(d), "weights": weights}))
     return checks

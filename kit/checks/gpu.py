@@ -130,8 +130,8 @@ def _memory(nvml: Any, handles: list, device: str) -> Check:
         return Check(
             "gpu", "GPU memory", "warn",
             f"{detail}: the reference batches peaked at {REFERENCE_PEAK_GIB} GB per GPU (A800-80GB, seed)",
-            "lower the micro batch (`--set finetune.micro_batch=8`, the global batch is kept) or offload "
-            "optimizer state (`--set finetune.offload_optimizer=0.3`)", data,
+            "lower the micro batch (`--set STAGE.micro_batch=N`, the global batch is kept) or offload optimizer "
+            "state (`--set STAGE.offload_optimizer=0.3`) of the stage that needs the most memory", data,
         )  # fmt: skip
     return Check("gpu", "GPU memory", "ok", detail, data=data)
 

@@ -2,30 +2,27 @@
 
 Every reader takes `root` (default "/") and reads files under it (`root/proc/mounts`, `root/proc/self/limits`,
 `root/sys/class/infiniband/...`), so tests build a real fake tree in a temporary directory and the same code
-could read a host's tree mounted elsewhere. The thresholds are derived from the config; each check says the
-numbers it used and where they come from.
+could read a host's tree mounted elsewhere. The thresholds are derived from the config by the case, which knows
+its model's size and its loader's batches (`case.data`, kit/case/data.py: results_need, memory_need, shm_need);
+each check says the numbers it used and where they come from.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kit.case import data as case_data
 from kit.checks import Check
 
 GB = 1000**3
 GIB = 1024**3
 MIB = 1024**2
 
-# cases/llava1_5_7b/train.py builds its DataLoader with prefetch_factor=4: each worker keeps 4 batches in flight.
-PREFETCH_FACTOR = 4
 # NVIDIA's containers recommend these (NGC "--ulimit memlock=-1 --ulimit stack=67108864").
 STACK_RECOMMENDED = 64 * MIB
 STACK_FLOOR = 8 * MIB  # the Linux default; PyTorch trains with it
-# An upper bound per synthetic JPEG (sides 200-640 px, quality 85), for the run directory's synthetic data.
-SYNTHETIC_JPEG_BYTES = 200_000
 DOCKER_ULIMITS = "--ulimit memlock=-1 --ulimit stack=67108864"
 
 
@@ -45,51 +42,14 @@ def human(n: float) -> str:
     return f"{n / GB:.1f} GB" if n >= GB else f"{n / MIB:.0f} MiB"
 
 
-# ---------------------------------------------------------------- model sizes (for disk and memory needs)
-
-
-@dataclass
-class Sizes:
-    llm: int
-    vision: int
-    projector: int
-
-    @property
-    def trainable_finetune(self) -> int:  # the LLM and the projector; CLIP stays frozen
-        return self.llm + self.projector
-
-
-def model_sizes(cfg: Any) -> Sizes:
-    """Parameter counts from the config's shape (7B: LLM 6.74e9, CLIP 0.30e9, projector 21e6)."""
-    m, v = cfg.model.llm, cfg.model.vision
-    head = m.hidden // m.heads
-    layer = 2 * m.hidden * m.hidden + 2 * m.hidden * m.kv_heads * head + 3 * m.hidden * m.ffn + 2 * m.hidden
-    llm = 2 * m.vocab * m.hidden + m.layers * layer + m.hidden
-    positions = (v.image_size // v.patch) ** 2 + 1
-    vlayer = 4 * v.hidden * v.hidden + 4 * v.hidden + 2 * v.hidden * v.ffn + v.ffn + v.hidden + 4 * v.hidden
-    vision = v.layers * vlayer + 3 * v.patch * v.patch * v.hidden + positions * v.hidden
-    projector = v.hidden * m.hidden + m.hidden * m.hidden + 2 * m.hidden
-    return Sizes(llm, vision, projector)
-
-
 # ---------------------------------------------------------------- /dev/shm
 
 
-def shm_need(cfg: Any) -> tuple[int, str]:
-    """Bytes of /dev/shm the DataLoader workers of one node hold at once, and how that was computed.
-
-    Workers hand batches to the rank through shared memory: gpus x workers x prefetch batches are in flight,
-    each micro batch x (one fp32 image 3xSxS + input ids, labels and mask of max_length tokens)."""
-    w = cfg.data.num_workers
-    micro = max(cfg.pretrain.micro_batch, cfg.finetune.micro_batch)
-    s = cfg.model.vision.image_size
-    per_sample = 3 * s * s * 4 + cfg.model.max_length * (8 + 8 + 1)
-    need = cfg.gpus_per_node * w * PREFETCH_FACTOR * micro * per_sample
-    how = (
-        f"{cfg.gpus_per_node} GPUs x {w} DataLoader workers x {PREFETCH_FACTOR} prefetched batches x micro batch "
-        f"{micro} x {per_sample / MIB:.2f} MiB per sample (fp32 {s}x{s} image + tokens)"
-    )
-    return need, how
+def shm_need(cfg: Any, case: Any = None) -> tuple[int, str]:
+    """Bytes of /dev/shm the loader workers of one node hold at once, and how that was computed (the case's
+    batches: workers hand them to the rank through shared memory)."""
+    need = (case or case_data.of_config(cfg)).data.shm_need(cfg)
+    return need.bytes, need.how
 
 
 def shm_size(root: str | Path = "/") -> int | None:
@@ -116,8 +76,8 @@ def _parse_size(text: str) -> int:
     return int(t)
 
 
-def shm_check(cfg: Any, root: str | Path = "/") -> Check:
-    need, how = shm_need(cfg)
+def shm_check(cfg: Any, root: str | Path = "/", case: Any = None) -> Check:
+    need, how = shm_need(cfg, case)
     size = shm_size(root)
     data = {"size_bytes": size, "need_bytes": need}
     fix = (
@@ -214,29 +174,16 @@ def free_bytes(path: str | Path) -> tuple[Path, int]:
     return p, st.f_bavail * st.f_frsize
 
 
-def results_need(cfg: Any, synthetic: bool = True) -> tuple[int, int, str]:
-    """(bytes for a full run, bytes to save anything, how): checkpoints, the 16-bit model, synthetic data.
-
-    Finetune checkpoints hold the trainable parameters (LLM + projector) as bf16 weights + fp32 master
-    weights + two fp32 Adam moments = 14 bytes each; train.py keeps the newest two and writes a third before
-    deleting the oldest. Pretrain trains only the projector. The finetune output is the 16-bit model."""
-    sz = model_sizes(cfg)
-    ckpt_ft = 14 * sz.trainable_finetune
-    ckpt_pt = 14 * sz.projector
-    model16 = 2 * (sz.llm + sz.vision + sz.projector)
-    synth = (cfg.synthetic.pretrain_records + cfg.synthetic.finetune_records) * SYNTHETIC_JPEG_BYTES if synthetic else 0
-    full = 3 * (ckpt_ft + ckpt_pt) + model16 + synth
-    minimum = ckpt_ft + ckpt_pt + model16
-    how = (
-        f"finetune checkpoint {human(ckpt_ft)} (14 B x {sz.trainable_finetune / 1e9:.2f}e9 trainable params) x 3 "
-        f"in flight, 16-bit model {human(model16)}, synthetic data <= {human(synth)}"
-    )
-    return full, minimum, how
+def results_need(cfg: Any, synthetic: bool = True, case: Any = None) -> tuple[int, int, str]:
+    """(bytes for a full run, bytes to save anything, how) under --results: the case's checkpoints, its exported
+    model and its synthetic data, from its model's size (`case.data.results_need`)."""
+    need = (case or case_data.of_config(cfg)).data.results_need(cfg, synthetic)
+    return need.bytes, need.minimum, need.how
 
 
-def disk_checks(cfg: Any, data: Path | None, results: Path) -> list[Check]:
+def disk_checks(cfg: Any, data: Path | None, results: Path, case: Any = None) -> list[Check]:
     checks = []
-    full, minimum, how = results_need(cfg)
+    full, minimum, how = results_need(cfg, case=case)
     where, free = free_bytes(results)
     data_ = {"path": str(where), "free_bytes": free, "need_bytes": full, "min_bytes": minimum}
     fix = f"free space at {where} or pass `--results DIR` on a larger disk (need {human(full)})"
@@ -314,23 +261,18 @@ def cpu_check(cfg: Any, cores: int, model: str) -> Check:
     return Check("system", "CPU", "warn", f"{detail}: processes share cores, steps slow down", fix, data)
 
 
-def host_checks(cfg: Any, root: str | Path = "/") -> list[Check]:
+def host_checks(cfg: Any, root: str | Path = "/", case: Any = None) -> list[Check]:
     model, cores = cpu_info(root)
     checks = [cpu_check(cfg, cores, model)]
 
-    sz = model_sizes(cfg)
-    offload = max(cfg.pretrain.offload_optimizer, cfg.finetune.offload_optimizer)
-    need = 2 * sz.llm + int(offload * 16 * sz.trainable_finetune)
+    memory = (case or case_data.of_config(cfg)).data.memory_need(cfg)  # the case knows its model's size
+    need, how = memory.bytes, memory.how
     mem = mem_total(root)
-    how = f"the 16-bit LLM ({human(2 * sz.llm)}) while loading" + (
-        f" + {offload:.0%} of the optimizer on the CPU (16 B per param: fp32 weights, gradients, 2 Adam moments)"
-        if offload else ""
-    )
     if mem is None:
         checks.append(Check("system", "memory", "warn", "MemTotal not readable", "check /proc/meminfo"))
     elif mem < need:
         checks.append(Check("system", "memory", "warn", f"{human(mem)}; needs at least ~{human(need)} ({how})",
-                            "use a host with more memory or lower finetune.offload_optimizer", {"total_bytes": mem}))
+                            memory.fix or "use a host with more memory", {"total_bytes": mem}))
     else:
         checks.append(Check("system", "memory", "ok", f"{human(mem)} (at least ~{human(need)}: {how})",
                             data={"total_bytes": mem, "need_bytes": need}))
@@ -381,14 +323,14 @@ def ib_check(nodes: int, root: str | Path = "/") -> Check:
 
 
 def system_checks(
-    cfg: Any, nodes: int, data: Path | None, results: Path, root: str | Path = "/"
+    cfg: Any, nodes: int, data: Path | None, results: Path, root: str | Path = "/", case: Any = None
 ) -> list[Check]:
     """Every non-GPU check of this module, in the order the table shows them."""
     ib = ib_check(nodes, root)
     return [
-        shm_check(cfg, root),
+        shm_check(cfg, root, case),
         *limits_checks(nodes, any("ACTIVE" in p["state"].upper() for p in ib.data["ports"]), root),
-        *disk_checks(cfg, data, results),
-        *host_checks(cfg, root),
+        *disk_checks(cfg, data, results, case),
+        *host_checks(cfg, root, case),
         ib,
     ]

@@ -57,8 +57,8 @@ from kit.vendors.nvml import NVMLUnavailable, open_nvml
 class CheckArgs:
     """What was asked, in a form that travels to another host."""
 
-    case: str = "llava1_5_7b"
-    config: str = "A800x1x8"
+    case: str = field(default_factory=lambda: cases.only().name)  # the only case registered, unless named
+    config: str = field(default_factory=lambda: cases.only().config.default_for(1, None))
     data: str | None = None
     models: str | None = None
     results: str = "runs"
@@ -291,8 +291,9 @@ def exit_code(host_results: dict[str, list[Check]]) -> int:
 
 
 def check_host(
-    case: str = typer.Option("llava1_5_7b", "--case", help="The case to check for."),
-    config: str = typer.Option("A800x1x8", "--config", help="Config name (its GPUs per node, batches, paths)."),
+    case: str = typer.Option(None, "--case", help="The case to check for (default: the only one registered)."),
+    config: str = typer.Option(None, "--config", help="Config name (its GPUs per node, batches, paths); default: the "
+                               "case's reference config."),
     hosts: str = typer.Option(None, "--hosts", help="Comma-separated hosts to check over ssh (default: this host)."),
     data: Path = typer.Option(None, "--data", help="Data root in the real layout (skip: not checked)."),
     models: Path = typer.Option(None, "--models", help="Directory with the LLM and CLIP checkpoint directories."),
@@ -343,7 +344,8 @@ def check_host(
     if launcher != "slurm" and partition:
         usage("--partition is for --launcher slurm; add `--launcher slurm`")
     try:
-        c = cases.get(case)
+        c = cases.only() if case is None else cases.get(case)
+        case, config = c.name, config or c.config.default_for(1, None)
         cfg = cases.load_config(c, config)
     except (cases.UnknownCase, ValueError) as e:
         usage(str(e))

@@ -10,7 +10,22 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from kit.results.entries import Comparison, build
+from kit.results.render_compare import render_csv, render_json, render_markdown, render_text, table_renderable
+from kit.results.render_html import render_html
+from kit.submission import SubmissionError
+
 err = Console(stderr=True)
+RENDERERS = {"table": render_text, "markdown": render_markdown, "json": render_json, "csv": render_csv,
+             "html": render_html}  # fmt: skip
+FORMATS = tuple(RENDERERS)
+
+
+def render(c: Comparison, fmt: str = "table") -> str:
+    """The comparison as text in one of FORMATS (table: plain text without colour codes)."""
+    if fmt not in RENDERERS:
+        raise ValueError(f"unknown format {fmt!r}: choose one of {', '.join(FORMATS)}")
+    return RENDERERS[fmt](c)
 
 
 def compare(
@@ -26,7 +41,7 @@ def compare(
     format: str = typer.Option("table", "--format", "-f", help="table, markdown, json, csv or html."),
     out: Path = typer.Option(None, "--out", "-o", metavar="FILE", help="Write the output to FILE instead of stdout."),
 ) -> None:
-    """Compare systems: one row per system and stage, olympic means over each system's runs, ratios to a baseline.
+    """Compare systems: one row per system and stage, the olympic mean over each system's runs, ratios to a baseline.
 
     Every figure is recomputed from the runs' raw facts. Ratios between entries that differ in synthetic data,
     category, division or model shape say "not comparable: <why>" instead of a number.
@@ -41,21 +56,18 @@ def compare(
 
       kit compare submissions/acme submissions/globex --format html --out compare.html
     """
-    from kit.results import compare as cmp_mod
-    from kit.submission import SubmissionError
-
-    if format not in cmp_mod.FORMATS:
-        err.print(f"[bold red]error:[/] --format {escape(format)!r}: expected {', '.join(cmp_mod.FORMATS)}")
+    if format not in FORMATS:
+        err.print(f"[bold red]error:[/] --format {escape(format)!r}: expected {', '.join(FORMATS)}")
         raise typer.Exit(2)
     try:
-        c = cmp_mod.build(list(inputs), reference=reference, baseline=baseline)
+        c = build(list(inputs), reference=reference, baseline=baseline)
     except SubmissionError as e:
         err.print(f"[bold red]error:[/] {escape(str(e))}", soft_wrap=True)
         raise typer.Exit(2) from None
     if out is not None:
         try:
             out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(cmp_mod.render(c, format), encoding="utf-8")
+            out.write_text(render(c, format), encoding="utf-8")
         except OSError as e:
             err.print(f"[bold red]error:[/] --out {escape(str(out))}: {escape(str(e))}", soft_wrap=True)
             raise typer.Exit(2) from None
@@ -64,6 +76,6 @@ def compare(
     if format == "table":
         # A pipe or a file gets the whole table rather than one squeezed to 80 columns.
         wide = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 200
-        Console(width=wide).print(cmp_mod.table_renderable(c))
+        Console(width=wide).print(table_renderable(c))
     else:
-        sys.stdout.write(cmp_mod.render(c, format))
+        sys.stdout.write(render(c, format))

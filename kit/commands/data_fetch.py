@@ -22,8 +22,8 @@ def fetch(
     url: list[str] = typer.Option(None, "--url", metavar="SOURCE=URL", help="Replace one http or covers source's URL (repeatable)."),
     hf_endpoint: str = typer.Option("", "--hf-endpoint", metavar="URL", help="Hugging Face hub or mirror (default: HF_ENDPOINT, else huggingface.co)."),
     keep_archives: bool = typer.Option(False, "--keep-archives", help="Keep each zip after it is unpacked."),
-    jobs: int = typer.Option(16, "--jobs", help="Covers fetched at once (OCR-VQA)."),
-    case: str = typer.Option("llava1_5_7b", "--case", help="The case whose data-sources.toml is read."),
+    jobs: int = typer.Option(16, "--jobs", help="Covers fetched at once (a covers source, e.g. OCR-VQA)."),
+    case: str = typer.Option(None, "--case", help="The case whose data-sources.toml is read (default: the only case registered)."),
     sources: Path = typer.Option(None, "--sources", metavar="FILE", help="Another data-sources.toml (a site's own URLs)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print what would be fetched, from where, to where, and the disk it needs; write nothing."),
 ) -> None:

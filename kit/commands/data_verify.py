@@ -1,4 +1,6 @@
-"""`kit data verify` and `kit data fix` (kit/data/verify.py, kit/data/fix.py): the report, progress and exit codes.
+"""`kit data verify` and `kit data fix` (kit/data/audit.py, kit/data/fix.py): the report, progress and exit codes.
+
+Both ask the case (`--case`, else the only one registered) where its data lies (kit/case/data.py).
 
 Exit codes: 0 nothing a run would stop on (warnings allowed), 1 something a run would stop on, 2 bad usage,
 130/143/129 interrupted by SIGINT/SIGTERM/SIGHUP (one line says so; no decoding worker outlives the command).
@@ -34,18 +36,20 @@ def _usage(message: str) -> None:
     raise typer.Exit(2)
 
 
-def _layout(case: str, config: str, overrides: list[str] | None, data: Path):
+def _layout(case: str | None, config: str | None, overrides: list[str] | None, data: Path):
+    """The layout the case gives the config (default: the config `kit run` takes without --config), and the counts
+    of a complete copy."""
     from kit import case as cases
-    from kit.data import sources
+    from kit.case import data as case_data
     from kit.data.audit import Layout
 
     try:
-        c = cases.get(case)
-        cfg = cases.load_config(c, config, list(overrides or []))
-        ref = sources.for_case(case).reference
+        c = case_data.choose(case)
+        cfg = cases.load_config(c, config or c.config.default_for(1, None), list(overrides or []))
+        ref = case_data.reference(c)
     except (KeyError, ValueError) as e:  # UnknownCase, ConfigError, SourcesError
         _usage(str(e))
-    return Layout.from_config(data, cfg), ref
+    return Layout.from_config(data, cfg, c), ref, cfg.name
 
 
 def _interrupted(e: KeyboardInterrupt, progress: PhaseProgress, what: str) -> None:
@@ -116,15 +120,15 @@ def _summary(r: dict[str, Any]) -> None:
 def verify(
     data: Path = typer.Option(..., "--data", help="The data root (the layout `kit run --data` reads)."),
     models: Path = typer.Option(None, "--models", help="The checkpoint root (the layout `kit run --models` reads)."),
-    mmmu: Path = typer.Option(None, "--mmmu", help="MMMU validation (default: DATA/MMMU when present)."),
+    eval_data: Path = typer.Option(None, "--eval-data", help="The eval set, e.g. MMMU validation (default: its folder under DATA, e.g. DATA/MMMU, when present)."),
     jobs: int = typer.Option(0, "--jobs", "-j", help="Processes that decode images (default: every core)."),
     full: bool = typer.Option(False, "--full", help="Decode every image again, even those unchanged since the last verify."),
     as_json: bool = typer.Option(False, "--json", help="Print the whole result as JSON."),
-    case: str = typer.Option("llava1_5_7b", "--case", help="The case whose data this is."),
-    config: str = typer.Option("A800x1x8", "--config", help="The config whose [data] and [model] paths apply."),
+    case: str = typer.Option(None, "--case", help="The case whose data this is (default: the only case registered)."),
+    config: str = typer.Option(None, "--config", help="The config whose data and model paths apply (default: the case's default, e.g. A800x1x8)."),
     set_: list[str] = typer.Option(None, "--set", metavar="KEY=VALUE", help="Override a config value, as `kit run`."),
 ) -> None:
-    """Check a copy of the data: every record, every image decoded, the folders, the weights, MMMU.
+    """Check a copy of the data: every record, every image decoded, the folders, the weights, the eval set.
 
     Writes the data manifest (kit-data-manifest.json) into the data directory. Exit 0 when a run could use the
     data (warnings allowed), 1 when it would stop on something found, 2 for bad usage, 130/143/129 when
@@ -141,13 +145,13 @@ def verify(
 
     if jobs < 0:
         _usage(f"--jobs {jobs}: must be at least 1 (or 0: every core)")
-    layout, ref = _layout(case, config, set_, data)
+    layout, ref, config = _layout(case, config, set_, data)
     if models is not None and not models.is_dir():
         _usage(f"--models {models}: no such directory")
     progress = PhaseProgress(err, quiet=as_json)
     try:
         with signals_as_interrupts():
-            v = run_verify(layout, ref, case=case, models=models, mmmu=mmmu, jobs=jobs or None, full=full,
+            v = run_verify(layout, ref, models=models, eval_data=eval_data, jobs=jobs or None, full=full,
                            progress=progress)  # fmt: skip
     except VerifyError as e:
         _usage(str(e))
@@ -160,7 +164,8 @@ def verify(
     if as_json:
         print(json.dumps(r, indent=2))
         raise typer.Exit(0 if v.ok else 1)
-    console.print(f"[bold]kit data verify[/] {escape(str(data))} (config {escape(config)})", highlight=False)
+    console.print(f"[bold]kit data verify[/] {escape(str(data))} (case {escape(layout.case)}, config "
+                  f"{escape(config)})", highlight=False)  # fmt: skip
     _print_findings(r["findings"])
     _summary(r)
     fails = sum(f["level"] == "fail" for f in r["findings"])
@@ -180,8 +185,8 @@ def fix(
     dry_run: bool = typer.Option(False, "--dry-run", help="Say what would change; change nothing."),
     jobs: int = typer.Option(0, "--jobs", "-j", help="Processes that decode images (default: every core)."),
     as_json: bool = typer.Option(False, "--json", help="Print the whole result as JSON."),
-    case: str = typer.Option("llava1_5_7b", "--case", help="The case whose data this is."),
-    config: str = typer.Option("A800x1x8", "--config", help="The config whose [data] paths apply."),
+    case: str = typer.Option(None, "--case", help="The case whose data this is (default: the only case registered)."),
+    config: str = typer.Option(None, "--config", help="The config whose data paths apply (default: the case's default, e.g. A800x1x8)."),
     set_: list[str] = typer.Option(None, "--set", metavar="KEY=VALUE", help="Override a config value, as `kit run`."),
 ) -> None:
     """Rewrite GIF/PNG images named .jpg as JPEG (originals kept under DATA/.kit-data/originals), list the records
@@ -202,7 +207,7 @@ def fix(
 
     if jobs < 0:
         _usage(f"--jobs {jobs}: must be at least 1 (or 0: every core)")
-    layout, ref = _layout(case, config, set_, data)
+    layout, ref, config = _layout(case, config, set_, data)
     models = None
     try:
         old = manifest_mod.read(data) if data.is_dir() else None
@@ -213,7 +218,7 @@ def fix(
     progress = PhaseProgress(err, quiet=as_json)
 
     def again(write_state: bool):
-        return run_verify(layout, ref, case=case, models=models, jobs=jobs or None, progress=progress,
+        return run_verify(layout, ref, models=models, jobs=jobs or None, progress=progress,
                           write_state=write_state)  # fmt: skip
 
     try:

@@ -1,12 +1,12 @@
 """`kit ls`: the runs under --results, one line each, newest first.
 
 Each line: the run's id, its config, every stage with its state, when it started, and the headline figures
-(each training stage's token/p/s by the reference's method, as the report's first column, and the MMMU
-accuracy; the JSON has the steady-state real-token throughput too), derived from the raw facts
-with `kit.results.metrics.run_summary` exactly as `kit report` derives them, but read-only: `ls` never writes summary.json
-or a plot, so it is safe on a share others read and on a run that is still going. A run that is not the
-reference's data, weights and shape says so on its line. A damaged run is listed with the reason, never skipped
-and never a crash.
+(each training stage's token/p/s by the reference's method, as the report's first column, and the eval's
+accuracy; the JSON has the steady-state real-token throughput too), derived from the raw facts with
+`kit.results.summary.run_summary` exactly as `kit report` derives them and printed in the same format
+(kit/results/formats.py), but read-only: `ls` never writes summary.json or a plot, so it is safe on a share others
+read and on a run that is still going. A run that is not the reference's data, weights and shape says so on its
+line. A damaged run is listed with the reason, never skipped and never a crash.
 """
 
 from __future__ import annotations
@@ -21,6 +21,12 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.text import Text
+
+from kit.results import formats as f
+from kit.results.model import accuracy_figure
+from kit.results.reference import case_of
+from kit.results.summary import eval_stage, run_summary
+from kit.run.dir import RunDir, RunDirError
 
 # A run directory: what `kit run` writes first. A folder with neither (builds/, a cache) is not a run.
 RUN_MARKERS = ("run.json", "status.jsonl")
@@ -53,27 +59,24 @@ def run_dirs(results: Path) -> list[Path]:
 
 def describe(run: Path) -> dict[str, Any]:
     """One run as `ls` lists it; a run whose files cannot be used gets `error` (the file and the reason) instead."""
-    from kit.results import metrics
-
-    try:
-        raw = json.loads((run / "run.json").read_text())
-        info = raw if isinstance(raw, dict) else {}
-    except (OSError, ValueError):
-        info = {}
+    rd = RunDir(run)
+    info = rd.request()
+    cfg = info.get("config")
+    acc = accuracy_figure(case_of(info.get("case")))
     row: dict[str, Any] = {
         "run_id": run.name, "path": str(run), "case": info.get("case"), "config": None, "state": None,
         "started": _started(run, info), "started_local": None, "stages": {}, "tokens_per_s_per_gpu": {},
-        "reference_method_tokens_per_s_per_gpu": {}, "mmmu_acc": None, "mmmu_generated": None,
+        "reference_method_tokens_per_s_per_gpu": {}, "accuracy_key": acc.key if acc else None,
+        "accuracy_label": acc.label if acc else None, **({acc.key: None} if acc else {}), "eval_generated": None,
         "comparable": None, "error": None,
     }  # fmt: skip
     row["started_local"] = _when(row["started"])
-    cfg = info.get("config")
-    row["config"] = cfg.get("name") if isinstance(cfg, dict) else None
+    row["config"] = cfg.get("name") if isinstance(cfg, dict) else info.get("config_name")
     try:
-        metrics.check_run_inputs(run)  # the report's own gate: run.json, the config, status.jsonl
-        s = metrics.run_summary(run)
+        rd.check()  # the report's own gate: run.json, the config, status.jsonl
+        s = run_summary(run)
     except Exception as e:  # noqa: BLE001 - one damaged run must not hide the others
-        row["error"] = str(e) if isinstance(e, metrics.RunDirError) else f"cannot be summarised ({type(e).__name__}: {e})"
+        row["error"] = str(e) if isinstance(e, RunDirError) else f"cannot be summarised ({type(e).__name__}: {e})"
         return row
     row["config"] = s.get("config") or row["config"]
     row["state"] = s.get("state")
@@ -82,9 +85,10 @@ def describe(run: Path) -> dict[str, Any]:
         row["tokens_per_s_per_gpu"][name] = st.get("tokens_per_s_per_gpu")
         row["reference_method_tokens_per_s_per_gpu"][name] = st.get("reference_method_tokens_per_s_per_gpu")
     if isinstance(s.get("eval"), dict):
-        row["stages"]["eval"] = s["eval"].get("state")
-        row["mmmu_generated"] = s["eval"].get("generated")
-    row["mmmu_acc"] = s.get("mmmu_acc")
+        row["stages"][eval_stage(case_of(info.get("case"))) or "eval"] = s["eval"].get("state")
+        row["eval_generated"] = s["eval"].get("generated")
+    if acc:
+        row[acc.key] = s.get(acc.key)
     row["comparable"] = s.get("comparable")
     return row
 
@@ -115,11 +119,12 @@ def _stages_text(row: dict[str, Any]) -> Text:
 def _figures(row: dict[str, Any]) -> str:
     """`pretrain 596 finetune 744 token/p/s; MMMU 30.0% (generated questions)`: the report's first column, the
     reference's own method (padded tokens over the stage's wall time, per rank), so it sits beside the seed's."""
-    tps = [f"{name} {v:,.0f}" for name, v in row["reference_method_tokens_per_s_per_gpu"].items()
-           if isinstance(v, (int, float))]  # fmt: skip
+    tps = [f"{name} {f.tps(v)}" for name, v in row["reference_method_tokens_per_s_per_gpu"].items() if f.is_num(v)]
     parts = [" ".join(tps) + " token/p/s"] if tps else []
-    if isinstance(row["mmmu_acc"], (int, float)):
-        parts.append(f"MMMU {100 * row['mmmu_acc']:.1f}%" + (" (generated questions)" if row["mmmu_generated"] else ""))
+    acc = row.get(row.get("accuracy_key") or "")
+    if f.is_num(acc):
+        name = str(row["accuracy_label"]).removesuffix(" acc")
+        parts.append(f"{name} {f.acc(acc)}" + (" (generated questions)" if row["eval_generated"] else ""))
     return "; ".join(parts) or "-"
 
 

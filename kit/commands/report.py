@@ -8,6 +8,11 @@ from pathlib import Path
 from rich.console import Console
 from rich.markup import escape
 
+from kit.results.entries import check_one_config
+from kit.results.render_report import multi_renderable, multi_summary, render, render_multi, table_renderable
+from kit.results.summary import write_summary
+from kit.run.dir import RunDir
+
 
 def _warn_unwritten(summary: dict, fmt: str) -> None:
     """The table shows the warning itself; json/csv/markdown go to a pipe, so stderr gets the line too."""
@@ -16,34 +21,30 @@ def _warn_unwritten(summary: dict, fmt: str) -> None:
 
 
 def show(run: Path, console: Console, fmt: str = "table", peak_flops: float | None = None) -> dict:
-    """One run: check its inputs (RunInputError names the damaged file), recompute, write, print."""
-    from kit.results import metrics, report
-
-    metrics.check_run_inputs(run)
-    summary = report.write_summary(run, peak_flops=peak_flops)
+    """One run: check its inputs (RunDirError names the damaged file), recompute, write, print."""
+    RunDir(run).check()
+    summary = write_summary(run, peak_flops=peak_flops)
     if fmt == "table":
-        console.print(report.table_renderable(summary))
+        console.print(table_renderable(summary))
     else:
-        console.print(report.render(summary, fmt), markup=False, highlight=False, soft_wrap=True)
+        console.print(render(summary, fmt), markup=False, highlight=False, soft_wrap=True)
     _warn_unwritten(summary, fmt)
     return summary
 
 
 def show_many(runs: list[Path], console: Console, fmt: str = "table", peak_flops: float | None = None) -> dict:
-    """Several runs of one config: each one's summary recomputed (and written), then the mean and spread."""
-    from kit.results import metrics, report
-
+    """Several runs of one config: each one's summary recomputed (and written), then the headline and spread."""
     if len(runs) == 1:
         return show(runs[0], console, fmt, peak_flops)
     for run in runs:
-        metrics.check_run_inputs(run)
-    report.check_one_config(runs)  # before anything is written
-    summaries = [report.write_summary(run, peak_flops=peak_flops) for run in runs]
-    ms = report.multi_summary(runs, summaries)
+        RunDir(run).check()
+    check_one_config(runs)  # before anything is written
+    summaries = [write_summary(run, peak_flops=peak_flops) for run in runs]
+    ms = multi_summary(runs, summaries)
     if fmt == "table":
-        console.print(report.multi_renderable(ms))
+        console.print(multi_renderable(ms))
     else:
-        console.print(report.render_multi(ms, fmt), markup=False, highlight=False, soft_wrap=True)
+        console.print(render_multi(ms, fmt), markup=False, highlight=False, soft_wrap=True)
     for s in summaries:
         _warn_unwritten(s, fmt)
     return ms

@@ -8,6 +8,12 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from kit.case import rules as rules_mod
+from kit.errors import KitError
+from kit.run.dir import RunDir
+from kit.run.guard import Stop, stop_on_signals
+from kit.submission import pack
+
 console = Console()
 err = Console(stderr=True)
 
@@ -18,7 +24,7 @@ def submit(
     out: Path = typer.Option(..., "--out", help="Where the submission folder, its .tar.gz and .sha256 are written."),
     allow_synthetic: bool = typer.Option(False, help="Pack synthetic runs (marked synthetic wherever shown)."),
     sign_key: Path = typer.Option(None, "--sign-key", help="ssh private key: sign manifest.json (ssh-keygen -Y sign)."),
-    case: str = typer.Option("llava1_5_7b", help="The case whose rules apply."),
+    case: str = typer.Option(None, help="The case whose rules apply (default: the one the runs name)."),
 ) -> None:
     """Pack runs into a submission that `kit verify` checks and `kit compare` tabulates.
 
@@ -37,15 +43,12 @@ def submit(
 
       kit submit runs/RUN1 runs/RUN2 runs/RUN3 --system system.toml --out submissions/ --sign-key ~/.ssh/id_ed25519
     """
-    from kit.case import rules as rules_mod
-    from kit.run.guard import Stop, stop_on_signals
-    from kit.submission import SubmissionError, pack
 
     try:
         with stop_on_signals():
-            rules = rules_mod.load(case)
+            rules = rules_mod.load(case or str(RunDir(runs[0]).request().get("case") or ""))
             packed = pack(list(runs), system, out, rules, allow_synthetic=allow_synthetic, sign_key=sign_key)
-    except (SubmissionError, rules_mod.RulesError) as e:
+    except KitError as e:
         err.print(f"[bold red]error:[/] {escape(str(e))}")
         raise typer.Exit(2) from None
     except KeyboardInterrupt as e:

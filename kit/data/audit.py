@@ -1,8 +1,10 @@
 """`kit data verify`: a data directory checked record by record and image by image, before hours of training.
 
-Every record of both record files goes through the validator the case trains with (cases/llava1_5_7b/records.py);
-every image a record names is opened and decoded with Pillow as the case's loader does (`img.load()`: a truncated
-file fails only there), in worker processes over all cores, a chunk of paths per task. What it finds is written
+Every record of each training stage's record file goes through the validator the case trains with (`case.data`,
+kit/case/data.py); every image a record names is opened and decoded with Pillow as a loader does (`img.load()`: a
+truncated file fails only there), in worker processes over all cores, a chunk of paths per task. The case says
+where its files lie, which source each record and image belongs to, and the counts of a complete copy; this module
+knows none of them. What it finds is written
 into the data directory as the data manifest (kit/data/manifest.py), and what it decoded into a cache under
 `DATA/.kit-data/` keyed by size and mtime, so a second verify of unchanged data only stats files.
 """
@@ -31,8 +33,9 @@ from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
 from kit import __version__
+from kit.case.data import Checkpoint, EvalSet, StageData
 from kit.data import manifest as manifest_mod
-from kit.data.identity import HashCache
+from kit.data.identity import HashCache, folder_census
 from kit.data.sources import Reference
 
 STATE_DIR = ".kit-data"
@@ -51,8 +54,6 @@ EXPECTED_FORMATS = {
 }  # fmt: skip
 # Where the image a record names as <stem>.jpg may lie instead, under another extension (`kit data fix` uses it).
 SIBLING_SUFFIXES = (".gif", ".png", ".jpeg", ".JPG", ".JPEG", ".PNG", ".GIF")
-PRETRAIN_SOURCE = "pretrain"
-TEXT_ONLY = "text-only"
 
 
 class Progress(Protocol):
@@ -88,31 +89,25 @@ class VerifyError(Exception):
 
 
 @dataclass(frozen=True)
-class StagePaths:
-    stage: str
-    records: str  # relative to the data root
-    images: str  # relative to the data root
-    template: str
-
-
-@dataclass(frozen=True)
 class Layout:
-    """Where the config says the data and weights lie (its [data] and [model] tables)."""
+    """Where a config lays out the case's data and weights, as the case declares them (kit/case/data.py), and the
+    case's data protocol that validates the records and names their sources."""
 
     root: Path
-    stages: tuple[StagePaths, ...]
-    llm_dir: str = "vicuna-7b-v1.5"
-    vision_dir: str = "clip-vit-large-patch14-336"
+    stages: tuple[StageData, ...]
+    checkpoints: tuple[Checkpoint, ...]
+    eval_set: EvalSet | None
+    data: Any  # `case.data` (kit/case/data.py CaseData)
+    case: str
 
     @classmethod
-    def from_config(cls, root: Path, cfg: Any) -> Layout:
-        d = cfg.data
-        return cls(
-            Path(root),
-            (StagePaths("pretrain", d.pretrain_json, d.pretrain_images, cfg.pretrain.template),
-             StagePaths("finetune", d.finetune_json, d.finetune_images, cfg.finetune.template)),
-            cfg.model.llm_dir, cfg.model.vision_dir,
-        )  # fmt: skip
+    def from_config(cls, root: Path, cfg: Any, case: Any) -> Layout:
+        d = case.data
+        return cls(Path(root), tuple(d.stages(cfg)), tuple(d.checkpoints(cfg)), d.eval_set(), d, case.name)
+
+    def default_records(self, stage: str) -> str:
+        """The stage's record file in the case's own layout (the reference's file name)."""
+        return next((sd.records for sd in self.data.stages(None) if sd.stage == stage), "")
 
 
 @dataclass
@@ -313,27 +308,9 @@ def _save_json(path: Path, doc: Any) -> None:
 # ---- records ----------------------------------------------------------------------------------------------------
 
 
-def _rec_id(rec: Any) -> str | None:
-    if isinstance(rec, dict) and isinstance(rec.get("id"), (str, int)) and not isinstance(rec.get("id"), bool):
-        return str(rec["id"])
-    return None
-
-
 def image_key(images_rel: str, image: str) -> str:
     """The image's path relative to the data root (the loader joins the stage's image root and the record's path)."""
     return os.path.normpath(os.path.join(images_rel, image)).replace(os.sep, "/")
-
-
-def source_of(stage: str, rec: Any) -> str:
-    """Where a record's image comes from: finetune, the first component of its path; pretrain, one source."""
-    if stage == "pretrain":
-        return PRETRAIN_SOURCE
-    if not isinstance(rec, dict):
-        return "invalid"
-    if "image" not in rec:
-        return TEXT_ONLY
-    image = rec.get("image")
-    return image.split("/", 1)[0] if isinstance(image, str) and image else "invalid"
 
 
 READ_CHUNK = 4 << 20  # bytes of a record file read at a time (a real one is 1 GB: its progress moves by this)
@@ -445,19 +422,15 @@ def _remember(hashes: HashCache, path: Path, st: os.stat_result, digest: str) ->
 
 
 def _check_records(
-    root: Path, sp: StagePaths, reference: Reference, hashes: HashCache, state: Path, save: bool,
-    progress: Progress | None = None,
+    root: Path, sp: StageData, reference: Reference, hashes: HashCache, state: Path, save: bool,
+    progress: Progress | None, data: Any,
 ) -> tuple[dict[str, Any], list[tuple[int, str | None, str]], list[tuple[int, str | None, str, str]]]:
     """One stage's record file: read once (hashed, parsed and validated record by record as the bytes come, with
     progress), or taken from the cache when its size and mtime are unchanged; the stage's entry, the records that
-    name images, the bad records."""
-    from cases.llava1_5_7b.records import (  # standard library only: no torch here
-        image_path_problem,
-        record_issue,
-    )
-
+    name images, the bad records. `data` is the case's data protocol: its validator, ids, images and sources. A stage
+    whose images come from several sources gets its records counted per source."""
     path = root / sp.records
-    ref_count = reference.pretrain_records if sp.stage == "pretrain" else reference.finetune_records
+    ref_count = reference.records.get(sp.stage)
     entry: dict[str, Any] = {"file": sp.records, "images_root": sp.images, "template": sp.template,
                              "reference": ref_count, "present": False}  # fmt: skip
     try:
@@ -493,14 +466,15 @@ def _check_records(
             tick(0, force=True)
             for n, rec in enumerate(iter_records(f, took), 1):  # `took` shows n, the records so far
                 i = n - 1
-                issue = record_issue(rec, sp.template)
+                issue = data.record_issue(rec, sp.template)
                 if issue is not None:
-                    bad.append((i, _rec_id(rec), issue[0], issue[1]))
-                if isinstance(rec, dict) and isinstance(rec.get("image"), str) and rec["image"]:
-                    if image_path_problem(rec["image"]) is None:  # out of the image folder: a bad record, never opened
-                        refs.append((i, _rec_id(rec), image_key(sp.images, rec["image"])))
-                src = source_of(sp.stage, rec)
-                by_source[src] = by_source.get(src, 0) + 1
+                    bad.append((i, data.record_id(rec), issue[0], issue[1]))
+                image = data.image_of(rec)
+                if image is not None and data.image_path_problem(image) is None:  # out of the folder: never opened
+                    refs.append((i, data.record_id(rec), image_key(sp.images, image)))
+                if not sp.images_source:
+                    src = data.source_of(sp, rec)
+                    by_source[src] = by_source.get(src, 0) + 1
     except (OSError, ValueError) as e:  # JSON, UTF-8 (UnicodeDecodeError) or the disk
         tick(st.st_size, "not a record file", force=True)
         entry["sha256"], _ = hashes.sha256(path)
@@ -513,7 +487,7 @@ def _check_records(
         counts[cat] = counts.get(cat, 0) + 1
     parsed = {"sha256": entry["sha256"], "records": n, "bad_records": counts,
               "images_referenced": len(refs)}  # fmt: skip
-    if sp.stage == "finetune":
+    if not sp.images_source:
         parsed["by_source"] = dict(sorted(by_source.items()))
     entry.update(parsed, from_cache=False)
     if save:
@@ -521,7 +495,7 @@ def _check_records(
     return entry, refs, bad
 
 
-# ---- weights and MMMU -------------------------------------------------------------------------------------------
+# ---- weights and the eval set -----------------------------------------------------------------------------------
 
 
 def safetensors_problem(path: Path) -> str | None:
@@ -575,26 +549,28 @@ def bin_problem(path: Path) -> str | None:
     return None
 
 
-def check_checkpoint(d: Path, tokenizer: bool) -> dict[str, Any]:
-    """A Hugging Face checkpoint directory: config.json, the weight files (whole), the index's shards, the tokenizer."""
+def check_checkpoint(d: Path, needs: tuple[str, ...] = ("config.json",)) -> dict[str, Any]:
+    """A Hugging Face checkpoint directory: the files the case says it needs (a .json one must be a JSON object,
+    any other not empty), the weight files (whole), the index's shards."""
     out: dict[str, Any] = {"path": str(d), "problems": [], "files": 0, "bytes": 0}
     problems: list[str] = out["problems"]
     if not d.is_dir():
         problems.append(f"missing folder {d}")
         return out
-    try:
-        if not isinstance(json.loads((d / "config.json").read_text()), dict):
-            problems.append("config.json is not a JSON object")
-    except FileNotFoundError:
-        problems.append("config.json is missing")
-    except (OSError, ValueError) as e:
-        problems.append(f"config.json does not parse ({_short(e)})")
-    if tokenizer:
-        tok = d / "tokenizer.model"
-        if not tok.is_file():
-            problems.append("tokenizer.model is missing")
-        elif tok.stat().st_size == 0:
-            problems.append("tokenizer.model is empty")
+    for name in needs:
+        p = d / name
+        if name.endswith(".json"):
+            try:
+                if not isinstance(json.loads(p.read_text()), dict):
+                    problems.append(f"{name} is not a JSON object")
+            except FileNotFoundError:
+                problems.append(f"{name} is missing")
+            except (OSError, ValueError) as e:
+                problems.append(f"{name} does not parse ({_short(e)})")
+        elif not p.is_file():
+            problems.append(f"{name} is missing")
+        elif p.stat().st_size == 0:
+            problems.append(f"{name} is empty")
     weights = sorted(p for p in d.iterdir() if p.suffix in (".safetensors", ".bin") and p.is_file())
     for index in sorted(d.glob("*.index.json")):
         try:
@@ -618,45 +594,47 @@ def check_checkpoint(d: Path, tokenizer: bool) -> dict[str, Any]:
     return out
 
 
-def check_mmmu(root: Path) -> dict[str, Any]:
-    """MMMU validation: every subject's folder with validation-*.parquet files, each whole (PAR1 at both ends)."""
-    from cases.llava1_5_7b.plugin.scoring import SUBJECTS
-
-    out: dict[str, Any] = {"path": str(root), "subjects": 0, "expected": len(SUBJECTS), "files": 0, "problems": []}
+def check_eval_set(root: Path, ev: EvalSet) -> dict[str, Any]:
+    """The eval set: every group's folder with its files (ev.files), each whole (a parquet file: PAR1 at both ends)."""
+    out: dict[str, Any] = {"path": str(root), "groups": 0, "expected": len(ev.groups), "files": 0, "problems": []}
     if not root.is_dir():
         out["problems"].append(f"missing folder {root}")
         return out
     missing = []
-    for subject in SUBJECTS:
-        files = sorted((root / subject).glob("validation-*.parquet"))
+    for group in ev.groups:
+        files = sorted((root / group).glob(ev.files))
         if not files:
-            missing.append(subject)
+            missing.append(group)
             continue
-        out["subjects"] += 1
+        out["groups"] += 1
         for p in files:
             out["files"] += 1
-            try:
-                size = p.stat().st_size
-                with open(p, "rb") as f:
-                    head = f.read(4)
-                    f.seek(max(0, size - 4))
-                    tail = f.read(4)
-            except OSError as e:
-                out["problems"].append(f"{subject}/{p.name}: cannot be read ({_short(e)})")
-                continue
-            if size < 12 or head != b"PAR1" or tail != b"PAR1":
-                out["problems"].append(f"{subject}/{p.name}: not a whole parquet file ({size:,} bytes, no PAR1 "
-                                       f"{'at the start' if head != b'PAR1' else 'at the end: truncated'})")
+            if p.suffix == ".parquet" and (why := parquet_problem(p)):
+                out["problems"].append(f"{group}/{p.name}: {why}")
     if missing:
-        out["problems"].insert(0, f"{len(missing)} of {len(SUBJECTS)} subjects have no validation-*.parquet: "
+        out["problems"].insert(0, f"{len(missing)} of {len(ev.groups)} {ev.group_word} have no {ev.files}: "
                                   f"{', '.join(missing[:SHOWN])}{' ...' if len(missing) > SHOWN else ''}")
     return out
 
 
+def parquet_problem(p: Path) -> str | None:
+    """Why a parquet file is not whole (it starts and ends with PAR1), or None."""
+    try:
+        size = p.stat().st_size
+        with open(p, "rb") as f:
+            head = f.read(4)
+            f.seek(max(0, size - 4))
+            tail = f.read(4)
+    except OSError as e:
+        return f"cannot be read ({_short(e)})"
+    if size < 12 or head != b"PAR1" or tail != b"PAR1":
+        return (f"not a whole parquet file ({size:,} bytes, no PAR1 "
+                f"{'at the start' if head != b'PAR1' else 'at the end: truncated'})")  # fmt: skip
+    return None
+
+
 def count_files(path: Path) -> int | None:
     """Files under a folder, recursively, from directory entries alone (no stat per file); None when absent."""
-    from kit.data.identity import folder_census
-
     return folder_census(path, sizes=False)["files"] if path.is_dir() else None
 
 
@@ -678,13 +656,11 @@ def _finding(level: str, what: str, detail: str, fix: str = "", examples: list[s
     return {"level": level, "what": what, "detail": detail, "fix": fix, "examples": examples or [], **data}
 
 
-def _source_of_key(key: str, sp: StagePaths) -> str:
-    """The source of an image: finetune, the first component of the record's path under the stage's image root."""
-    if sp.stage == "pretrain":
-        return PRETRAIN_SOURCE
+def _source_of_key(key: str, sp: StageData, data: Any) -> str:
+    """The source of an image (a path under the data root), as the case says for its path under the stage's folder."""
     prefix = os.path.normpath(sp.images).replace(os.sep, "/")
     rel = key if prefix == "." or not key.startswith(prefix + "/") else key[len(prefix) + 1 :]
-    return rel.split("/", 1)[0]
+    return data.image_source(sp, rel)
 
 
 def _image_problems(
@@ -699,7 +675,7 @@ def _image_problems(
             status, detail = statuses[key][2], statuses[key][3]
             if status == "ok":
                 continue
-            src = _source_of_key(key, sp)
+            src = _source_of_key(key, sp, layout.data)
             kind = out.setdefault(status, {"total": 0, "records": 0, "by_source": {}})
             s = kind["by_source"].setdefault(src, {"files": 0, "records": 0, "first": []})
             kind["records"] += 1
@@ -722,15 +698,15 @@ def verify(
     layout: Layout,
     reference: Reference,
     *,
-    case: str = "llava1_5_7b",
     models: Path | None = None,
-    mmmu: Path | None = None,
+    eval_data: Path | None = None,
     jobs: int | None = None,
     full: bool = False,
     progress: Progress | None = None,
     write_state: bool = True,
 ) -> Verification:
-    """Verify the data directory; with write_state, keep the caches and write the manifest (when writable)."""
+    """Verify the data directory; with write_state, keep the caches and write the manifest (when writable). The
+    weights under `models` and the eval set (`eval_data`, else its folder under the data root) when given."""
     root = layout.root
     if not root.is_dir():
         raise VerifyError(f"--data {root}: no such directory; pass the directory `kit data fetch --data` filled")
@@ -744,13 +720,14 @@ def verify(
     save = write_state and writable  # the caches are read whenever they are there, written only with save
     state = root / STATE_DIR
     hashes = HashCache(state / "sha256.json")
-    result: dict[str, Any] = {"schema": RESULT_SCHEMA, "case": case, "data_root": str(root), "kit_version": __version__,
+    result: dict[str, Any] = {"schema": RESULT_SCHEMA, "case": layout.case, "data_root": str(root), "kit_version": __version__,
                               "stages": {}, "findings": []}  # fmt: skip
     findings: list[dict[str, Any]] = result["findings"]
     refs: dict[str, list[tuple[int, str | None, str]]] = {}
     bad: dict[str, list[tuple[int, str | None, str, str]]] = {}
     for sp in layout.stages:
-        entry, refs[sp.stage], bad[sp.stage] = _check_records(root, sp, reference, hashes, state, save, progress)
+        entry, refs[sp.stage], bad[sp.stage] = _check_records(root, sp, reference, hashes, state, save, progress,
+                                                              layout.data)  # fmt: skip
         first: dict[str, list[dict[str, Any]]] = {}
         for i, rid, cat, why in bad[sp.stage]:
             if len(first.setdefault(cat, [])) < FIRST:
@@ -808,26 +785,25 @@ def verify(
         "workers_cpu_s": round(stats["workers_cpu_s"], 3), "problems": problems,
     }  # fmt: skip
 
-    # Folders, weights, MMMU.
-    ft = next((sp for sp in layout.stages if sp.stage == "finetune"), None)
+    # Folders, weights, the eval set.
+    declared = [(sp.images, rel) for sp in layout.stages for rel in sp.folders]
+    declared += [(".", rel) for rel in reference.folders if rel not in {r for _, r in declared}]
     folders: dict[str, Any] = {}
-    tick = Ticker(progress, "counting the files of the image folders", len(reference.folders), "folders")
-    for j, (rel, want) in enumerate(reference.folders.items()):
+    tick = Ticker(progress, "counting the files of the image folders", len(declared), "folders")
+    for j, (images, rel) in enumerate(declared):
         tick(j, rel)
-        base = root / ft.images if ft else root
-        folders[image_key(ft.images if ft else ".", rel)] = {"files": count_files(base / rel), "reference": want}
-    tick(len(reference.folders), force=True)
+        key = image_key(images, rel)
+        folders[key] = {"files": count_files(root / key), "reference": reference.folders.get(rel)}
+    tick(len(declared), force=True)
     result["folders"] = folders
     result["weights"] = None
     if models is not None:
-        result["weights"] = {
-            "root": str(models),
-            "llm": check_checkpoint(Path(models) / layout.llm_dir, tokenizer=True),
-            "vision": check_checkpoint(Path(models) / layout.vision_dir, tokenizer=False),
-        }
-    if mmmu is None and (root / "MMMU").is_dir():
-        mmmu = root / "MMMU"
-    result["mmmu"] = check_mmmu(Path(mmmu)) if mmmu is not None else None
+        result["weights"] = {"root": str(models), **{cp.part: check_checkpoint(Path(models) / cp.folder, cp.needs)
+                                                     for cp in layout.checkpoints}}  # fmt: skip
+    ev = layout.eval_set
+    if eval_data is None and ev is not None and (root / ev.folder).is_dir():
+        eval_data = root / ev.folder
+    result["eval_data"] = check_eval_set(Path(eval_data), ev) if eval_data is not None and ev is not None else None
 
     findings.extend(_findings(layout, reference, result, bad, models))
     result["ok"] = not any(f["level"] == "fail" for f in findings)
@@ -854,25 +830,25 @@ def _findings(
     bad: dict[str, list[tuple[int, str | None, str, str]]], models: Path | None,
 ) -> list[dict[str, Any]]:
     """What the report says, worst first within each part: fail (a run would stop), warn, info."""
-    from cases.llava1_5_7b.records import CATEGORIES
-
+    categories: dict[str, tuple[str, str]] = layout.data.CATEGORIES
     out: list[dict[str, Any]] = []
     root = layout.root
     for sp in layout.stages:
         e = result["stages"][sp.stage]
         name = f"{sp.stage} records"
+        only = f" --only {sp.records_source}" if sp.records_source else ""
         if not e["present"]:
-            src = "pretrain-json" if sp.stage == "pretrain" else "finetune-json"
             out.append(_finding("fail", name, f"missing: {root / sp.records}",
-                                f"kit data fetch --data {root} --only {src} (or --set data.{sp.stage}_json=PATH)"))
+                                f"kit data fetch --data {root}{only} (or --set {sp.setting}=PATH)"))
             continue
         if e.get("error"):
             out.append(_finding("fail", name, f"{root / sp.records}: {e['error']}",
-                                "download the file again: kit data fetch --only "
-                                + ("pretrain-json" if sp.stage == "pretrain" else "finetune-json")))
+                                f"download the file again: kit data fetch{only}"))
             continue
         n, ref = e["records"], e["reference"]
-        if n == ref:
+        if ref is None:
+            out.append(_finding("info", name, f"{n:,} records ({sp.records}; no reference count)"))
+        elif n == ref:
             out.append(_finding("info", name, f"{n:,} records, as the reference ({sp.records})"))
         else:
             diff = n - ref
@@ -883,7 +859,7 @@ def _findings(
                 "download the reference version of the file (a truncated download is the usual cause)",
             ))  # fmt: skip
         for cat, count in sorted(e.get("bad_records", {}).items()):
-            what, reference_does = CATEGORIES.get(cat, (cat, "?"))
+            what, reference_does = categories.get(cat, (cat, "?"))
             first = [b for b in bad[sp.stage] if b[2] == cat][:FIRST]
             out.append(_finding(
                 "fail", f"{sp.stage} records: {cat}",
@@ -891,18 +867,20 @@ def _findings(
                 f"kit data fix --data {root} --write-filtered writes a file without them; or data.skip_bad_records",
                 _examples_records(sp.stage, first), category=cat, count=count,
             ))  # fmt: skip
-        if sp.stage == "finetune" and reference.finetune_by_source and "by_source" in e:
+        by_source = reference.by_source.get(sp.stage)
+        if by_source and "by_source" in e:
             diffs = []
-            for src in sorted(set(reference.finetune_by_source) | set(e["by_source"])):
-                have, want = e["by_source"].get(src, 0), reference.finetune_by_source.get(src, 0)
+            for src in sorted(set(by_source) | set(e["by_source"])):
+                have, want = e["by_source"].get(src, 0), by_source.get(src, 0)
                 if have != want:
                     diffs.append(f"{src} {have:,} (reference {want:,})")
             if diffs:
-                out.append(_finding("warn", "finetune records by source", "; ".join(diffs),
-                                    "the reference llava_v1_5_mix665k.json holds the reference's counts"))
+                out.append(_finding("warn", f"{sp.stage} records by source", "; ".join(diffs),
+                                    f"the reference {layout.default_records(sp.stage)} holds the reference's counts"))
             else:
-                out.append(_finding("info", "finetune records by source", "as the reference"))
+                out.append(_finding("info", f"{sp.stage} records by source", "as the reference"))
     images = result["images"]
+    stages = {sp.stage: sp for sp in layout.stages}
     for kind in KINDS:
         p = images["problems"].get(kind)
         if not p:
@@ -910,9 +888,10 @@ def _findings(
         for src, s in sorted(p["by_source"].items()):
             examples = [f"{x['stage']} record #{x['index']} (id {x['id']!r}): {x['path']}: {x['detail']}" for x in s["first"]]
             level = "warn" if kind == "wrong-format" else "fail"
+            sp = stages.get(s["first"][0]["stage"]) if s["first"] else None
             fix = {
-                "missing": f"download the {src} images again (kit data fetch --data {root} --only {src})"
-                           if src != PRETRAIN_SOURCE else f"kit data fetch --data {root} --only pretrain-images",
+                "missing": f"kit data fetch --data {root} --only {sp.images_source}" if sp and sp.images_source
+                           else f"download the {src} images again (kit data fetch --data {root} --only {src})",
                 "empty": f"download these {src} images again; or kit data fix --data {root} --write-filtered",
                 "unreadable": f"download these {src} images again; or kit data fix --data {root} --write-filtered",
                 "wrong-format": f"kit data fix --data {root} rewrites them as JPEG (it keeps the originals)",
@@ -930,32 +909,38 @@ def _findings(
         out.append(_finding("info", "images", f"all {images['unique']:,} images named by {images['referenced']:,} "
                                                "records are present and decode"))
     for rel, f in result["folders"].items():
+        ref = f["reference"]
         if f["files"] is None:
-            out.append(_finding("info", f"folder {rel}", f"absent (reference: {f['reference']:,} files)"))
+            out.append(_finding("info", f"folder {rel}", "absent" + (f" (reference: {ref:,} files)" if ref is not None else "")))
         else:
-            note = "as the reference" if f["files"] == f["reference"] else f"reference: {f['reference']:,}"
+            note = "as the reference" if f["files"] == ref else f"reference: {ref:,}" if ref is not None else "no reference"
             out.append(_finding("info", f"folder {rel}", f"{f['files']:,} files ({note})"))
     if result["weights"] is not None:
-        for part, label in (("llm", "LLM weights"), ("vision", "CLIP weights")):
-            w = result["weights"][part]
+        for cp in layout.checkpoints:
+            w = result["weights"][cp.part]
             if w["problems"]:
-                out.append(_finding("fail", label, f"{w['path']}: " + "; ".join(w["problems"]),
-                                    f"download the checkpoint again: kit data fetch --models {models} --only "
-                                    + ("vicuna" if part == "llm" else "clip")))
+                only = f" --only {cp.source}" if cp.source else ""
+                out.append(_finding("fail", cp.label, f"{w['path']}: " + "; ".join(w["problems"]),
+                                    f"download the checkpoint again: kit data fetch --models {models}{only}"))
             else:
-                out.append(_finding("info", label, f"{w['path']}: {w['files']} weight file(s), "
-                                                   f"{w['bytes'] / 1e9:.2f} GB, whole"))
+                out.append(_finding("info", cp.label, f"{w['path']}: {w['files']} weight file(s), "
+                                                      f"{w['bytes'] / 1e9:.2f} GB, whole"))
     else:
         out.append(_finding("info", "weights", "not checked (pass --models DIR)"))
-    if result["mmmu"] is not None:
-        m = result["mmmu"]
+    ev = layout.eval_set
+    if ev is None:
+        return out
+    if result["eval_data"] is not None:
+        m = result["eval_data"]
         if m["problems"]:
-            out.append(_finding("fail", "MMMU", f"{m['path']}: " + "; ".join(m["problems"][:SHOWN]),
-                                f"download MMMU again: kit data fetch --data {root} --only mmmu"))
+            only = f" --only {ev.source}" if ev.source else ""
+            out.append(_finding("fail", ev.name, f"{m['path']}: " + "; ".join(m["problems"][:SHOWN]),
+                                f"download {ev.name} again: kit data fetch --data {root}{only}"))
         else:
-            out.append(_finding("info", "MMMU", f"{m['subjects']} subjects, {m['files']} parquet file(s), whole"))
+            kind = Path(ev.files).suffix.lstrip(".") or "data"
+            out.append(_finding("info", ev.name, f"{m['groups']} {ev.group_word}, {m['files']} {kind} file(s), whole"))
     else:
-        out.append(_finding("info", "MMMU", f"not checked (no {root / 'MMMU'}; pass --mmmu DIR)"))
+        out.append(_finding("info", ev.name, f"not checked (no {root / ev.folder}; pass --eval-data DIR)"))
     return out
 
 
@@ -983,7 +968,7 @@ def build_manifest(result: dict[str, Any]) -> dict[str, Any]:
         "schema": manifest_mod.SCHEMA, "case": result["case"],
         "written": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "kit_version": result["kit_version"], "data_root": result["data_root"], "stages": stages, "images": images,
-        "folders": result["folders"], "weights": _compact_weights(result["weights"]), "mmmu": result["mmmu"],
+        "folders": result["folders"], "weights": _compact_weights(result["weights"]), "eval_data": result["eval_data"],
         "ok": result["ok"],
     }  # fmt: skip
     doc["digest"] = manifest_mod.digest_of(stages, images)
@@ -993,5 +978,5 @@ def build_manifest(result: dict[str, Any]) -> dict[str, Any]:
 def _compact_weights(w: dict[str, Any] | None) -> dict[str, Any] | None:
     if w is None:
         return None
-    return {"root": w["root"], **{p: {k: w[p][k] for k in ("path", "files", "bytes", "problems") if k in w[p]}
-                                  for p in ("llm", "vision")}}
+    return {"root": w["root"], **{p: {k: v[k] for k in ("path", "files", "bytes", "problems") if k in v}
+                                  for p, v in w.items() if p != "root"}}

@@ -1,5 +1,8 @@
 """`kit data fetch`: every source of the case's data-sources.toml into the layout `kit run --data/--models` reads.
 
+The case names the file (`case.data.SOURCES`, kit/case/data.py) and the record files whose image paths say which
+covers to fetch; every URL, folder and checksum is in the file, none here.
+
 About 700,000 files from seven hosts: each source is planned (the hub's listing, a HEAD for sizes), the free disk
 is checked for all of them before the first byte, then each is downloaded resumably (kit/data/http.py), checked
 against the published or the hub's checksum, and unpacked so that a folder appears only when it is whole. What
@@ -33,8 +36,9 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, ProgressColumn, Task, TextColumn, TimeRemainingColumn
 from rich.text import Text
 
+from kit.case import data as case_data
 from kit.data import http
-from kit.data.sources import Source, Sources, SourcesError, load
+from kit.data.sources import Source, Sources, SourcesError
 
 STATE_SCHEMA = "kit.fetch-state/1"
 KIT_DIR = ".kit-data"
@@ -42,7 +46,6 @@ DISK_MARGIN = 0.05
 COVER_RETRIES = 2
 PLAIN_EVERY_S = 10.0
 SHOWN = 5
-OCR_VQA_HOME = "https://ocr-vqa.github.io/"
 # macOS metadata that some zips carry: never a part of the data.
 SKIP_ENTRIES = ("__MACOSX/",)
 
@@ -81,7 +84,7 @@ class Options:
     hf_endpoint: str = ""
     keep_archives: bool = False
     jobs: int = 16
-    case: str = "llava1_5_7b"
+    case: str | None = None  # None: the only case registered
     sources_file: Path | None = None
     dry_run: bool = False
     unreachable: dict[str, SourceFailure] = field(default_factory=dict)  # hub endpoints that did not answer
@@ -214,12 +217,13 @@ def _locked(roots: list[Path]):
 # ---------------------------------------------------------------- selection and URLs
 
 
-def _parse_urls(pairs: list[str]) -> dict[str, str]:
+def _parse_urls(pairs: list[str], example: str = "SOURCE") -> dict[str, str]:
     urls = {}
     for pair in pairs:
         name, sep, url = pair.partition("=")
         if not sep or not name or not url:
-            raise UsageError(f"--url {pair!r}: expected SOURCE=URL, e.g. --url coco=https://mirror.example/train2017.zip")
+            raise UsageError(f"--url {pair!r}: expected SOURCE=URL, e.g. --url {name or example}="
+                             "https://mirror.example/FILE.zip")
         urls[name] = url
     return urls
 
@@ -231,19 +235,18 @@ def _check_scheme(what: str, url: str) -> None:
 
 def select(opts: Options, urls: list[str] | None = None) -> tuple[Sources, list[Source], list[Source]]:
     """The sources file, the sources to fetch, and those left out for want of --models."""
-    from kit import case as cases
-
     try:
-        case = cases.get(opts.case)
+        case = case_data.choose(opts.case)
     except KeyError as e:
         raise UsageError(str(e)) from None
+    opts.case = case.name
     try:
-        srcs = load(case.root, opts.sources_file)
+        srcs = case_data.sources(case, opts.sources_file)
     except SourcesError as e:
         raise UsageError(str(e)) from None
     opts.sources_file = srcs.path  # named in messages
     if urls is not None:
-        opts.urls = _parse_urls(urls)
+        opts.urls = _parse_urls(urls, next((s.name for s in srcs.sources if s.kind != "hub"), "SOURCE"))
     unknown = [n for n in opts.only if n not in srcs.names]
     if unknown:
         raise UsageError(f"--only {', '.join(unknown)}: no such source in {srcs.path}; known: {', '.join(srcs.names)}")
@@ -285,7 +288,7 @@ def source_url(src: Source, opts: Options) -> str:
     if src.name in opts.urls:
         return opts.urls[src.name]
     if opts.mirror:
-        fallback = "dataset.json" if src.kind == "covers" else f"{src.name}.zip"
+        fallback = COVERS_INDEX if src.kind == "covers" else f"{src.name}.zip"
         return f"{opts.mirror.rstrip('/')}/{src.name}/{_basename(src.url, fallback)}"
     return src.url
 
@@ -398,10 +401,11 @@ def plan(src: Source, root: Path, opts: Options, dl: http.Downloader, state: Sta
     else:
         url = source_url(src, opts)
         if not url:
+            where = f" from the link on {src.home}" if src.home else ""
             raise SourceFailure(
-                f"{src.name}: no URL for OCR-VQA's dataset.json (the index of the cover URLs) in {opts.sources_file}",
-                f"download dataset.json from the link on {OCR_VQA_HOME} (Google Drive), then pass it: "
-                f"--url {src.name}=file:///path/to/dataset.json (or an http(s) URL, or --mirror URL)")
+                f"{src.name}: no URL for {_index_name(src)} (the index of the cover URLs) in {opts.sources_file}",
+                f"download {COVERS_INDEX}{where}, then pass it: "
+                f"--url {src.name}=file:///path/to/{COVERS_INDEX} (or an http(s) URL, or --mirror URL)")
         job.index_url = url
         job.need = src.bytes
         return job
@@ -732,33 +736,45 @@ def zlib_error() -> type[Exception]:
     return zlib.error
 
 
-def _finetune_ids(root: Path, case: str, dest: str) -> tuple[set[str] | None, Path]:
-    """Cover ids the finetune records name (`<dest>/<id>.jpg`), read by pattern (the file is about 1 GB)."""
-    from kit import case as cases
+COVERS_INDEX = "dataset.json"  # what a covers source's index file is called when it is downloaded
 
-    try:
-        data_cfg = cases.config_module(cases.get(case)).DataConfig()
-        path = root / data_cfg.finetune_json
-        prefix = dest if data_cfg.finetune_images in ("", ".") else os.path.relpath(dest, data_cfg.finetune_images)
-    except Exception:  # noqa: BLE001 - a case without this config: the LLaVA layout
-        path, prefix = root / "llava_v1_5_mix665k.json", dest
-    if not path.is_file():
-        return None, path
-    pattern = re.compile(b'"' + re.escape(prefix.strip("/").encode()) + rb'/([^"/\\]+)\.jpg"')
+
+def _index_name(src: Source) -> str:
+    return src.index or f"the {src.name} index ({COVERS_INDEX})"
+
+
+def _named_ids(root: Path, case: str | None, dest: str) -> tuple[set[str] | None, Path]:
+    """Cover ids the records name (`<dest>/<id>.jpg` under a stage's image folder), read by pattern from the record
+    file of each stage whose image folder holds `dest` (the case's default layout; a file is about 1 GB). None when
+    no such record file is there yet."""
+    named = []
+    for sd in case_data.stages(case_data.choose(case)):
+        images = os.path.normpath(sd.images)
+        prefix = os.path.normpath(dest) if images == "." else os.path.relpath(dest, images)
+        if not prefix.startswith(".."):
+            named.append((root / sd.records, prefix))
+    if not named:
+        return None, root
+    present = [(p, prefix) for p, prefix in named if p.is_file()]
+    if not present:
+        return None, named[0][0]
     ids: set[str] = set()
-    tail = b""
-    with open(path, "rb") as f:
-        while block := f.read(1 << 24):
-            buf = tail + block
-            ids.update(m.group(1).decode("utf-8", "replace") for m in pattern.finditer(buf))
-            tail = buf[-512:]
-    return ids, path
+    for path, prefix in present:
+        pattern = re.compile(b'"' + re.escape(prefix.strip("/").encode()) + rb'/([^"/\\]+)\.jpg"')
+        tail = b""
+        with open(path, "rb") as f:
+            while block := f.read(1 << 24):
+                buf = tail + block
+                ids.update(m.group(1).decode("utf-8", "replace") for m in pattern.finditer(buf))
+                tail = buf[-512:]
+    return ids, present[0][0]
 
 
 def _covers(job: Job, opts: Options, state: State, dl: http.Downloader, display: Display) -> Outcome:
-    """OCR-VQA: the index (dataset.json), then each cover the records name, saved as <id>.jpg whatever its format."""
+    """A covers source: the index (an object of id -> entry with 'imageURL'), then each cover the records name,
+    saved as <id>.jpg whatever its format."""
     src, root = job.source, job.root
-    name = _basename(job.index_url, "dataset.json")
+    name = _basename(job.index_url, COVERS_INDEX)
     index_rel = f"{KIT_DIR}/downloads/{src.name}/{name}"
     index_path = root / index_rel
     rec = state.file(index_rel)
@@ -769,12 +785,11 @@ def _covers(job: Job, opts: Options, state: State, dl: http.Downloader, display:
         index = json.loads(index_path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         kept = _put_aside(root, index_path)
-        raise SourceFailure(f"{job.index_url}: not valid JSON ({http._short(e)}); kept at {kept}",
-                            f"pass OCR-VQA's dataset.json (from {OCR_VQA_HOME}) with --url {src.name}=URL") from None
+        raise SourceFailure(f"{job.index_url}: not valid JSON ({http._short(e)}); kept at {kept}", _pass_index(src)) from None
     if not isinstance(index, dict) or not all(isinstance(v, dict) for v in list(index.values())[:100]):
-        raise SourceFailure(f"{job.index_url}: not OCR-VQA's dataset.json (expected an object of book id -> entry with "
-                            "'imageURL')", f"pass OCR-VQA's dataset.json (from {OCR_VQA_HOME}) with --url {src.name}=URL")
-    wanted, records = _finetune_ids(root, opts.case, src.dest)
+        raise SourceFailure(f"{job.index_url}: not {_index_name(src)} (expected an object of id -> entry with "
+                            "'imageURL')", _pass_index(src))
+    wanted, records = _named_ids(root, opts.case, src.dest)
     scope = f"named by {records.name}" if wanted is not None else f"of the index ({records.name} is not there yet)"
     ids = sorted(wanted) if wanted is not None else sorted(index)
     dest = root / src.dest
@@ -835,6 +850,10 @@ def _covers(job: Job, opts: Options, state: State, dl: http.Downloader, display:
         out.warning = (f"{len(missing):,} of {len(ids):,} covers {scope} cannot be had (first: {first}); listed in "
                        f"{report}; `kit data fix --data {data_dir}` writes a record file without them")
     return out
+
+
+def _pass_index(src: Source) -> str:
+    return f"pass {_index_name(src)}{f' (from {src.home})' if src.home else ''} with --url {src.name}=URL"
 
 
 def threaded(fn: Callable[..., Any], items: list[tuple], jobs: int) -> Iterator[tuple[tuple, Any]]:

@@ -316,7 +316,7 @@ def fix(
             entry = v.result["stages"][sp.stage]
             if listing.get(sp.stage) and entry.get("present") and not entry.get("error"):
                 filtered[sp.stage] = write_filtered(root, sp.records, listing[sp.stage], dry_run, progress)
-                filtered[sp.stage]["set"] = f"--set data.{sp.stage}_json={filtered[sp.stage]['file']}"
+                filtered[sp.stage]["set"] = f"--set {sp.setting}={filtered[sp.stage]['file']}"
     return {
         "schema": "kit.data-fix/1", "data_root": str(root), "dry_run": dry_run, "recovered": recovered,
         "actions": [a.to_dict() for a in actions], "unusable": listing, "filtered": filtered,

@@ -1,10 +1,14 @@
-"""What a run trained and evaluated on, by content: the record files, the image folders, the weights, MMMU.
+"""What a run trained and evaluated on, by content: the record files, the image folders, the weights, the eval set.
 
 `kit run` writes `inputs.json` into the run directory before the first stage (docs/run-directory.md): the sha256
-and size of every record file, checkpoint file and MMMU parquet, and the file count and bytes of each image
-folder. The rules (cases/<case>/rules.toml) and `kit verify` read it; two submissions that name the same digests
-trained on the same bytes. Hashing a 7B checkpoint takes about a minute, so digests are cached by path, size and
-modification time under the results directory.
+and size of every record file, checkpoint file and eval-set file, and the file count and bytes of each image
+folder. Which files those are, the case declares (`case.data`, kit/case/data.py): its training stages' record files
+and image folders, its checkpoint folders, its eval set. The rules (the case's rules.toml) and `kit verify` read
+it; two submissions that name the same digests trained on the same bytes. Hashing a 7B checkpoint takes about a
+minute, so digests are cached by path, size and modification time under the results directory.
+
+inputs.json's parts are `data`, `weights` and `eval_data` (`PARTS`). kit.inputs/1 files, written before the case
+seam, named the eval set's part after the eval set; `part()` reads both.
 """
 
 from __future__ import annotations
@@ -15,7 +19,12 @@ import os
 from pathlib import Path
 from typing import Any
 
-INPUTS_SCHEMA = "kit.inputs/1"
+from kit import case as cases
+from kit.case import data as case_data
+from kit.case.data import StageData
+
+INPUTS_SCHEMA = "kit.inputs/2"
+PARTS = ("data", "weights", "eval_data")  # what a run read, by content; each with a `digest`
 CACHE_NAME = ".kit-sha256-cache.json"
 CHUNK = 8 << 20
 # Files of a Hugging Face checkpoint directory that define the weights and the tokenizer.
@@ -103,38 +112,37 @@ def _hash_files(paths: list[tuple[str, Path]], cache: HashCache) -> dict[str, di
     return out
 
 
-def data_identity(data_root: Path, stages: list[str], data_cfg: dict[str, Any], cache: HashCache) -> dict[str, Any]:
-    """The record files (hashed) and image folders (counted) each training stage reads."""
+def _census_folders(data_root: Path, sd: StageData) -> dict[str, Any]:
+    """The stage's image folders, counted (files, bytes): those a complete copy holds (the case names them) where
+    any is there; else the stage's whole image folder, or, when that is the data root itself, each folder in it."""
+    images = data_root / sd.images
+    found = {sub: folder_census(images / sub) for sub in sd.folders if (images / sub).is_dir()}
+    if found:
+        return found
+    if not images.is_dir():
+        return {}
+    if os.path.normpath(sd.images) == ".":  # a generated set: its folders are whatever it made
+        return {p.name: folder_census(p) for p in sorted(images.iterdir()) if p.is_dir() and not p.name.startswith(".")}
+    return {sd.images: folder_census(images)}
+
+
+def data_identity(data_root: Path, stages: tuple[StageData, ...] | list[StageData], cache: HashCache) -> dict[str, Any]:
+    """The record files (hashed) and image folders (counted) each training stage reads, as the case lays them out."""
     out: dict[str, Any] = {"root": str(data_root), "stages": {}}
     files: dict[str, dict[str, Any]] = {}
-    for stage in stages:
-        rel_json, rel_images = data_cfg[f"{stage}_json"], data_cfg[f"{stage}_images"]
-        json_path = data_root / rel_json
-        entry: dict[str, Any] = {"records_file": rel_json, "images": rel_images}
+    for sd in stages:
+        json_path = data_root / sd.records
+        entry: dict[str, Any] = {"records_file": sd.records, "images": sd.images}
         if json_path.is_file():
             digest, size = cache.sha256(json_path)
-            files[rel_json] = {"sha256": digest, "bytes": size}
+            files[sd.records] = {"sha256": digest, "bytes": size}
             entry.update(sha256=digest, bytes=size)
             if (provenance := filter_provenance(json_path, digest)) is not None:
                 entry["filter"] = provenance
         else:
             entry["missing"] = True
-        images = data_root / rel_images
-        if stage == "finetune" and rel_images in (".", ""):
-            # The finetune image root is the data root itself: count the reference's folders under it.
-            entry["image_folders"] = {
-                sub: folder_census(images / sub)
-                for sub in ("coco/train2017", "gqa/images", "ocr_vqa/images", "textvqa/train_images",
-                            "vg/VG_100K", "vg/VG_100K_2")
-                if (images / sub).is_dir()
-            }  # fmt: skip
-            if not entry["image_folders"]:  # a generated set: its folders are whatever it made
-                entry["image_folders"] = {
-                    p.name: folder_census(p) for p in sorted(images.iterdir()) if p.is_dir() and p.name not in ("tokenizer", ".kit-data")
-                } if images.is_dir() else {}  # fmt: skip
-        else:
-            entry["image_folders"] = {rel_images: folder_census(images)} if images.is_dir() else {}
-        out["stages"][stage] = entry
+        entry["image_folders"] = _census_folders(data_root, sd)
+        out["stages"][sd.stage] = entry
     out["files"] = files
     out["digest"] = digest_of(files) if files else None
     return out
@@ -195,7 +203,7 @@ def manifest_identity(data_root: Path | None) -> dict[str, Any] | None:
 
 
 def tree_identity(root: Path, cache: HashCache, suffixes: tuple[str, ...] | None = None) -> dict[str, Any]:
-    """Every file of a directory tree (a checkpoint, MMMU's parquet files), hashed, and one digest over them."""
+    """Every file of a directory tree (a checkpoint, the eval set's files), hashed, and one digest over them."""
     if not root.is_dir():
         return {"root": str(root), "missing": True, "files": {}, "digest": None}
     picked = sorted(
@@ -209,36 +217,68 @@ def tree_identity(root: Path, cache: HashCache, suffixes: tuple[str, ...] | None
 
 
 def collect(
-    *, data: Path | None, models: Path | None, mmmu: Path | None, synthetic_dir: Path | None, stages: list[str],
-    config: dict[str, Any], cache_path: Path | None,
+    *, data: Path | None, models: Path | None, synthetic_dir: Path | None, stages: list[str], config: dict[str, Any],
+    cache_path: Path | None, eval_data: Path | None = None, case: Any = None, mmmu: Path | None = None,
 ) -> dict[str, Any]:
-    """inputs.json's content. With --synthetic the generated set (records, tokenizer) is what the run read."""
+    """inputs.json's content: what the case declares that a run of these stages reads (its training stages' record
+    files and image folders, its checkpoints, its eval set), by content. With --synthetic the generated set
+    (records, tokenizer) is what the run read. `config` is the resolved config (run.json's `config`); `case` a
+    registered case or its name (default: the only one registered). `mmmu` is eval_data's name before the seam."""
+    c = case_data.choose(case) if case is None or isinstance(case, str) else case
+    eval_data = eval_data if eval_data is not None else mmmu
     cache = HashCache(cache_path)
-    training = [s for s in stages if s in ("pretrain", "finetune")]
+    training = [sd for sd in c.data.stages(config) if sd.stage in stages and sd.stage in cases.training(c)]
     synthetic = synthetic_dir is not None
     data_root = synthetic_dir if synthetic else data
     out: dict[str, Any] = {"schema": INPUTS_SCHEMA, "synthetic": synthetic}
-    out["data"] = data_identity(data_root, training, config["data"], cache) if data_root and training else None
+    out["data"] = data_identity(data_root, training, cache) if data_root and training else None
     if out["data"] is not None and not synthetic:
         out["data"]["manifest"] = manifest_identity(data_root)
-    model_cfg = config["model"]
     if synthetic:
-        out["weights"] = {"random_init": True, "seed": config["train"]["seed"], "digest": None,
-                          "tokenizer": tree_identity(synthetic_dir / "tokenizer", cache)}  # fmt: skip
+        seed, generated = c.data.synthetic_weights(config)
+        out["weights"] = {"random_init": True, "seed": seed, "digest": None,
+                          **{name: tree_identity(synthetic_dir / name, cache) for name in generated}}  # fmt: skip
     elif models is not None:
-        llm = tree_identity(models / model_cfg["llm_dir"], cache, WEIGHT_SUFFIXES)
-        vision = tree_identity(models / model_cfg["vision_dir"], cache, WEIGHT_SUFFIXES)
-        both = {f"llm/{k}": v for k, v in llm["files"].items()} | {f"vision/{k}": v for k, v in vision["files"].items()}
-        out["weights"] = {"random_init": False, "llm": llm, "vision": vision,
-                          "digest": digest_of(both) if both else None}  # fmt: skip
+        parts = {cp.part: tree_identity(models / cp.folder, cache, WEIGHT_SUFFIXES) for cp in c.data.checkpoints(config)}
+        every = {f"{part}/{k}": v for part, t in parts.items() for k, v in t["files"].items()}
+        out["weights"] = {"random_init": False, **parts, "digest": digest_of(every) if every else None}
     else:
         out["weights"] = None
-    if "eval" in stages:
-        if mmmu is not None:
-            out["mmmu"] = tree_identity(mmmu, cache, (".parquet",))
+    if any(s in stages for s in cases.evaluating(c)):
+        ev = c.data.eval_set()
+        if eval_data is not None and ev is not None:
+            out["eval_data"] = tree_identity(Path(eval_data), cache, (Path(ev.files).suffix,) if Path(ev.files).suffix else None)
         elif synthetic:
-            out["mmmu"] = {"generated": True, "digest": None}
+            out["eval_data"] = {"generated": True, "digest": None}
         else:
-            out["mmmu"] = None
+            out["eval_data"] = None
     cache.save()
+    return out
+
+
+def part(inputs: dict[str, Any] | None, name: str) -> Any:
+    """One part of an inputs.json (`PARTS`), whichever kit wrote it. A kit.inputs/1 file named the eval set's part
+    after the eval set: the one key beside schema, synthetic, data and weights."""
+    if not isinstance(inputs, dict):
+        return None
+    if name in inputs or name != "eval_data" or inputs.get("schema") != "kit.inputs/1":
+        return inputs.get(name)
+    other = [k for k in inputs if k not in ("schema", "synthetic", "data", "weights")]
+    return inputs[other[0]] if len(other) == 1 else None
+
+
+def digests(inputs: dict[str, Any] | None) -> dict[str, str | None]:
+    """Each part's digest (`PARTS`), or what stood in for it: random initial weights, a generated eval set."""
+    out: dict[str, str | None] = {}
+    for name in PARTS:
+        d = part(inputs, name)
+        d = d if isinstance(d, dict) else {}
+        if d.get("digest"):
+            out[name] = str(d["digest"])
+        elif d.get("random_init"):
+            out[name] = f"random init (seed {d.get('seed')})"
+        elif d.get("generated"):
+            out[name] = "generated"
+        else:
+            out[name] = None
     return out

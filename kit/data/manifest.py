@@ -16,7 +16,6 @@ from typing import Any
 
 MANIFEST_NAME = "kit-data-manifest.json"
 SCHEMA = "kit.data-manifest/1"
-STAGES = ("pretrain", "finetune")
 
 
 class ManifestError(ValueError):
@@ -85,11 +84,12 @@ def digest_of(stages: dict[str, Any], images: dict[str, Any]) -> str:
 
 
 def stale(data_root: str | Path, manifest: dict[str, Any]) -> list[str]:
-    """The record files (relative paths) whose size or mtime differ from the manifest's, or that are gone."""
+    """The record files (relative paths) whose size or mtime differ from the manifest's, or that are gone: those of
+    every stage the manifest describes."""
     root = Path(data_root)
     out = []
-    for stage in STAGES:
-        entry = (manifest.get("stages") or {}).get(stage)
+    stages = manifest.get("stages") if isinstance(manifest.get("stages"), dict) else {}
+    for _stage, entry in sorted(stages.items()):
         if not isinstance(entry, dict) or not entry.get("file"):
             continue
         try:

@@ -1,8 +1,10 @@
-"""A case's data sources (cases/<case>/data-sources.toml), validated: every key known, every value typed.
+"""A case's data sources (its data-sources.toml, `case.data.SOURCES`), validated: every key known, every value typed.
 
 The file is data, not code: where each source comes from, where it goes in the `--data` / `--models` layout, its
-published checksum and approximate size, and what a complete copy holds (record counts, per-source counts, folder
-file counts). `kit data fetch` reads the sources, `kit data verify` the reference counts.
+published checksum and approximate size, and what a complete copy holds. It is the one place of the reference
+counts: the records of each training stage (`<stage>_records`), a stage's records per source (`<stage>_by_source`)
+and the files of each image folder (`folders`). `kit data fetch` reads the sources; `kit data verify`,
+`kit check-host` and the submission rules read the counts (kit/case/data.py `reference`).
 """
 
 from __future__ import annotations
@@ -47,14 +49,17 @@ class Source:
     sha256: str = ""
     bytes: int = 0
     unpacked_bytes: int = 0
+    index: str = ""  # covers: what the index of image URLs is, as its publisher names it
+    home: str = ""  # covers: the page that links the index when it has no stable URL of its own
 
 
 @dataclass(frozen=True)
 class Reference:
-    pretrain_records: int
-    finetune_records: int
-    finetune_by_source: dict[str, int] = field(default_factory=dict)
-    folders: dict[str, int] = field(default_factory=dict)
+    """What a complete copy holds: the counts every check compares with (written once, in the sources file)."""
+
+    records: dict[str, int]  # training stage -> records of its reference record file
+    by_source: dict[str, dict[str, int]] = field(default_factory=dict)  # stage -> source -> records
+    folders: dict[str, int] = field(default_factory=dict)  # image folder -> files after a full download
 
 
 @dataclass(frozen=True)
@@ -78,7 +83,7 @@ class Sources:
 _TYPES: dict[str, type] = {
     "name": str, "what": str, "kind": str, "root": str, "url": str, "repo": str, "repo_type": str, "revision": str,
     "files": list, "allow": list, "prefer": str, "dest": str, "unpack": str, "yields": str, "md5": str,
-    "sha256": str, "bytes": int, "unpacked_bytes": int,
+    "sha256": str, "bytes": int, "unpacked_bytes": int, "index": str, "home": str,
 }  # fmt: skip
 _REQUIRED = ("name", "what", "kind", "root")
 
@@ -147,9 +152,44 @@ def _counts(path: Path, where: str, raw: Any) -> dict[str, int]:
     return dict(raw)
 
 
-def load(case_dir: str | Path, path: str | Path | None = None) -> Sources:
-    """The case's data-sources.toml (or `path`), validated; SourcesError names the file and the key."""
-    p = Path(path) if path is not None else Path(case_dir) / FILE_NAME
+RECORDS, BY_SOURCE, FOLDERS = "_records", "_by_source", "folders"
+
+
+def _reference(p: Path, ref: Any, stages: tuple[str, ...] | None) -> Reference:
+    """[reference]: `<stage>_records = N` and `[reference.<stage>_by_source]` per training stage, and
+    `[reference.folders]`. With the case's training stages, every one needs its count and no other is known."""
+    if not isinstance(ref, dict):
+        raise _fail(p, "[reference]", "missing")
+    records: dict[str, int] = {}
+    by_source: dict[str, dict[str, int]] = {}
+    for key, value in ref.items():
+        if key.endswith(RECORDS) and key != RECORDS:
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise _fail(p, f"[reference].{key}", "must be an integer")
+            records[key[: -len(RECORDS)]] = value
+        elif key.endswith(BY_SOURCE) and key != BY_SOURCE:
+            by_source[key[: -len(BY_SOURCE)]] = _counts(p, f"[reference.{key}]", value)
+        elif key != FOLDERS:
+            raise _fail(p, "[reference]", f"unknown key {key}; known: <stage>{RECORDS}, <stage>{BY_SOURCE}, {FOLDERS}")
+    if stages is not None:
+        for stage in stages:
+            if stage not in records:
+                raise _fail(p, f"[reference].{stage}{RECORDS}", "must be an integer (the records of a complete copy)")
+        for stage in sorted((set(records) | set(by_source)) - set(stages)):
+            raise _fail(p, "[reference]", f"{stage!r} is not a training stage of the case ({', '.join(stages)})")
+    for stage, counts in by_source.items():
+        if stage not in records:
+            raise _fail(p, f"[reference.{stage}{BY_SOURCE}]", f"needs [reference].{stage}{RECORDS}")
+        total = sum(counts.values())
+        if counts and total != records[stage]:
+            raise _fail(p, f"[reference.{stage}{BY_SOURCE}]", f"sums to {total:,}, not {stage}{RECORDS} = {records[stage]:,}")
+    return Reference(records, {s: c for s, c in by_source.items() if c}, _counts(p, "[reference.folders]", ref.get(FOLDERS, {})))
+
+
+def load(path: str | Path, stages: tuple[str, ...] | None = None) -> Sources:
+    """A data-sources.toml, validated against the schema (and, given them, the case's training stages);
+    SourcesError names the file and the key."""
+    p = Path(path)
     try:
         data = tomllib.loads(p.read_text())
     except OSError as e:
@@ -161,33 +201,10 @@ def load(case_dir: str | Path, path: str | Path | None = None) -> Sources:
     unknown = sorted(set(data) - {"schema", "case", "reference", "source"})
     if unknown:
         raise _fail(p, "top level", f"unknown key(s) {', '.join(unknown)}")
-    ref = data.get("reference")
-    if not isinstance(ref, dict):
-        raise _fail(p, "[reference]", "missing")
-    for key in ("pretrain_records", "finetune_records"):
-        if not isinstance(ref.get(key), int) or isinstance(ref.get(key), bool):
-            raise _fail(p, f"[reference].{key}", "must be an integer")
-    unknown = sorted(set(ref) - {"pretrain_records", "finetune_records", "finetune_by_source", "folders"})
-    if unknown:
-        raise _fail(p, "[reference]", f"unknown key(s) {', '.join(unknown)}")
-    reference = Reference(
-        ref["pretrain_records"], ref["finetune_records"],
-        _counts(p, "[reference.finetune_by_source]", ref.get("finetune_by_source", {})),
-        _counts(p, "[reference.folders]", ref.get("folders", {})),
-    )  # fmt: skip
-    by_source = sum(reference.finetune_by_source.values())
-    if reference.finetune_by_source and by_source != reference.finetune_records:
-        raise _fail(p, "[reference.finetune_by_source]", f"sums to {by_source:,}, not finetune_records = {reference.finetune_records:,}")
+    reference = _reference(p, data.get("reference"), stages)
     raw_sources = data.get("source", [])
-    if not isinstance(raw_sources, list) or not raw_sources:
-        raise _fail(p, "[[source]]", "at least one source is needed")
+    if not isinstance(raw_sources, list):
+        raise _fail(p, "[[source]]", "must be an array of tables")  # none at all: a case that draws its own data
     seen: set[str] = set()
     sources = tuple(_source(p, i, raw, seen) for i, raw in enumerate(raw_sources))
     return Sources(p, str(data.get("case", "")), reference, sources)
-
-
-def for_case(case_name: str) -> Sources:
-    """The data sources of a registered case (kit/cases.py)."""
-    from kit import case as cases
-
-    return load(cases.get(case_name).root)

@@ -38,9 +38,9 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from kit import __version__
+from kit import case as cases
 
 KIT_ROOT = Path(__file__).resolve().parents[2]
-IMAGE_REPO = "kit-llava"
 REFERENCE = "reference"
 
 
@@ -392,10 +392,10 @@ def plan_build(
     content_hash = h.hexdigest()
 
     flavour = spec["short"] if stack == REFERENCE else f"{stack}-{spec['short']}"
-    tag = tag or f"{IMAGE_REPO}:{__version__}-{flavour}-{content_hash[:12]}"
+    tag = tag or f"{cases.only().image_repository}:{__version__}-{flavour}-{content_hash[:12]}"
     if not TAG_RE.match(tag):
         raise BuildRequestError(f"--tag {tag!r} is not a valid image reference",
-                                "use lowercase NAME[:TAG], e.g. --tag kit-llava:mine")
+                                f"use lowercase NAME[:TAG], e.g. --tag {cases.only().image_repository}:mine")
 
     args = {"CUDA_VARIANT": variant, "BASE_IMAGE": base, "KIT_VERSION": __version__, "KIT_LOCK_SHA256": lock_sha}
     if pip_index_url:

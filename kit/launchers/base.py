@@ -77,6 +77,90 @@ class Launcher(Protocol):
     def close(self) -> None: ...
 
 
+class LauncherBase:
+    """A launcher's whole lifecycle, around the stage interface above. kit/run/stages.py drives it and never asks a
+    launcher what kind it is:
+
+    - `request_problems(req)`: its own options, checked (a UsageError each) before anything else;
+    - `session(req)`: a context every step below runs in (an ssh policy for remote engines, say);
+    - `prepare(req, cfg, dry)`: the plan (engines reached, image pinned); returns (launcher, stops): a dry run gets
+      what would stop a launch among the stops instead of an exception;
+    - `describe(...)`: a dry run's lines (commands, mounts, the job script), and its stops;
+    - `check_before_create(...)`, `before_record(run, ...)` (fields for run.json; a scheduler submits here, held),
+      `plan_lines()`, `launch(run, ...)`: None when the stages run in this process, else the exit code of a run
+      that went elsewhere (a job, followed); `abandon()` undoes what a failed start began;
+    - `elsewhere(run, meta, ...)`: for a run being continued, None when its stages run here, else the exit code;
+      `reopen(run, meta)`: the launcher of a run being continued;
+    - `ranks_here`, `where_ranks_run`, `environment_facts`, `probed_stack`, `image_name`: what the host's checks
+      and environment.json need to know of where the ranks run.
+    """
+
+    name = "base"
+    groups: tuple[str, ...] = ()  # the option groups of kit/run/request.py it accepts
+
+    @classmethod
+    def request_problems(cls, req: Any) -> list[str]:
+        from kit.run.request import given
+
+        out = []
+        for group, owner in (("containers", "the container path; drop --native to use it"),
+                             ("slurm", "--launcher slurm; add it, or drop them"), ("native", "--native")):  # fmt: skip
+            if group in cls.groups:
+                continue
+            flags = [f for f in given(req, group) if not (group == "native" and f == "--native")]
+            if flags:
+                out.append(f"{', '.join(flags)} belong(s) to {owner}")
+        return out
+
+    @classmethod
+    def session(cls, req: Any) -> Any:
+        from contextlib import nullcontext
+
+        return nullcontext()
+
+    def describe(self, req: Any, cfg: Any, console: Any, commands: dict[str, list[str]], run: Path) -> list:
+        return []
+
+    def check_before_create(self, req: Any, cfg: Any, console: Any) -> None:
+        return None
+
+    def before_record(self, run: Any, req: Any, cfg: Any, console: Any) -> dict[str, Any]:
+        return {}
+
+    def plan_lines(self) -> list[str]:
+        return []
+
+    def launch(self, run: Any, req: Any, cfg: Any, console: Any) -> int | None:
+        return None
+
+    def abandon(self) -> None:
+        return None
+
+    @classmethod
+    def elsewhere(cls, run: Path, meta: dict[str, Any], console: Any, overrides: dict | None, follow: bool) -> int | None:
+        return None
+
+    @classmethod
+    def ranks_here(cls, req: Any) -> bool:
+        """Whether this request's ranks run on this host (so this host's devices are the ones to count)."""
+        return True
+
+    def where_ranks_run(self) -> str:
+        return "this host"
+
+    def environment_facts(self) -> dict[str, Any]:
+        return {}
+
+    def probed_stack(self, probe: dict[str, Any]) -> dict[str, Any] | None:
+        return None
+
+    def image_name(self) -> str:
+        return "native"
+
+    def close(self) -> None:
+        return None
+
+
 def run_stage(
     launcher: Launcher, run: Path, stage: str, world: int, case_args: list[str], display: StageProgress
 ) -> StageResult:

@@ -35,9 +35,19 @@ from typing import Any
 
 from rich.markup import escape
 
+from kit import case as cases
 from kit.case import Case
 from kit.case import stage as stage_of
-from kit.launchers.base import StageResult, StartFailed, free_port, launcher_root_cause, tail_lines
+from kit.errors import EnvironmentProblem
+from kit.image import stacks
+from kit.launchers.base import (
+    LauncherBase,
+    StageResult,
+    StartFailed,
+    free_port,
+    launcher_root_cause,
+    tail_lines,
+)
 from kit.run.progress import StageProgress
 
 LABEL_RUN = "kit.run"
@@ -66,7 +76,7 @@ SSH_DIR_PREFIX = "kit-ssh-"
 MOUNT_MARKER = ".kit-mount-check"
 
 
-class ContainerError(RuntimeError):
+class ContainerError(EnvironmentProblem):
     """The container path cannot start: what is wrong, where, and what to do (exit 3)."""
 
     def __init__(self, message: str, fix: str) -> None:
@@ -646,13 +656,164 @@ class _LogPump(threading.Thread):
             pass
 
 
-class ContainerLauncher:
+class ContainerLauncher(LauncherBase):
     """Runs the case's helpers and stages in containers, as the plan says (the `Launcher` interface)."""
 
     name = "containers"
     what = "container"
+    groups = ("containers",)
 
-    def __init__(self, case: Case, plan_: ContainerPlan, run_id: str, hang_timeout: float = 0.0) -> None:
+    # ---- lifecycle ----
+
+    @classmethod
+    def request_problems(cls, req: Any) -> list[str]:
+        out = super().request_problems(req)
+        try:
+            parse_hosts(req.hosts, req.nodes)
+            forwarded_env(req.env)
+            parse_ulimits(req.ulimits)
+        except ValueError as e:
+            out.append(str(e))
+        if req.master_port is not None and not 1024 <= req.master_port <= 65535:
+            out.append(f"--master-port {req.master_port}: expected a port from 1024 to 65535")
+        return out
+
+    @classmethod
+    def session(cls, req: Any) -> SshPolicy:
+        return SshPolicy(req.ssh_options)
+
+    @classmethod
+    def _plan_kwargs(cls, req: Any, cfg: Any, tag: str) -> dict[str, Any]:
+        read_only = [Path(p) for p in (req.data, req.models, req.eval_data, req.model_dir) if p]
+        return dict(hosts=parse_hosts(req.hosts, req.nodes), image=req.image, results=Path(req.results).resolve(),
+                    read_only=read_only, gpus_per_node=req.gpus, use_gpus=cfg.device != "cpu",
+                    env=forwarded_env(req.env), ssh_options=req.ssh_options, master_addr=req.master_addr,
+                    master_port=req.master_port, run_tag=tag, ulimits=parse_ulimits(req.ulimits))  # fmt: skip
+
+    @classmethod
+    def prepare(cls, req: Any, cfg: Any, dry: bool = False) -> tuple[ContainerLauncher, list]:
+        """Reach the nodes' engines and fix the containers' shape (ContainerError, exit 3). A dry run writes nothing,
+        not even the results directory; an engine it cannot reach is a stop, and the plan is shown with what only
+        the engines know left open."""
+        from kit.errors import EXIT_ENVIRONMENT
+        from kit.run.request import Stop
+
+        tag = "<run id>" if dry else uuid.uuid4().hex[:8]
+        kw = cls._plan_kwargs(req, cfg, tag)
+        try:
+            p = plan(**kw, create=not dry)
+        except ContainerError as e:
+            if not dry:
+                raise
+            return cls(cases.get(req.case), unreached_plan(**kw), "<run id>", req.hang_timeout, reached=False), [
+                Stop(EXIT_ENVIRONMENT, str(e))]
+        return cls(cases.get(req.case), p, "<run id>" if dry else "", req.hang_timeout), []
+
+    def describe(self, req: Any, cfg: Any, console: Any, commands: dict[str, list[str]], run: Path) -> list:
+        from rich.text import Text
+
+        from kit.errors import EXIT_USAGE
+        from kit.run.request import Stop
+
+        p = self.plan
+        for node in p.nodes:
+            for stage, args in commands.items():
+                cmd = " ".join(p.torchrun(node, stage_of(self.case, stage).module, args))
+                console.print(Text(f"{stage}, {node.where}: {cmd}".replace("--master-port=0", "--master-port=<free port>")))
+        for line in describe(p):
+            console.print(Text(line))
+        if not self.reached:
+            console.print(Text("image stack: not read (no engine or image to read it from: see below)"))
+            return []
+        stops = []
+        stack = self.image_stack()
+        needs = [f"{n.key} = {n.value!r} needs {n.package}" for n in stacks.config_needs(cfg.to_dict())]
+        if problem := stacks.config_problem(cfg.to_dict(), stack, p.image):
+            stops.append(Stop(EXIT_USAGE, problem))
+            console.print(Text(f"image stack: {stacks.describe(stack)}"))
+        else:
+            met = f": it meets the config's needs ({'; '.join(needs)})" if needs else ""
+            console.print(Text(f"image stack: {stacks.describe(stack)}{met}"))
+        if len(p.nodes) > 1 and not p.own_network:
+            console.print(Text("not checked by a dry run: that --results is shared by the nodes and node 0's "
+                               "rendezvous port is free and reached (a launch starts a container per node to see)",
+                               style="dim"))  # fmt: skip
+        return stops
+
+    def image_stack(self) -> dict:
+        """The stack of the plan's image, from its labels (kit.image.stacks.image_stack)."""
+        try:
+            labels = self.plan.nodes[0].client.images.get(self.plan.image_id or self.plan.image).labels or {}
+        except Exception:  # noqa: BLE001 - the plan just inspected it; an engine that went away reads as unlabelled
+            labels = {}
+        return stacks.image_stack(labels)
+
+    def check_before_create(self, req: Any, cfg: Any, console: Any) -> None:
+        """The image's stack must meet the config's needs, and several hosts must share --results and reach node 0:
+        refused before anything starts."""
+        from kit.errors import UsageError
+
+        if problem := stacks.config_problem(cfg.to_dict(), self.image_stack(), self.plan.image):
+            raise UsageError(problem)
+        if not self.plan.own_network and len(self.plan.nodes) > 1:
+            with console.status("checking the nodes: shared results, rendezvous port, reachability"):
+                preflight(self.plan, Path(req.results))
+
+    def before_record(self, run: Any, req: Any, cfg: Any, console: Any) -> dict[str, Any]:
+        self.run_id = run.path.name
+        return {"containers": self.plan.to_dict(), "stack": self.image_stack()}
+
+    def plan_lines(self) -> list[str]:
+        return describe(self.plan)
+
+    @classmethod
+    def reopen(cls, run: Path, meta: dict[str, Any]) -> ContainerLauncher:
+        """The plan of a run being continued: the same hosts, and the same image (by id), or ContainerError."""
+        from dataclasses import replace as _replace
+
+        from kit.run.request import RunRequest
+
+        stored = meta["containers"]
+        req = RunRequest.from_dict(meta)
+        req.image = stored["image"]
+        req.hosts = ",".join(n["host"] for n in stored.get("nodes") or []) or req.hosts
+        case = cases.get(meta["case"])
+        cfg = cases.load_config(case, str(run / "config.toml"), [])
+        tag = stored["network"].removeprefix("kit-") if stored["network"] != "host" else uuid.uuid4().hex[:8]
+        if stored["network"] == "host" and req.nodes == 1:
+            req = _replace(req, master_port=None)  # a fresh free port: the old one may be taken now
+        p = plan(**cls._plan_kwargs(req, cfg, tag))
+        if not p.own_network and len(p.nodes) > 1:
+            preflight(p, Path(req.results))
+        if p.image_id != stored["image_id"]:
+            raise ContainerError(
+                f"the image {stored['image']} is now {p.image_id[:19]}, but the run started with "
+                f"{stored['image_id'][:19]}: a resumed run must use the image it started with",
+                f"tag the original image again (`docker tag {stored['image_id'][:19]} {stored['image']}`) and resume, "
+                "or start a new run",
+            )
+        return cls(case, p, run.name, float(meta.get("hang_timeout") or 0))
+
+    @classmethod
+    def ranks_here(cls, req: Any) -> bool:
+        try:
+            hosts = parse_hosts(req.hosts, req.nodes)
+        except ValueError:
+            return False
+        return all(h == "local" for h in hosts) and os.environ.get("DOCKER_HOST", "unix://").startswith("unix://")
+
+    def where_ranks_run(self) -> str:
+        return f"the image {self.plan.image}"
+
+    def environment_facts(self) -> dict[str, Any]:
+        return {"containers": self.plan.to_dict()}
+
+    def image_name(self) -> str:
+        return self.plan.image
+
+    def __init__(self, case: Case, plan_: ContainerPlan, run_id: str, hang_timeout: float = 0.0,
+                 reached: bool = True) -> None:  # fmt: skip
+        self.reached = reached
         self._done: set[int] = set()
         self._failed: Node | None = None
         self._stage = ""

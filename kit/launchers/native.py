@@ -11,12 +11,16 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
+from kit import case as cases
 from kit.case import Case
 from kit.case import stage as stage_of
+from kit.image import stacks
 from kit.launchers.base import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
+    LauncherBase,
     StageResult,
     StartFailed,
     failure_message,
@@ -43,11 +47,46 @@ def extensions_dir(python: str) -> str:
     return str(Path.home() / ".cache" / "torch_extensions" / f"kit-{hashlib.sha256(str(exe).encode()).hexdigest()[:12]}")
 
 
-class NativeLauncher:
+class NativeLauncher(LauncherBase):
     """torchrun on this host: one process per GPU (per CPU rank without GPUs)."""
 
     name = "native"
     what = "rank"
+    groups = ("native",)
+
+    # ---- lifecycle ----
+
+    @classmethod
+    def request_problems(cls, req: Any) -> list[str]:
+        out = super().request_problems(req)
+        if req.nodes > 1:
+            out.insert(0, "--native runs on this host only (--nodes 1); several nodes run in containers")
+        return out
+
+    @classmethod
+    def prepare(cls, req: Any, cfg: Any, dry: bool = False) -> tuple[NativeLauncher, list]:
+        return cls(cases.get(req.case), python=req.python, hang_timeout=req.hang_timeout), []
+
+    @classmethod
+    def reopen(cls, run: Path, meta: dict[str, Any]) -> NativeLauncher:
+        return cls(cases.get(meta["case"]), python=meta.get("python", sys.executable),
+                   hang_timeout=float(meta.get("hang_timeout") or 0))  # fmt: skip
+
+    def describe(self, req: Any, cfg: Any, console: Any, commands: dict[str, list[str]], run: Path) -> list:
+        console.print("native: torchrun on this host with " + self.python)
+        for stage, args in commands.items():
+            cmd = " ".join(self.command(stage_of(self.case, stage).module, req.gpus, 0, args))
+            console.print(f"{stage}: {cmd}".replace("--master-port=0", "--master-port=<free port>"))
+        return []
+
+    def before_record(self, run: Any, req: Any, cfg: Any, console: Any) -> dict[str, Any]:
+        return {"containers": None, "stack": {"name": "native", "python": req.python}}
+
+    def where_ranks_run(self) -> str:
+        return self.python
+
+    def probed_stack(self, probe: dict[str, Any]) -> dict[str, Any] | None:
+        return stacks.native_stack(probe)
 
     def __init__(self, case: Case, python: str = sys.executable, env: dict | None = None, hang_timeout: float = 0.0) -> None:
         self.case = case
@@ -91,7 +130,7 @@ class NativeLauncher:
         """The case's JIT-compiled ops (DeepSpeed's deepspeed_shm_comm on a CPU: cases/<case>/ops.py) built before the
         first stage that loads them, once per environment, under a lock, with a line on the progress display. Left to
         the ranks, every rank of every run started meanwhile compiled or waited behind "starting" for minutes."""
-        if self.ops_checked:
+        if self.ops_checked or not self.case.prepare_module:
             return
         try:
             ops = importlib.import_module(self.case.prepare_module)  # standard library only at import

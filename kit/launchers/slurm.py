@@ -7,7 +7,7 @@ Two halves, on either side of `sbatch`:
   and follows the job: pending (with Slurm's reason), running (the same progress line as any launcher, read from
   the run directory on the shared file system), ended. `kit resume` submits the same script again.
 - **Inside the allocation** (`SlurmLauncher`): the batch script runs `kit slurm-job RUN` on the first node, which
-  runs the shared stage loop (kit.commands.run.execute) with this launcher. Each stage is one `srun` step with
+  runs the shared stage loop (kit.run.stages.execute) with this launcher. Each stage is one `srun` step with
   one task per node; each task runs `<run>/slurm/<stage>.sh`, which starts that node's torchrun (`--nnodes` the
   job's nodes, `--node-rank` the task's SLURM_PROCID, the rendezvous at the first node of
   `scontrol show hostnames $SLURM_JOB_NODELIST` on a port free there). `kit run --launcher slurm` inside an
@@ -32,9 +32,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from kit import case as cases
 from kit.case import Case
 from kit.case import stage as stage_of
+from kit.errors import EnvironmentProblem
+from kit.image import stacks
 from kit.launchers.base import (
+    LauncherBase,
     StageResult,
     StartFailed,
     failure_message,
@@ -57,7 +61,7 @@ SRUN_TASK_ERROR = re.compile(r"srun: error: (\S+): tasks? ([\d,\-]+): (.+)")
 TOOLS_FIX = "load the cluster's Slurm environment (module load slurm, or install slurm-client) on this host"
 
 
-class SlurmError(RuntimeError):
+class SlurmError(EnvironmentProblem):
     """Slurm refused or is out of reach (exit 3), with what to do."""
 
     def __init__(self, message: str, fix: str) -> None:
@@ -138,15 +142,33 @@ def kit_command() -> tuple[str, str]:
 # ------------------------------------------------------------------------------------------ the batch script
 
 
+SLURM_OPTIONS = {"partition": "partition", "account": "account", "time_limit": "time", "sbatch_args": "sbatch_args",
+                 "container_image": "container_image", "master_port": "master_port"}  # request field -> job key
+
+
+def options(meta: dict) -> dict[str, Any]:
+    """The run's Slurm options and job record: run.json's `slurm` table with the request's own fields over it."""
+    s = dict(meta.get("slurm") or {})
+    for field_name, key in SLURM_OPTIONS.items():
+        if meta.get(field_name) not in (None, []):
+            s[key] = meta[field_name]
+    return s
+
+
+def config_name(meta: dict) -> str:
+    c = meta.get("config")
+    return c.get("name") if isinstance(c, dict) else str(c)
+
+
 def batch_script(run: Path, meta: dict, use_gpus: bool) -> str:
     """The run's batch script: the allocation, then kit's stage loop on the first node."""
-    s = meta.get("slurm") or {}
+    s = options(meta)
     python, root = kit_command()
     lines = [
         "#!/bin/bash",
-        f"# kit run {run.name}: {meta['case']} config {meta['config']['name']}, {meta['nodes']} node(s) x "
+        f"# kit run {run.name}: {meta['case']} config {config_name(meta)}, {meta['nodes']} node(s) x "
         f"{meta['gpus']}, written by kit. `kit run` submitted it; `kit resume {run}` submits it again.",
-        f"#SBATCH --job-name=kit-{meta['case']}-{meta['config']['name']}",
+        f"#SBATCH --job-name=kit-{meta['case']}-{config_name(meta)}",
         f"#SBATCH --nodes={meta['nodes']}",
         "#SBATCH --ntasks-per-node=1",
         "#SBATCH --exclusive",
@@ -172,12 +194,11 @@ def batch_script(run: Path, meta: dict, use_gpus: bool) -> str:
 
 def container_flags(meta: dict) -> list[str]:
     """pyxis's options for a stage step: the image, every directory of the run at its own path, no home."""
-    s = meta.get("slurm") or {}
-    image = s.get("container_image")
+    image = options(meta).get("container_image")
     if not image:
         return []
     mounts = [f"{meta['results']}:{meta['results']}"]
-    mounts += [f"{meta[k]}:{meta[k]}:ro" for k in ("data", "models", "mmmu", "model_dir") if meta.get(k)]
+    mounts += [f"{meta[k]}:{meta[k]}:ro" for k in ("data", "models", "eval_data", "model_dir") if meta.get(k)]
     return [f"--container-image={image}", f"--container-mounts={','.join(dict.fromkeys(mounts))}",
             "--no-container-mount-home", f"--container-workdir={meta['results']}"]  # fmt: skip
 
@@ -207,17 +228,140 @@ def stage_srun(meta: dict, stage_dir: Path, script: Path) -> list[str]:
 # ------------------------------------------------------------------------------------------ inside the allocation
 
 
-class SlurmLauncher:
-    """The stage's ranks as one srun step of the current allocation (the `Launcher` interface)."""
+class SlurmLauncher(LauncherBase):
+    """The stage's ranks as one srun step of the current allocation (the `Launcher` interface); outside an
+    allocation, a batch job that runs `kit slurm-job RUN`, submitted and followed."""
 
     name = "slurm"
     what = "task"
+    groups = ("slurm", "native")
+
+    # ---- lifecycle ----
+
+    @classmethod
+    def request_problems(cls, req: Any) -> list[str]:
+        from kit.run.request import given
+
+        docker_only = [f for f in given(req, "containers") if f != "--master-port"]
+        if docker_only:
+            return [f"{', '.join(docker_only)} belong(s) to the Docker container path; with --launcher slurm the "
+                    "containers are pyxis's (--container-image), on the nodes Slurm allocates"]  # fmt: skip
+        if req.native and req.container_image:
+            return ["--native and --container-image exclude each other: --native runs --python on the nodes, "
+                    "--container-image runs the stages in that image through pyxis"]  # fmt: skip
+        if not req.native and not req.container_image:
+            return ["--launcher slurm runs the stages in containers through pyxis: pass --container-image IMAGE "
+                    "(an enroot image, e.g. one made by `enroot import dockerd://TAG`; see docs/slurm.md), or "
+                    "--native to run --python on the nodes"]  # fmt: skip
+        if req.time_limit and not valid_time(req.time_limit):
+            return [f"--time {req.time_limit!r}: expected a Slurm time limit (MM, HH:MM:SS, D-HH:MM:SS, ...)"]
+        if req.master_port is not None and not 1024 <= req.master_port <= 65535:
+            return [f"--master-port {req.master_port}: expected a port from 1024 to 65535"]
+        return []
+
+    @classmethod
+    def prepare(cls, req: Any, cfg: Any, dry: bool = False) -> tuple[SlurmLauncher, list]:
+        meta = {**req.to_dict(), "config": cfg.name}
+        launcher = cls(cases.get(req.case), meta, hang_timeout=req.hang_timeout)
+        launcher.use_gpus = cfg.device != "cpu"
+        launcher.follow = req.follow
+        return launcher, []
+
+    def describe(self, req: Any, cfg: Any, console: Any, commands: dict[str, list[str]], run: Path) -> list:
+        from rich.text import Text
+
+        console.print(Text(f"{describe(self.meta)}; the batch script (RUN/slurm/{SCRIPT}):", style="bold"))
+        console.print(Text(batch_script(run, self.meta, self.use_gpus)), soft_wrap=True)
+        python = req.python if req.native else "python"
+        for stage, args in commands.items():
+            step = run / "slurm" / f"{stage}.sh"
+            console.print(Text(f"{stage}: {shlex.join(stage_srun(self.meta, run / stage, step))}"), soft_wrap=True)
+            console.print(Text(step_script(python, stage_of(self.case, stage).module, req.nodes, req.gpus,
+                                           "FIRST_NODE_ADDR", req.master_port or 0, args)
+                               .replace("--master-port=0", "--master-port=FREE_PORT"), style="dim"),
+                          soft_wrap=True)  # fmt: skip
+        return []
+
+    def before_record(self, run: Any, req: Any, cfg: Any, console: Any) -> dict[str, Any]:
+        """Inside an allocation: the allocation; outside: the batch script, submitted held, its job id."""
+        stack = {"name": "native", "python": req.python} if not req.container_image else {"name": "native",
+                                                                                          "image": req.container_image}
+        if in_allocation():
+            nodes = hostnames(os.environ.get("SLURM_JOB_NODELIST", ""))
+            if len(nodes) < req.nodes:
+                from kit.errors import UsageError
+
+                raise UsageError(f"--nodes {req.nodes}: this allocation (job {os.environ['SLURM_JOB_ID']}) has "
+                                 f"{len(nodes)} node(s): {', '.join(nodes)}; ask for fewer, or allocate more")  # fmt: skip
+            record = {"job_id": os.environ["SLURM_JOB_ID"], "in_allocation": True, "nodes": nodes, "script": None}
+        else:
+            script = write_script(run.path, self.meta, self.use_gpus)
+            self.job = sbatch(script, hold=True)
+            record = {"job_id": self.job, "in_allocation": False, "script": str(script.relative_to(run.path)),
+                      "script_sha256": script_digest(script)}  # fmt: skip
+        self.meta["slurm"] = record
+        return {"slurm": record, "containers": None, "stack": stack}
+
+    def launch(self, run: Any, req: Any, cfg: Any, console: Any) -> int | None:
+        from rich.text import Text
+
+        record = self.meta["slurm"]
+        if record.get("in_allocation"):
+            console.print(Text(f"inside slurm job {record['job_id']} on {', '.join(record['nodes'])}: each stage one "
+                               "srun step", style="dim"))  # fmt: skip
+            return None
+        run.append_status("submitted", detail={"job_id": self.job})
+        release(self.job)
+        console.print(Text(f"{describe(self.meta)}; batch script {run.path / record['script']}; submitted as job "
+                           f"{self.job}", style="dim"))  # fmt: skip
+        if not self.follow:
+            console.print(f"submitted batch job {self.job}; its output: {run.path / 'slurm' / f'job-{self.job}.out'}\n"
+                          f"follow it with `squeue -j {self.job}` and `kit report {run.path}`; `scancel {self.job}` "
+                          "stops it")  # fmt: skip
+            return 0
+        return follow_job(run.path, self.job, console)
+
+    def abandon(self) -> None:
+        if getattr(self, "job", None):
+            cancel(self.job)
+
+    @classmethod
+    def elsewhere(cls, run: Path, meta: dict[str, Any], console: Any, overrides: dict | None, follow: bool) -> int | None:
+        """Outside an allocation the job runs the stages: `kit resume` submits the same batch script again."""
+        if in_allocation():
+            return None
+        return resubmit(run, meta, console, overrides, follow)
+
+    @classmethod
+    def reopen(cls, run: Path, meta: dict[str, Any]) -> SlurmLauncher:
+        launcher = cls(cases.get(meta["case"]), meta, hang_timeout=float(meta.get("hang_timeout") or 0))
+        record_allocation(run, launcher)
+        return launcher
+
+    @classmethod
+    def ranks_here(cls, req: Any) -> bool:
+        return False  # Slurm's nodes: `kit check-host --launcher slurm` counts the partition's devices
+
+    def where_ranks_run(self) -> str:
+        image = options(self.meta).get("container_image")
+        return f"the image {image}" if image else self.python
+
+    def environment_facts(self) -> dict[str, Any]:
+        return {"slurm": self.allocation()}
+
+    def probed_stack(self, probe: dict[str, Any]) -> dict[str, Any] | None:
+        st = stacks.native_stack(probe)
+        image = options(self.meta).get("container_image")
+        return {**st, "image": image} if image else st
+
+    def image_name(self) -> str:
+        return options(self.meta).get("container_image") or "native"
 
     def __init__(self, case: Case, meta: dict, hang_timeout: float = 0.0) -> None:
         self.case = case
         self.meta = meta
         self.hang_timeout = hang_timeout
-        self.containers = bool((meta.get("slurm") or {}).get("container_image"))
+        self.containers = bool(options(meta).get("container_image"))
         self.python = "python" if self.containers else meta.get("python", sys.executable)
         self.nodes = hostnames(os.environ.get("SLURM_JOB_NODELIST", "") or os.environ.get("SLURM_NODELIST", ""))
         self.env = {**os.environ}
@@ -225,6 +369,7 @@ class SlurmLauncher:
             self.env.setdefault("TORCH_EXTENSIONS_DIR", extensions_dir(self.python))
         self.per_node = int(meta["gpus"])
         self._stage_dir: Path | None = None
+        self.use_gpus, self.follow, self.job = True, True, None
 
     def allocation(self) -> dict[str, Any]:
         return {"job_id": os.environ.get("SLURM_JOB_ID"), "nodes": self.nodes,
@@ -248,7 +393,7 @@ class SlurmLauncher:
             raise StartFailed(StageResult(stage, "failed", 1, message=(
                 f"stage {stage}: no SLURM_JOB_NODELIST in the environment: `kit slurm-job` runs inside the run's "
                 "allocation only; `kit resume` submits it again")))  # fmt: skip
-        port = int((self.meta.get("slurm") or {}).get("master_port") or 0) or free_port()
+        port = int(options(self.meta).get("master_port") or 0) or free_port()
         head = node_address(self.nodes[0])
         args = ["--stage", stage, "--run-dir", str(run), *case_args]
         script = run / "slurm" / f"{stage}.sh"
@@ -424,9 +569,6 @@ def follow_job(run: Path, job: str, console, poll: float = 1.0) -> int:
     last = next((r for r in reversed(rows) if r.get("stage") is None), {})
     words = ended_words(info, job)
     if last.get("state") == "finished":
-        from kit.commands.report import show
-
-        show(run, console)
         return EXIT_OK
     if last.get("state") == "failed":
         failed = next((r for r in reversed(rows) if r.get("stage") and r.get("state") == "failed"), None)
@@ -440,6 +582,36 @@ def follow_job(run: Path, job: str, console, poll: float = 1.0) -> int:
     console.print(Panel(f"{words}; the run is marked interrupted.\ncontinue it with: kit resume {run}",
                         title="interrupted", border_style="yellow"))  # fmt: skip
     return EXIT_INTERRUPTED if cancelled or last.get("state") != "interrupted" else 128 + 15
+
+
+def resubmit(run: Path, meta: dict[str, Any], console: Any, overrides: dict | None, follow: bool = True) -> int:
+    """`kit resume` of a Slurm run outside an allocation: the same batch script, submitted again and followed."""
+    from kit.errors import UsageError
+    from kit.run.dir import RunDir
+
+    if live := live_job(run):
+        raise UsageError(f"{run} is still slurm job {live[0]} ({live[1]}): wait for it, or `scancel {live[0]}`, then "
+                         "resume")  # fmt: skip
+    if overrides and {"data", "models"} & set(overrides) and RunDir(run).inputs() is not None:
+        from kit.run.request import RunRequest
+        from kit.run.stages import same_inputs
+
+        req = RunRequest.from_dict(meta)
+        cfg = cases.load_config(cases.get(meta["case"]), str(run / "config.toml"), [])
+        if problem := same_inputs(run, req, cfg, console):
+            raise UsageError(problem)
+    script = run / (options(meta).get("script") or f"slurm/{SCRIPT}")
+    if not script.is_file():
+        raise UsageError(f"{script} is missing: it is the run's batch script; a run started inside an allocation "
+                         "resumes inside one (salloc, then kit resume)")  # fmt: skip
+    RunDir(run).append_status("resumed", detail=overrides or None)
+    job = sbatch(script, hold=False)
+    RunDir(run).append_status("submitted", detail={"job_id": job})
+    console.print(f"resubmitted {script} as slurm job {job}")
+    if not follow:
+        console.print(f"its output: {run / 'slurm' / f'job-{job}.out'}")
+        return 0
+    return follow_job(run, job, console)
 
 
 def record_allocation(run: Path, launcher: SlurmLauncher) -> None:
@@ -463,7 +635,7 @@ def script_digest(script: Path) -> str:
 
 
 def describe(meta: dict) -> str:
-    s = meta.get("slurm") or {}
+    s = options(meta)
     how = f"pyxis image {s['container_image']}" if s.get("container_image") else "native"
     opts = ", ".join(f"{k} {s[k]}" for k in ("partition", "account", "time") if s.get(k))
     return f"slurm: {meta['nodes']} node(s) x {meta['gpus']}, {how}" + (f", {opts}" if opts else "")

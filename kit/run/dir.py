@@ -31,8 +31,6 @@ else:  # pragma: no cover
 RUN_STATES = ("created", "submitted", "allocated", "launched", "resumed", "finished", "failed", "interrupted")
 # What `kit resume` may correct (a Python, data or weights that moved): recorded in the "resumed" line's detail.
 RESUME_OVERRIDES = ("python", "data", "models")
-# run.json fields renamed since older runs were written: old name -> new name.
-RENAMED = {"mmmu": "eval_data", "mmmu_decoding": "eval_decoding"}
 
 RUN_JSON, CONFIG, STATUS = "run.json", "config.toml", "status.jsonl"
 ENVIRONMENT, INPUTS, SUMMARY = "environment.json", "inputs.json", "summary.json"
@@ -107,7 +105,14 @@ class RunDir:
         data = io.read_json(self.path / RUN_JSON)
         if not isinstance(data, dict):
             return {}
-        for old, new in RENAMED.items():
+        # Fields a case renamed since older runs were written (its `request_aliases`: old name -> new name).
+        from kit import case as cases
+
+        try:
+            aliases = getattr(cases.get(str(data.get("case"))), "request_aliases", {})
+        except cases.UnknownCase:
+            aliases = {}
+        for old, new in aliases.items():
             if old in data and new not in data:
                 data[new] = data.pop(old)
         return data

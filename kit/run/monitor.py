@@ -17,7 +17,8 @@ the processes are children of the engine's shim, not of kit); and any process in
 one of those (a container process whose environment this user cannot read). docs/monitoring.md has the rest.
 
 The sampler never disturbs the stage: every error is written to the file as an `error` line and ends the
-sampler, never the stage. `monitor_summary()` and `plot_monitor()` read the file back for `kit report`.
+sampler, never the stage. Reading the file back is results work: kit/results/samples.py (`monitor_summary`) and
+kit/results/plots.py (`plot_monitor`).
 """
 
 from __future__ import annotations
@@ -25,14 +26,14 @@ from __future__ import annotations
 import json
 import os
 import re
-import statistics
 import threading
 import time
 import traceback
 from pathlib import Path
 from typing import Any
 
-from kit.checks.gpu import CLOCK_EVENTS, NOT_REPORTED, read
+from kit.checks.gpu import NOT_REPORTED, read
+from kit.run.guard import HEARTBEAT_NAME
 
 MONITOR_NAME = "monitor.jsonl"
 MONITOR_INTERVAL_S = 5.0
@@ -42,13 +43,6 @@ TOP_OTHERS = 5  # other processes kept per host sample (by CPU)
 OTHER_MIN_CPU_PCT = 1.0  # ... those using at least this much of one core
 STOP_JOIN_S = 5.0
 GIB = 1024**3
-
-# Warning thresholds (docs/monitoring.md).
-OTHERS_CPU_WARN = 0.10  # other processes' mean share of the host's CPU capacity
-STEAL_WARN = 0.10  # the hypervisor's mean share (steal time)
-THROTTLE_WARN = 0.05  # fraction of samples with a "warn" clock event (a power cap, a clock setting)
-# "fail" clock events (HW slowdown, HW thermal, power brake) are flagged from a single sample.
-BUSY_OTHER_PCT = 5.0  # an other process is "busy" when its mean CPU is at least this much of one core
 
 # NVML's clock-event bits under nvmlClocksEventReason* names (kit/checks/gpu.py holds their meanings).
 EVENT_NAMES = {
@@ -62,7 +56,6 @@ EVENT_NAMES = {
     0x80: "HW_POWER_BRAKE_SLOWDOWN",
     0x100: "DISPLAY_CLOCK_SETTING",
 }
-STATUS_BY_NAME = {EVENT_NAMES[bit]: status for bit, (_, status, _) in CLOCK_EVENTS.items()}
 CONTAINER_ID = re.compile(r"(?:docker[-/]|cri-containerd-|crio-|libpod-|containerd/)([0-9a-f]{64})")
 
 
@@ -487,8 +480,6 @@ class Monitor:
 def start_stage_monitor(stage_dir: Path) -> Monitor | None:
     """The sampler `supervise()` runs beside a stage of a run: ours are this kit process's tree and the processes
     carrying the run's heartbeat path; None when KIT_MONITOR_INTERVAL=0. Never raises."""
-    from kit.run.guard import HEARTBEAT_NAME
-
     try:
         interval = configured_interval()
         if interval <= 0:
@@ -496,273 +487,3 @@ def start_stage_monitor(stage_dir: Path) -> Monitor | None:
         return Monitor(stage_dir, interval, marker=str(Path(stage_dir).parent / HEARTBEAT_NAME)).start()
     except Exception:  # noqa: BLE001 - no sampler, but the stage runs
         return None
-
-
-# ---- reading it back ----
-
-
-def read_monitor(stage_dir: Path) -> tuple[list[dict[str, Any]], list[int]]:
-    """The file's records and the numbers of lines that did not parse (a torn last line after a crash)."""
-    path = Path(stage_dir) / MONITOR_NAME
-    records, bad = [], []
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return [], []
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            bad.append(n)
-            continue
-        if isinstance(rec, dict):
-            records.append(rec)
-        else:
-            bad.append(n)
-    return records, bad
-
-
-def _num(values: list[Any]) -> list[float]:
-    return [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
-
-
-def _mean(values: list[Any]) -> float | None:
-    v = _num(values)
-    return sum(v) / len(v) if v else None
-
-
-def _max(values: list[Any]) -> float | None:
-    v = _num(values)
-    return max(v) if v else None
-
-
-def _min(values: list[Any]) -> float | None:
-    v = _num(values)
-    return min(v) if v else None
-
-
-def _median(values: list[Any]) -> float | None:
-    v = _num(values)
-    return statistics.median(v) if v else None
-
-
-def _gib(n: float | None) -> str:
-    return f"{n / GIB:.1f} GiB" if n is not None else "memory not reported"
-
-
-def _who(p: dict[str, Any]) -> str:
-    return f"{p.get('name') or '?'} (pid {p['pid']}"
-
-
-def monitor_summary(stage_dir: Path) -> dict | None:
-    """What `<stage>/monitor.jsonl` says: counts, per-device or host figures, foreign processes, and one-line
-    warnings; None when the stage has no monitor file or no sample in it."""
-    records, bad = read_monitor(stage_dir)
-    samples = [r for r in records if r.get("type") == "sample" and isinstance(r.get("t"), (int, float))]
-    errors = [r for r in records if r.get("type") == "error"]
-    start = next((r for r in records if r.get("type") == "start"), {})
-    if not samples:
-        if errors:
-            return {"samples": 0, "source": start.get("source"), "errors": [e.get("error") for e in errors],
-                    "unreadable_lines": bad, "warnings": [f"the monitor stopped before its first sample: "
-                                                          f"{errors[0].get('error')}"]}  # fmt: skip
-        return None
-    ts = [r["t"] for r in samples]
-    gaps = [b - a for a, b in zip(ts, ts[1:], strict=False)]
-    out: dict[str, Any] = {
-        "samples": len(samples),
-        "source": start.get("source") or ("nvml" if any("devices" in s for s in samples) else "host"),
-        "interval_s": round(statistics.median(gaps), 3) if gaps else start.get("interval_s"),
-        "span_s": round(ts[-1] - ts[0], 3),
-        "errors": [e.get("error") for e in errors],
-        "unreadable_lines": bad,
-    }
-    warnings: list[str] = []
-    if errors:
-        warnings.append(f"the monitor stopped early after {errors[0].get('samples', '?')} samples: {errors[0].get('error')}")
-    if any("devices" in s for s in samples):
-        _gpu_summary(samples, out, warnings)
-    _host_summary(samples, out, warnings)
-    out["warnings"] = warnings
-    return out
-
-
-def _gpu_summary(samples: list[dict[str, Any]], out: dict[str, Any], warnings: list[str]) -> None:
-    per: dict[int, list[dict[str, Any]]] = {}
-    for s in samples:
-        for d in s.get("devices") or []:
-            if isinstance(d, dict) and isinstance(d.get("index"), int):
-                per.setdefault(d["index"], []).append(d)
-    run_devices = sorted(i for i, ds in per.items() if any(p.get("ours") for d in ds for p in d.get("processes") or []))
-    watched = run_devices or sorted(per)  # no process of the run seen on any GPU: judge them all
-    devices: dict[str, Any] = {}
-    foreign: list[dict[str, Any]] = []
-    for i, ds in sorted(per.items()):
-        masks = [d.get("clock_events") for d in ds if isinstance(d.get("clock_events"), int)]
-        counts: dict[str, int] = {}
-        for m in masks:
-            for name in event_names(m):
-                if name != "GPU_IDLE":
-                    counts[name] = counts.get(name, 0) + 1
-        throttle = {k: round(v / len(masks), 4) for k, v in sorted(counts.items())} if masks else {}
-        devices[str(i)] = {
-            "samples": len(ds),
-            "util_gpu_pct_mean": _mean([d.get("util_gpu_pct") for d in ds]),
-            "util_gpu_pct_max": _max([d.get("util_gpu_pct") for d in ds]),
-            "util_mem_pct_mean": _mean([d.get("util_mem_pct") for d in ds]),
-            "mem_used_bytes_max": _max([d.get("mem_used_bytes") for d in ds]),
-            "mem_total_bytes": _max([d.get("mem_total_bytes") for d in ds]),
-            "power_w_mean": _mean([d.get("power_w") for d in ds]),
-            "power_w_max": _max([d.get("power_w") for d in ds]),
-            "power_limit_w": _max([d.get("power_limit_w") for d in ds]),
-            "sm_clock_mhz_min": _min([d.get("sm_clock_mhz") for d in ds]),
-            "sm_clock_mhz_median": _median([d.get("sm_clock_mhz") for d in ds]),
-            "sm_clock_max_mhz": _max([d.get("sm_clock_max_mhz") for d in ds]),
-            "temp_c_max": _max([d.get("temp_c") for d in ds]),
-            "throttle": throttle,
-            "used_by_run": i in run_devices,
-        }
-        for name, frac in throttle.items():
-            status = STATUS_BY_NAME.get(name, "warn")
-            if i in watched and status != "ok" and (status == "fail" or frac >= THROTTLE_WARN):
-                warnings.append(f"GPU {i} throttled ({name}) in {100 * frac:.0f}% of samples")
-        seen: dict[int, dict[str, Any]] = {}
-        for d in ds:
-            for p in d.get("processes") or []:
-                if p.get("ours") or not isinstance(p.get("pid"), int):
-                    continue
-                f = seen.setdefault(p["pid"], {"gpu": i, "pid": p["pid"], "name": p.get("name"),
-                                               "used_bytes_max": None, "samples": 0})  # fmt: skip
-                f["samples"] += 1
-                f["name"] = f["name"] or p.get("name")
-                if isinstance(p.get("used_bytes"), int):
-                    f["used_bytes_max"] = max(f["used_bytes_max"] or 0, p["used_bytes"])
-        foreign += seen.values()
-        if i in watched and seen:
-            who = ", ".join(
-                _who(f) + (f", up to {_gib(f['used_bytes_max'])})" if f["used_bytes_max"] is not None else ")")
-                for f in seen.values()
-            )
-            warnings.append(f"other processes used GPU {i} during the stage: {who}")
-    out["devices"] = devices
-    out["run_devices"] = run_devices
-    out["foreign_processes"] = foreign
-
-
-def _host_summary(samples: list[dict[str, Any]], out: dict[str, Any], warnings: list[str]) -> None:
-    cpus = [s.get("cpu") or {} for s in samples]
-    cores = _max([c.get("cores") for c in cpus])
-    runs = [s.get("run") or {} for s in samples]
-    others_pct = _mean([s.get("others_cpu_pct") for s in samples])
-    share = others_pct / (100.0 * cores) if others_pct is not None and cores else None
-    by_pid: dict[int, dict[str, Any]] = {}
-    for s in samples:
-        for o in s.get("others") or []:
-            if not isinstance(o.get("pid"), int):
-                continue
-            b = by_pid.setdefault(o["pid"], {"pid": o["pid"], "name": o.get("name"), "cpu_pcts": []})
-            b["cpu_pcts"].append(o.get("cpu_pct") or 0.0)
-    busy = []
-    for b in by_pid.values():
-        mean = sum(b["cpu_pcts"]) / len(samples)  # a sample where the process was not among the top counts as 0
-        if mean >= BUSY_OTHER_PCT:
-            busy.append({"pid": b["pid"], "name": b["name"], "cpu_pct_mean": round(mean, 1),
-                         "cpu_pct_max": max(b["cpu_pcts"]), "samples": len(b["cpu_pcts"])})  # fmt: skip
-    busy.sort(key=lambda b: -b["cpu_pct_mean"])
-    steal = _mean([c.get("steal_pct") for c in cpus])
-    out["host"] = {
-        "cores": int(cores) if cores else None,
-        "cpu_busy_pct_mean": _mean([c.get("busy_pct") for c in cpus]),
-        "cpu_busy_pct_max": _max([c.get("busy_pct") for c in cpus]),
-        "steal_pct_mean": steal,
-        "load1_max": _max([(c.get("load") or [None])[0] for c in cpus]),
-        "mem_used_bytes_max": _max([(s.get("mem") or {}).get("used_bytes") for s in samples]),
-        "mem_total_bytes": _max([(s.get("mem") or {}).get("total_bytes") for s in samples]),
-        "run_cpu_pct_mean": _mean([r.get("cpu_pct") for r in runs]),
-        "run_rss_bytes_max": _max([r.get("rss_bytes") for r in runs]),
-        "others_cpu_pct_mean": others_pct,
-        "others_cpu_share_mean": share,
-        "other_busy_processes": busy,
-    }
-    if share is not None and share >= OTHERS_CPU_WARN:
-        who = ", ".join(f"{_who(b)}, {b['cpu_pct_mean']:.0f}% of a core)" for b in busy[:3]) or "many small ones"
-        warnings.append(
-            f"other processes used {100 * share:.0f}% of the CPU during the stage "
-            f"({int(cores)} cores, mean over {len(samples)} samples): {who}"
-        )
-    if steal is not None and steal / 100 >= STEAL_WARN:
-        warnings.append(f"the hypervisor took {steal:.0f}% of the CPU time (steal) during the stage: "
-                        "other virtual machines share these cores")  # fmt: skip
-
-
-# ---- plot ----
-
-
-def plot_monitor(stage_dir: Path, png: Path) -> bool:
-    """Utilization, memory, power and SM clock over the stage (a CPU host: CPU and memory), as a PNG written
-    atomically; False without matplotlib or without samples. An unwritable `png` raises OSError."""
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError:
-        return False
-    records, _ = read_monitor(stage_dir)
-    samples = [r for r in records if r.get("type") == "sample" and isinstance(r.get("t"), (int, float))]
-    if not samples:
-        return False
-    t0 = samples[0]["t"]
-    xs = [s["t"] - t0 for s in samples]
-    nan = float("nan")
-
-    def series(values: list[Any], scale: float = 1.0) -> list[float]:
-        return [v / scale if isinstance(v, (int, float)) else nan for v in values]
-
-    gpu = any("devices" in s for s in samples)
-    title = Path(stage_dir).name
-    if gpu:
-        fig = Figure(figsize=(10, 7))
-        axes = fig.subplots(2, 2, sharex=True)
-        indices = sorted({d["index"] for s in samples for d in s.get("devices") or [] if "index" in d})
-        panels = [
-            (axes[0][0], "util_gpu_pct", 1.0, "GPU utilization (%)"),
-            (axes[0][1], "mem_used_bytes", GIB, "memory used (GiB)"),
-            (axes[1][0], "power_w", 1.0, "power (W; dashed: limit)"),
-            (axes[1][1], "sm_clock_mhz", 1.0, "SM clock (MHz)"),
-        ]
-        for ax, key, scale, label in panels:
-            for i in indices:
-                vals = [next((d.get(key) for d in s.get("devices") or [] if d.get("index") == i), None) for s in samples]
-                line = ax.plot(xs, series(vals, scale), lw=1, label=f"GPU {i}")[0]
-                if key == "power_w":  # the limit it may reach, dashed in the same colour
-                    limits = [next((d.get("power_limit_w") for d in s.get("devices") or [] if d.get("index") == i),
-                                   None) for s in samples]  # fmt: skip
-                    ax.plot(xs, series(limits), lw=0.8, linestyle="--", color=line.get_color())
-            ax.set(ylabel=label)
-            ax.grid(alpha=0.3)
-        for ax in axes[1]:
-            ax.set(xlabel="seconds since the first sample")
-        axes[0][0].legend(loc="best", fontsize="small")
-        fig.suptitle(f"{title}: devices")
-    else:
-        fig = Figure(figsize=(8, 6))
-        ax1, ax2 = fig.subplots(2, 1, sharex=True)
-        cores = max((s.get("cpu") or {}).get("cores") or 1 for s in samples)
-        ax1.plot(xs, series([(s.get("cpu") or {}).get("busy_pct") for s in samples]), lw=1, label="host busy")
-        ax1.plot(xs, series([(s.get("run") or {}).get("cpu_pct") for s in samples], cores), lw=1, label="the run")
-        ax1.plot(xs, series([s.get("others_cpu_pct") for s in samples], cores), lw=1, label="other processes")
-        ax1.set(ylabel=f"CPU (% of {cores} cores)")
-        ax1.legend(loc="best", fontsize="small")
-        ax1.grid(alpha=0.3)
-        ax2.plot(xs, series([(s.get("run") or {}).get("rss_bytes") for s in samples], GIB), lw=1, label="the run's RSS")
-        ax2.plot(xs, series([(s.get("mem") or {}).get("used_bytes") for s in samples], GIB), lw=1, label="host used")
-        ax2.set(xlabel="seconds since the first sample", ylabel="memory (GiB)")
-        ax2.legend(loc="best", fontsize="small")
-        ax2.grid(alpha=0.3)
-        fig.suptitle(f"{title}: host")
-    FigureCanvasAgg(fig)
-    from kit.results.report import write_png
-
-    write_png(fig, Path(png), dpi=100)
-    return True

@@ -19,13 +19,12 @@ from typing import Any
 
 from kit.case import rules as rules_mod
 from kit.case.rules import Rules
+from kit.data import identity
 from kit.image.stacks import describe as describe_stack
 from kit.image.stacks import stack_key
 from kit.submission import clocks, devices, duplicates
 from kit.submission.findings import Findings
 from kit.submission.layout import (
-    STAGES,
-    TRAINING_STAGES,
     RunFacts,
     config_difference,
     data_manifest_digest,
@@ -86,14 +85,14 @@ def _where(where: str, *parts: str) -> str:
 # ---- each run on its own ----
 
 
-@check("completeness", "every run finished all three stages, every planned step and rank log is there, every MMMU "
+@check("completeness", "every run finished every stage, every planned step and rank log is there, every eval "
                        "question answered")  # fmt: skip
 def _completeness(c: Candidate, out: Findings) -> None:
     for where, rf in c.runs:
         if why := unfinished(rf):
             out.fail("completeness", why, where)
         world = (rf.run.get("nodes") or 0) * (rf.run.get("gpus") or 0)
-        for stage in TRAINING_STAGES:
+        for stage in rf.training:
             ev = rf.events[stage]
             sw = _where(where, stage, "events.log")
             if not ev.facts:
@@ -109,30 +108,28 @@ def _completeness(c: Candidate, out: Findings) -> None:
             for k in range(int(ev.facts.get("world_size") or world or 0)):
                 if not (rf.path / stage / "logs" / f"rank{k}.log").is_file():
                     out.fail("completeness", f"rank {k}'s log is missing", _where(where, stage, "logs", f"rank{k}.log"))
-        ev = rf.events["eval"]
+        stage = rf.eval_stage
+        if stage is None:
+            continue
+        ev = rf.events[stage]
         if not ev.facts:
-            out.fail("completeness", "the eval stage logged nothing", _where(where, "eval", "events.log"))
-        responses = rf.path / "eval" / "responses.json"
+            out.fail("completeness", "the eval stage logged nothing", _where(where, stage, "events.log"))
+        scorer = rf.case.scorer
+        responses = rf.path / scorer.responses if scorer else None
+        if responses is None:
+            continue
+        rel = str(responses.relative_to(rf.path))
         try:
             answered = json.loads(responses.read_text())
         except (OSError, ValueError) as e:
-            out.fail("completeness", f"eval/responses.json unreadable: {e}", _where(where, "eval", "responses.json"))
+            out.fail("completeness", f"{rel} unreadable: {e}", _where(where, rel))
             continue
         if isinstance(answered, list) and ev.facts:
             n = ev.facts.get("questions")
             ids = [r.get("id") for r in answered if isinstance(r, dict)]
             if len(ids) != n or len(set(ids)) != len(ids):
                 out.fail("completeness", f"{len(set(ids))} distinct questions answered, the eval stage had {n}",
-                         _where(where, "eval", "responses.json"))  # fmt: skip
-
-
-def lr_expected(base: float, step: int, warmup: int, total: int) -> float:
-    """The rate step `step` (1-based) applies: linear warm-up, then cosine to zero (the case's scheduler)."""
-    s = step - 1
-    if s < warmup:
-        return base * s / max(1, warmup)
-    progress = (s - warmup) / max(1, total - warmup)
-    return base * max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
+                         _where(where, rel))  # fmt: skip
 
 
 def _close(a: Any, b: Any) -> bool:
@@ -162,7 +159,7 @@ def _consistency(c: Candidate, out: Findings) -> None:
                                             f"{flat_run.get(k)!r}): the run's config was edited after it ran",
                              _where(where, "config.toml"))  # fmt: skip
         world = (rf.run.get("nodes") or 0) * (rf.run.get("gpus") or 0)
-        for stage in TRAINING_STAGES:
+        for stage in rf.training:
             ev = rf.events[stage]
             f, sw = ev.facts, _where(where, stage, "events.log")
             if not f:
@@ -177,7 +174,7 @@ def _consistency(c: Candidate, out: Findings) -> None:
             base, warm, total = scfg.get("lr"), f.get("warmup_steps"), f.get("steps_total")
             if isinstance(base, (int, float)) and isinstance(warm, int) and isinstance(total, int):
                 for s in ev.steps:
-                    want = lr_expected(float(base), int(s["step"]), warm, total)
+                    want = rf.case.metrics.learning_rate(float(base), int(s["step"]), warm, total)
                     got = s.get("lr")
                     if not isinstance(got, (int, float)) or not math.isclose(float(got), want, rel_tol=1e-6, abs_tol=1e-15):
                         out.fail("consistency", f"step {s['step']} logged lr {got!r}, the config's lr {base} with "
@@ -189,7 +186,7 @@ def _consistency(c: Candidate, out: Findings) -> None:
                         "number, a loss that is not finite), no torn line")  # fmt: skip
 def _damaged(c: Candidate, out: Findings) -> None:
     for where, rf in c.runs:
-        for stage in STAGES:
+        for stage in rf.stages:
             ev = rf.events[stage]
             sw = _where(where, stage, "events.log")
             for n, key, value in ev.bad_values:
@@ -306,7 +303,7 @@ def _same_software(c: Candidate, out: Findings) -> None:
                      _where(where, "run.json"))  # fmt: skip
 
 
-@check("same inputs", "every run read the same data, weights and MMMU files, by digest, and the data the "
+@check("same inputs", "every run read the same data, weights and eval set, by digest, and the data the "
                       "submission states")  # fmt: skip
 def _same_inputs(c: Candidate, out: Findings) -> None:
     if not c.runs:
@@ -319,9 +316,9 @@ def _same_inputs(c: Candidate, out: Findings) -> None:
         out.fail("same inputs", "no inputs.json (data and weights identity): made by a kit older than the submission "
                                 "rules; run it again", fw)  # fmt: skip
     for where, rf in c.runs[1:]:
-        for part in ("data", "weights", "mmmu"):
-            a = (first.inputs.get(part) or {}).get("digest") if isinstance(first.inputs.get(part), dict) else None
-            b = (rf.inputs.get(part) or {}).get("digest") if isinstance(rf.inputs.get(part), dict) else None
+        da, db = identity.digests(first.inputs), identity.digests(rf.inputs)
+        for part in identity.PARTS:
+            a, b = da.get(part), db.get(part)
             if a != b:
                 out.fail("same inputs", f"{part} digest {b} vs {fw}'s {a}", _where(where, "inputs.json"))
         a, b = data_manifest_digest(first.inputs), data_manifest_digest(rf.inputs)
@@ -394,4 +391,4 @@ def candidate_from_runs(run_dirs: list[Path], person: dict[str, Any], rules: Rul
     )  # fmt: skip
 
 
-__all__ = ["REGISTRY", "Candidate", "Findings", "candidate_from_runs", "lr_expected", "run_checks"]
+__all__ = ["REGISTRY", "Candidate", "Findings", "candidate_from_runs", "run_checks"]

@@ -22,7 +22,7 @@ from typing import Any
 
 from kit.run.events import StageEvents
 from kit.submission.findings import Findings
-from kit.submission.layout import STAGES, RunFacts
+from kit.submission.layout import RunFacts
 
 STEP_SLACK_S = 0.05  # a step's logged time against its stamps, plus 1% of the step (STEP_SLACK_REL)
 STEP_SLACK_REL = 0.01
@@ -202,12 +202,12 @@ def rank_log_clock(run: Path, stage: str, rf: RunFacts, out: Findings, where: st
 
 def check_run(rf: RunFacts, out: Findings, where: str) -> None:
     """Every clock of one run against the others."""
-    for stage in STAGES:
+    for stage in rf.stages:
         ev = rf.events.get(stage)
         if ev is None:
             continue
         step_clock(ev, out, where)
-        if stage == "eval":
+        if stage == rf.eval_stage:
             eval_clock(ev, out, where)
         status_clock(rf, stage, ev, out, where)
         monitor_clock(rf.path, stage, rf, out, where)

@@ -13,7 +13,7 @@ import math
 from typing import Any
 
 from kit.submission.findings import Findings
-from kit.submission.layout import TRAINING_STAGES, RunFacts
+from kit.submission.layout import RunFacts
 
 CHECK = "devices"
 MEMORY_REL_TOL = 0.10  # torch's total_memory leaves out what the driver reserves; NVML counts all of it
@@ -65,7 +65,7 @@ def _monitor_devices(rf: RunFacts, stage: str) -> tuple[str | None, list[dict[st
 
 
 def check_run(rf: RunFacts, out: Findings, where: str) -> None:
-    facts = {s: rf.stage_facts.get(s) for s in TRAINING_STAGES if rf.stage_facts.get(s)}
+    facts = {s: rf.stage_facts.get(s) for s in rf.training if rf.stage_facts.get(s)}
     if not facts:
         return
     per_node = rf.run.get("gpus")

@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from kit.submission.findings import Findings
-from kit.submission.layout import STAGES, TRAINING_STAGES, RunFacts
+from kit.submission.layout import RunFacts
 
 CHECK = "duplicate run"
 EXACT_MIN = 3  # values equal to the last digit, at least this many ...
@@ -36,14 +36,14 @@ def channels(rf: RunFacts) -> dict[str, tuple[list[float], bool]]:
     """name -> (values, fine): `fine` channels carry microsecond noise (an exact match of a few values already
     means a copy); coarse ones (milliseconds, rounded percentages) count only as a whole."""
     out: dict[str, tuple[list[float], bool]] = {}
-    for stage in TRAINING_STAGES:
+    for stage in rf.training:
         ev = rf.events.get(stage)
         if ev and ev.steps:
             out[f"{stage} step times"] = (_nums(s.get("step_time_s") for s in ev.steps), True)
-    ev = rf.events.get("eval")
+    ev = rf.events.get(rf.eval_stage or "")
     if ev and ev.eval_batches:
         out["eval batch times"] = (_nums(b.get("seconds") for b in ev.eval_batches), True)
-    for stage in STAGES:
+    for stage in rf.stages:
         path = rf.path / stage / "monitor.jsonl"
         if not path.is_file():
             continue

@@ -24,7 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kit import case as cases
+from kit.errors import KitError
 from kit.image.stacks import run_stack
+from kit.run.dir import RunDir
 from kit.run.events import StageEvents, load_stage, read_status
 
 SUBMISSION_SCHEMA = "kit.submission/1"
@@ -35,15 +38,27 @@ TOP_LEVEL = ("submission.json", "manifest.json", "manifest.json.sig", "systems",
 # Run-directory files a submission carries (relative globs); checkpoints, weights, generated data and plots stay out.
 RUN_FILES = (
     "run.json", "environment.json", "inputs.json", "config.toml", "status.jsonl", "summary.json", "logs/*.log",
-    "*/events.log", "*/logs/*.log", "*/failure-rank*.json", "eval/responses.json", "eval/responses-rank*.jsonl",
-    "eval/mmmu/*", "*/monitor.jsonl",
+    "*/events.log", "*/logs/*.log", "*/failure-rank*.json", "*/monitor.jsonl",
 )
-OUTPUT_FILES = ("pretrain/mm_projector.bin", "finetune/model/*")
-STAGES = ("pretrain", "finetune", "eval")
-TRAINING_STAGES = ("pretrain", "finetune")
 
 
-class SubmissionError(ValueError):
+def run_files(case: Any) -> tuple[str, ...]:
+    """RUN_FILES and, for each eval stage of the case, its raw responses (every .json and .jsonl it wrote) and the
+    scores the host wrote (the scorer's folder)."""
+    extra: list[str] = []
+    for stage in cases.evaluating(case):
+        extra += [f"{stage}/*.json", f"{stage}/*.jsonl"]
+    if case.scorer is not None:
+        extra.append(f"{case.scorer.scores}/*")
+    return RUN_FILES + tuple(extra)
+
+
+def output_files(case: Any) -> tuple[str, ...]:
+    """What the case's stages leave (the trained weights): recorded by sha256 in a submission, not carried."""
+    return tuple(o for s in case.stages for o in s.outputs)
+
+
+class SubmissionError(KitError, ValueError):
     """A submission cannot be made (or read) as asked; the message names the run or file and the fix."""
 
 
@@ -86,13 +101,35 @@ class RunFacts:
     problems: list[str] = field(default_factory=list)
 
     @property
+    def case(self) -> Any:
+        return cases.get(str(self.run.get("case")))
+
+    @property
+    def stages(self) -> tuple[str, ...]:
+        """The case's stages, in order."""
+        return tuple(s.name for s in self.case.stages)
+
+    @property
+    def training(self) -> tuple[str, ...]:
+        return cases.training(self.case)
+
+    @property
     def stage_facts(self) -> dict[str, dict[str, Any]]:
-        return {s: dict(self.events[s].facts) for s in TRAINING_STAGES if s in self.events and self.events[s].facts}
+        return {s: dict(self.events[s].facts) for s in self.training if s in self.events and self.events[s].facts}
+
+    @property
+    def eval_stage(self) -> str | None:
+        """The case's eval stage (a case has at most one), or None."""
+        return next(iter(cases.evaluating(self.case)), None)
 
     @property
     def eval_facts(self) -> dict[str, Any]:
-        ev = self.events.get("eval")
-        return dict(ev.facts) if ev else {}
+        """The eval stage's kit_facts (a case has at most one eval stage), or {}."""
+        for s in cases.evaluating(self.case):
+            ev = self.events.get(s)
+            if ev and ev.facts:
+                return dict(ev.facts)
+        return {}
 
     @property
     def run_id(self) -> str:
@@ -100,8 +137,8 @@ class RunFacts:
 
     @property
     def config(self) -> dict[str, Any]:
-        c = self.run.get("config")
-        return c if isinstance(c, dict) else {}
+        """The resolved config the run read (config.toml; older runs kept it in run.json too)."""
+        return RunDir(self.path).config()
 
     @property
     def synthetic(self) -> bool:
@@ -128,7 +165,8 @@ class RunFacts:
         return {"kind": "native", "id": f"sha256:{ident}", "python": case.get("python"), "stack": self.stack()}
 
     def accelerator(self) -> dict[str, Any]:
-        facts = self.stage_facts.get("finetune") or self.stage_facts.get("pretrain") or {}
+        """The device the run trained on, from its last training stage's kit_facts."""
+        facts = next((self.stage_facts[s] for s in reversed(self.training) if self.stage_facts.get(s)), {})
         nodes, gpus = self.run.get("nodes"), self.run.get("gpus")
         return {
             "model": facts.get("device_name") or self.config.get("device"),
@@ -139,8 +177,16 @@ class RunFacts:
         }
 
     def hosts(self) -> tuple:
+        """The hosts the run ran on: its container nodes' hosts, or the host that probed its environment."""
         host = (self.environment.get("host") or {}).get("hostname") if isinstance(self.environment.get("host"), dict) else None
-        return tuple(self.run.get("hosts") or ()) or (host,)
+        containers = self.run.get("containers") if isinstance(self.run.get("containers"), dict) else {}
+        nodes = tuple(n.get("host") for n in containers.get("nodes") or [] if isinstance(n, dict))
+        if nodes and set(nodes) != {"local"}:
+            return nodes
+        listed = self.run.get("hosts")
+        if isinstance(listed, list) and listed and set(listed) != {"local"}:  # older runs: the parsed --hosts
+            return tuple(listed)
+        return (host,)
 
     def system_key(self) -> tuple:
         a = self.accelerator()
@@ -155,9 +201,13 @@ def read_run(path: Path) -> RunFacts:
     run = read_json(path / "run.json")
     if not isinstance(run, dict):
         raise SubmissionError(f"{path}: no readable run.json; is it a run directory made by `kit run`?")
+    try:
+        case = cases.get(str(run.get("case")))
+    except cases.UnknownCase as e:
+        raise SubmissionError(f"{path}: {e}") from None
     status = read_status(path)
     events, states = {}, {}
-    for stage in STAGES:
+    for stage in (s.name for s in case.stages):
         ev = load_stage(path / stage)
         st = status.stages.get(stage)
         states[stage] = st.state if st else ("absent" if not ev.facts else "unknown")
@@ -179,13 +229,14 @@ def unfinished(rf: RunFacts) -> str | None:
     if rf.run_state != "finished":
         return (f"the run has not finished (its last state is {rf.run_state or 'none'}: still running, or its kit "
                 f"process died without a record; wait for it, or continue it with `kit resume {rf.path}`)")
-    missing = [s for s in STAGES if s not in planned]
+    missing = [s for s in rf.stages if s not in planned]
     if missing:
-        return f"it ran --stage {'/'.join(map(str, planned))}: stage(s) {', '.join(missing)} never ran; a submission needs all three"
-    bad = [f"{s} {rf.stage_states.get(s)}" for s in STAGES if rf.stage_states.get(s) != "finished"]
+        return (f"it ran --stage {'/'.join(map(str, planned))}: stage(s) {', '.join(missing)} never ran; a submission "
+                "needs every stage of the case")  # fmt: skip
+    bad = [f"{s} {rf.stage_states.get(s)}" for s in rf.stages if rf.stage_states.get(s) != "finished"]
     if bad:
         return f"stage(s) not finished: {', '.join(bad)}"
-    gone = [s for s in STAGES if not (rf.path / s / "events.log").is_file()]
+    gone = [s for s in rf.stages if not (rf.path / s / "events.log").is_file()]
     if gone:
         return f"stage(s) {', '.join(gone)}: status.jsonl says finished, but {gone[0]}/events.log is missing"
     return None

@@ -21,22 +21,22 @@ from pathlib import Path
 from typing import Any
 
 from kit import __version__
-from kit.case.rules import Break, Rules, olympic_mean
+from kit.case.rules import Break, Rules
 from kit.case.rules import check_run as rule_breaks
-from kit.results.metrics import run_summary
+from kit.results.model import stated_results
+from kit.results.summary import run_summary
 from kit.submission.checks import Candidate, candidate_from_runs, run_checks
 from kit.submission.findings import Findings
 from kit.submission.layout import (
     MANIFEST_SCHEMA,
-    OUTPUT_FILES,
-    RUN_FILES,
     SIGN_NAMESPACE,
     SUBMISSION_SCHEMA,
-    TRAINING_STAGES,
     RunFacts,
     SubmissionError,
     data_of,
+    output_files,
     read_json,
+    run_files,
     sha256_file,
     slug,
 )
@@ -110,9 +110,9 @@ def refusal_hint(plan: Plan) -> str:
 # ---- what is written ----
 
 
-def _run_files(run: Path) -> list[Path]:
+def _run_files(run: Path, case: Any) -> list[Path]:
     seen: dict[str, Path] = {}
-    for pattern in RUN_FILES:
+    for pattern in run_files(case):
         for p in sorted(run.glob(pattern)):
             rel = p.relative_to(run)
             if p.is_file() and not p.is_symlink() and not rel.parts[-1].startswith("."):
@@ -135,32 +135,13 @@ def _build_record(rf: RunFacts) -> Path | None:
     return None
 
 
-def outputs_of(run: Path) -> dict[str, dict[str, Any]]:
+def outputs_of(run: Path, case: Any) -> dict[str, dict[str, Any]]:
     """sha256 and size of what the run produced (the projector, the 16-bit model), recorded, not carried."""
     out = {}
-    for pattern in OUTPUT_FILES:
+    for pattern in output_files(case):
         for p in sorted(run.glob(pattern)):
             if p.is_file():
                 out[str(p.relative_to(run))] = {"sha256": sha256_file(p), "bytes": p.stat().st_size}
-    return out
-
-
-def stated_results(summaries: list[dict[str, Any]], rules: Rules) -> dict[str, Any]:
-    """Per stage and figure: the olympic mean over the runs, with min, max and the values."""
-    drop, min_runs = int(rules.olympic["drop"]), int(rules.olympic["min_runs"])
-    out: dict[str, Any] = {}
-    for stage in TRAINING_STAGES:
-        per = {}
-        for fig in rules.olympic["figures"]:
-            vals = [(s.get("stages", {}).get(stage) or {}).get(fig) for s in summaries]
-            if fig == "mmmu_acc":
-                vals = [s.get("mmmu_acc") for s in summaries] if stage == "finetune" else []
-            nums = [v for v in vals if isinstance(v, (int, float))]
-            if not nums:
-                continue
-            per[fig] = {"olympic_mean": olympic_mean(nums, drop, min_runs), "min": min(nums), "max": max(nums),
-                        "values": nums, "n": len(nums)}  # fmt: skip
-        out[stage] = per
     return out
 
 
@@ -224,7 +205,7 @@ class Packed:
 
 def _need_bytes(plan: Plan) -> int:
     """About what the submission takes under --out: its files, a tarball no larger, and room for the rest."""
-    files = sum(p.stat().st_size for rf in plan.facts for p in _run_files(rf.path))
+    files = sum(p.stat().st_size for rf in plan.facts for p in _run_files(rf.path, rf.case))
     return 2 * files + 4 * 2**20
 
 
@@ -300,7 +281,7 @@ def _fill(plan: Plan, tmp_root: Path, system: str) -> list[Break]:
     breaks: list[Break] = []
     for i, f in enumerate(facts, 1):
         dest = results / f"run_{i}"
-        for src in _run_files(f.path):
+        for src in _run_files(f.path, f.case):
             rel = src.relative_to(f.path)
             if rel.as_posix() == "summary.json":
                 continue  # written fresh below, from the raw facts
@@ -314,7 +295,7 @@ def _fill(plan: Plan, tmp_root: Path, system: str) -> list[Break]:
         summaries.append(summary)
         runs_meta.append({"dir": f"run_{i}", "run_id": f.run_id, "source": str(f.path.resolve()),
                           "config": f.config.get("name"), "max_steps": f.run.get("max_steps", 0),
-                          "outputs": outputs_of(f.path)})  # fmt: skip
+                          "outputs": outputs_of(f.path, f.case)})  # fmt: skip
         breaks += rule_breaks(rules, f.rule_facts(), plan.candidate.category, where=f"run_{i}")
     (tmp_root / "systems").mkdir(parents=True)
     (tmp_root / "systems" / f"{system}.json").write_text(json.dumps(describe(person, first), indent=2) + "\n")

@@ -160,7 +160,7 @@ def derived_keys() -> set[str]:
 def peak_problem(accelerator: dict[str, Any], person: dict[str, Any]) -> str | None:
     """An accelerator env/accelerators.toml does not know needs its peak declared, or no MFU can be shown; one it
     knows may not be given another peak (a lower one would raise every MFU)."""
-    from kit.results.metrics import lookup_peak
+    from kit.results.peak import lookup_peak
 
     if accelerator.get("type") == "cpu":
         return None

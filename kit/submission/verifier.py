@@ -18,9 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from cases.llava1_5_7b.plugin import scoring as mmmu
+from kit import case as cases
 from kit.case import rules as rules_mod
-from kit.results.metrics import run_summary
+from kit.errors import KitError
+from kit.results.model import accuracy_figure, accuracy_stage
+from kit.results.summary import run_summary
 from kit.submission.bounds import DEFAULT_LIMITS, Limits, unpack, walk
 from kit.submission.checks import Candidate, run_checks
 from kit.submission.findings import Finding, Findings
@@ -210,43 +212,36 @@ def diff(stated: Any, recomputed: Any, path: str = "") -> list[str]:
     return [] if _num_equal(stated, recomputed) else [f"{path}: stated {str(stated)[:80]!r}, recomputed {str(recomputed)[:80]!r}"]
 
 
-def _overall(summary: dict[str, Any]) -> float | None:
-    v = summary.get("overall")
-    if isinstance(v, dict):
-        v = v.get("acc", v.get("accuracy"))
-    if not isinstance(v, (int, float)):
-        return None
-    return v / 100 if v > 1 else float(v)
-
-
-def _rescore(out: Findings, run: Path, where: str) -> float | None:
-    """MMMU accuracy scored again from the raw responses, checked against the shipped score files."""
-    responses = run / "eval" / "responses.json"
+def _rescore(out: Findings, run: Path, where: str, scorer: Any) -> float | None:
+    """The eval's accuracy scored again from the raw responses by the case's scorer, checked against the shipped
+    scores."""
     try:
-        result = mmmu.score(mmmu.load_predictions(responses))
-    except (mmmu.MMMUError, OSError) as e:
-        out.fail("figures", f"the MMMU responses cannot be scored: {e}", f"{where}/eval/responses.json")
+        fresh = scorer.summary(scorer.score_file(run / scorer.responses))
+    except (KitError, ValueError, OSError) as e:  # the scorer's error for a bad file, or a file that cannot be read
+        out.fail("figures", f"the {scorer.name} responses cannot be scored: {e}", f"{where}/{scorer.responses}")
         return None
-    fresh = json.loads(json.dumps(mmmu.jsonable(mmmu.summary(result))))
+    scores = f"{scorer.scores}/summary.json"
     try:
-        stated = json.loads((run / "eval" / "mmmu" / "summary.json").read_text())
+        stated = json.loads((run / scores).read_text())
     except (OSError, ValueError):
-        out.fail("figures", "eval/mmmu/summary.json is missing or unreadable", f"{where}/eval/mmmu/summary.json")
-        return _overall(fresh)
+        out.fail("figures", f"{scores} is missing or unreadable", f"{where}/{scores}")
+        return scorer.accuracy(fresh)
     for d in diff(stated, fresh)[:3]:
-        out.fail("figures", f"the MMMU score disagrees with the responses: {d}", f"{where}/eval/mmmu/summary.json")
-    return _overall(fresh)
+        out.fail("figures", f"the {scorer.name} score disagrees with the responses: {d}", f"{where}/{scores}")
+    return scorer.accuracy(fresh)
 
 
 def _check_figures(out: Findings, c: Candidate, sub: dict[str, Any], peak: Any) -> None:
+    case = cases.get(c.rules.case)
+    acc, carrier = accuracy_figure(case), accuracy_stage(case)
     summaries = []
     for where, rf in c.runs:
         recomputed = run_summary(rf.path, peak_flops=peak if isinstance(peak, (int, float)) else None)
-        rescored = _rescore(out, rf.path, where)
-        if rescored is not None:
-            recomputed["mmmu_acc"] = rescored
-            if "finetune" in recomputed["stages"]:
-                recomputed["stages"]["finetune"]["mmmu_acc"] = rescored
+        rescored = _rescore(out, rf.path, where, case.scorer) if case.scorer is not None else None
+        if rescored is not None and acc is not None:
+            recomputed[acc.key] = rescored
+            if carrier in recomputed["stages"]:
+                recomputed["stages"][carrier][acc.key] = rescored
             if recomputed.get("eval"):
                 recomputed["eval"]["overall"] = rescored
         summaries.append(recomputed)

@@ -441,7 +441,8 @@ def test_modality_grouped_order_is_the_references(kind: str, micro: int, chunks:
 
 
 def test_counts_reach_the_summary_and_the_report_once_per_step(tmp_path: Path) -> None:
-    from kit.results import report
+    from kit.results import render_report as report
+    from kit.results.summary import write_summary
     from tests.host.rundir_factory import StageSpec, make_run
 
     rd = make_run(tmp_path, [StageSpec("finetune", steps=10, resume_at=6)])
@@ -460,7 +461,7 @@ def test_counts_reach_the_summary_and_the_report_once_per_step(tmp_path: Path) -
             event["value"].update(skipped_records=3, skipped_by_category={"odd-turns": 2, "missing-image": 1})
         lines.append(head + ":::MLLOG " + json.dumps(event))
     log.write_text("\n".join(lines) + "\n")
-    s = report.write_summary(rd, plots=False)
+    s = write_summary(rd, plots=False)
     data = s["stages"]["finetune"]["data"]
     assert s["stages"]["finetune"]["steps_relogged"] > 0
     assert data["masked_by_reference_rule"] == 10 and data["pad_tokens_removed"] == 20
@@ -472,7 +473,7 @@ def test_counts_reach_the_summary_and_the_report_once_per_step(tmp_path: Path) -
             "mismatch rule), 20 <unk> tokens removed, 1 images dropped by truncation, 3 records skipped at load "
             "(missing-image 1, odd-turns 2)") in flat
     assert json.loads(report.render(s, "json"))["stages"]["finetune"]["data"] == data
-    clean = report.write_summary(make_run(tmp_path, [StageSpec("pretrain")], run_id="clean"), plots=False)
+    clean = write_summary(make_run(tmp_path, [StageSpec("pretrain")], run_id="clean"), plots=False)
     assert "as the reference trains it" not in report.render(clean, "table")
     assert clean["stages"]["pretrain"]["data"]["masked_by_reference_rule"] is None  # an old log: unknown
 

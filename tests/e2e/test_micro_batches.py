@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import tomllib
+
 from .helpers import ROOT, events, kit, only_run, steps
 
 
@@ -15,7 +17,7 @@ def test_by_tokens_trains_whole_steps(tmp_path):
             "--results", str(tmp_path))  # fmt: skip
     assert r.returncode == 0, r.stdout + r.stderr
     run = only_run(tmp_path)
-    cfg = json.loads((run / "run.json").read_text())["config"]["finetune"]
+    cfg = tomllib.loads((run / "config.toml").read_text())["finetune"]
     done = steps(run / "finetune" / "events.log")
     assert [s["step"] for s in done] == [1, 2, 3]
     assert all(s["samples"] == cfg["global_batch"] for s in done)  # every step trains a whole global batch

@@ -9,6 +9,7 @@ import signal
 import subprocess
 
 import pytest
+import tomllib
 
 from .helpers import events, kit, only_run, start_kit, status_rows, steps, wait_for_step
 
@@ -17,7 +18,8 @@ TINY = ("run", "llava1_5_7b", "--config", "tiny", "--synthetic", "--native")
 
 def test_run_directory_layout(tiny_run):
     run = json.loads((tiny_run / "run.json").read_text())
-    assert run["case"] == "llava1_5_7b" and run["config"]["name"] == "tiny"
+    assert run["case"] == "llava1_5_7b" and run["config"] == "tiny"
+    assert tomllib.loads((tiny_run / "config.toml").read_text())["name"] == "tiny"  # the resolved config, stored once
     assert run["stages"] == ["pretrain", "finetune", "eval"]
     env = json.loads((tiny_run / "environment.json").read_text())
     assert env["case"]["versions"]["deepspeed"] and env["host"]["kit_version"]

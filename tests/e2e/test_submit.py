@@ -86,7 +86,7 @@ def test_clean_submission_verifies_and_is_left_unchanged(tiny_submission):
 
 def test_stated_results_are_olympic_means(tiny_submission):
     from kit.case.rules import olympic_mean
-    from kit.results.metrics import run_summary
+    from kit.results.summary import run_summary
 
     sub = json.loads((tiny_submission / "submission.json").read_text())
     runs = sorted((tiny_submission / "results/cpu_box/llava1_5_7b").iterdir())
@@ -144,7 +144,7 @@ def test_faster_step_times_than_the_clock(copy):
             line = ":::MLLOG " + json.dumps(ev)
         lines.append(line)
     log.write_text("\n".join(lines) + "\n")
-    from kit.results.metrics import run_summary
+    from kit.results.summary import run_summary
 
     s = run_summary(copy / RUN_1)
     s.pop("generated_at")
@@ -156,11 +156,8 @@ def test_faster_step_times_than_the_clock(copy):
 
 
 def test_a_changed_learning_rate_in_a_closed_submission(copy):
-    """The run's config edited after the fact (config.toml and run.json alike): the rules and the logged lr say so."""
+    """The run's config (config.toml, its one copy) edited after the fact: the rules and the logged lr say so."""
     run = copy / RUN_1
-    meta = json.loads((run / "run.json").read_text())
-    meta["config"]["pretrain"]["lr"] = 0.05
-    (run / "run.json").write_text(json.dumps(meta))
     (run / "config.toml").write_text((run / "config.toml").read_text().replace("lr = 0.01", "lr = 0.05", 1))
     write_manifest(copy)
     fails = failures(copy)

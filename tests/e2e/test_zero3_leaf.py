@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import pytest
+import tomllib
 
 from .helpers import ROOT, events, kit, only_run, steps
 
@@ -35,7 +36,7 @@ def test_leaf_layers_train_exactly_as_per_module_hooks(tmp_path):
     for a, b in zip(base, leaf, strict=True):
         assert (a["samples"], a["real_tokens"], a["padded_tokens"]) == (b["samples"], b["real_tokens"], b["padded_tokens"])
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-5, abs=1e-6), (a, b)
-    cfg = json.loads((only_run(tmp_path / "leaf") / "run.json").read_text())["config"]["finetune"]
+    cfg = tomllib.loads((only_run(tmp_path / "leaf") / "config.toml").read_text())["finetune"]
     assert cfg["zero3_leaf_layers"] is True
 
     # The last decoder layer kept out of recomputation (checkpointed by the kit around the layer's forward, inside

@@ -22,10 +22,12 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from kit import case as cases
+from kit.case import data as case_data
 from kit.checks import Check, driver, gpu, system
 from kit.checks import data as data_mod
 from kit.commands import check_host as ch
 from kit.commands.env import env, env_block
+from kit.data.sources import Reference
 from kit.vendors.nvml import NVMLUnavailable, ReplayNVML, open_nvml
 
 RECORDING = Path(__file__).resolve().parents[1] / "fixtures" / "hosts" / "nvml-h200x2.json"
@@ -433,7 +435,7 @@ def test_cpu_memory_os_from_proc(tmp_path):
 
 
 def test_model_sizes_and_results_need():
-    sz = system.model_sizes(cfg())
+    sz = CASE.data.model_sizes(cfg())  # the case counts its parameters; the host asks it (results_need)
     assert sz.llm == 6_738_415_616  # LLaMA-2 7B
     assert 0.30e9 < sz.vision < 0.31e9 and 20e6 < sz.projector < 22e6
     full, minimum, how = system.results_need(cfg())
@@ -482,18 +484,18 @@ def data_tree(root: Path, pretrain: int = 5, finetune: int = 7) -> Path:
     write_records(root / c.data.pretrain_json, pretrain, image="00000/a.jpg")
     jpeg(root / c.data.pretrain_images / "00000/a.jpg")
     write_records(root / c.data.finetune_json, finetune)
-    for f in data_mod.FINETUNE_FOLDERS:
+    for f in case_data.stage(CASE, c, "finetune").folders:
         (root / f).mkdir(parents=True)
     return root
 
 
 def test_record_count_streams_across_chunks(tmp_path):
     write_records(tmp_path / "x.json", 1000)
-    assert data_mod.count_records(tmp_path / "x.json", chunk=7) == 1000
+    assert CASE.data.count_records(tmp_path / "x.json", chunk=7) == 1000  # the case counts its own records
 
 
 def test_data_present_and_record_counts(tmp_path, monkeypatch):
-    monkeypatch.setattr(data_mod, "REFERENCE_RECORDS", {"pretrain": 5, "finetune": 9})
+    monkeypatch.setattr(case_data, "reference", lambda case: Reference({"pretrain": 5, "finetune": 9}))
     c = by_name(data_mod.data_checks(cfg(), data_tree(tmp_path)))
     assert c["pretrain JSON"].status == "ok" and "5 records" in c["pretrain JSON"].detail
     ft = c["finetune JSON"]
@@ -502,7 +504,11 @@ def test_data_present_and_record_counts(tmp_path, monkeypatch):
 
 
 def test_reference_counts_are_the_published_ones():
-    assert data_mod.REFERENCE_RECORDS == {"pretrain": 558_128, "finetune": 665_298}
+    """One place holds them, the case's data-sources.toml; check-host, data verify and the rules read it."""
+    assert case_data.reference(CASE).records == {"pretrain": 558_128, "finetune": 665_298}
+    from kit.case import rules
+
+    assert rules.load(CASE.name).records == case_data.reference_records(CASE)
 
 
 def test_data_missing_names_the_path(tmp_path):
@@ -548,7 +554,7 @@ def bad_tree(root: Path) -> Path:
     ft = [record("f0", "coco/train2017/1.jpg"), {"id": "f1", "image": "coco/train2017/1.jpg"}, alternating,
           {**record("f3"), "image": 123}]  # fmt: skip
     (root / c.data.finetune_json).write_text(json.dumps(ft))
-    for f in data_mod.FINETUNE_FOLDERS:
+    for f in case_data.stage(CASE, c, "finetune").folders:
         (root / f).mkdir(parents=True, exist_ok=True)
     return root
 

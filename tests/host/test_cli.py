@@ -118,12 +118,19 @@ def test_container_path_without_an_engine(tmp_path, monkeypatch):
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
 
 
-def planned(config, nodes=1, gpus=None, hosts=None, **kw):
-    """`kit run`'s checks alone (plan() parses --hosts and reaches no engine): the chosen config's name."""
-    from kit.commands import run as run_cmd
+def plan(case, config, stage, **kw):
+    """`kit run`'s checks alone (resolve() parses --hosts and reaches no engine)."""
+    from kit.launchers import launcher_class
+    from kit.run.request import RunRequest, resolve
 
-    req, cfg = run_cmd.plan("llava1_5_7b", config, "all", nodes=nodes, gpus=gpus, native=False, synthetic=True,
-                            hosts=hosts, **kw)  # fmt: skip
+    req = RunRequest(case=case, config=config, stage=stage, **kw)
+    return resolve(req, launcher_class(req))
+
+
+def planned(config, nodes=1, gpus=None, hosts=None, **kw):
+    """The chosen config's request."""
+    req, cfg = plan("llava1_5_7b", config, "all", nodes=nodes, gpus=gpus, native=False, synthetic=True, hosts=hosts,
+                    **kw)  # fmt: skip
     assert req.config == cfg.name
     return req
 
@@ -143,7 +150,6 @@ def test_a_given_config_is_kept_and_an_unshipped_scale_falls_back_to_the_referen
     assert planned("H200x1x1").config == "H200x1x1"
     req = planned(None, 1, 2)  # no A800x1x2: the reference's config at 1 x 2 (GAS 4)
     assert (req.config, req.gpus) == ("A800x1x8", 2)
-    from kit.commands import run as run_cmd
 
     # No A800x4x8: the reference's config at 4 x 8, refused with the micro batches that keep the global batches.
     with pytest.raises(ValueError, match=r"32 x 32 ranks; .*: use --set pretrain\.micro_batch=8 --set finetune\.micro_batch=4$"):
@@ -157,7 +163,7 @@ def test_a_given_config_is_kept_and_an_unshipped_scale_falls_back_to_the_referen
     # --stage pretrain: only pretrain's batch is checked and named.
     with pytest.raises(ValueError, match=r"stage pretrain:[^;]*: use --config A800x2x8 \(made for 2 x 8\), or "
                                          r"--set pretrain\.micro_batch=16$"):  # fmt: skip
-        run_cmd.plan("llava1_5_7b", "A800x1x8", "pretrain", nodes=2, gpus=8, synthetic=True, hosts="a,b")
+        plan("llava1_5_7b", "A800x1x8", "pretrain", nodes=2, gpus=8, synthetic=True, hosts="a,b")
 
 
 def test_the_refusal_reaches_the_user_as_one_line_with_exit_2(tmp_path, monkeypatch):

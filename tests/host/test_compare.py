@@ -15,10 +15,14 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from kit import case as cases
 from kit.case import rules as rules_mod
 from kit.cli import app
-from kit.results import compare as cmp
-from kit.results.metrics import run_summary
+from kit.results import formats
+from kit.results import render_compare as cmp
+from kit.results import render_html as page_of
+from kit.results.entries import build
+from kit.results.summary import run_summary
 
 runner = CliRunner()
 CHROMIUM = "/usr/bin/chromium"
@@ -68,9 +72,9 @@ def test_a_submission_and_a_run_beside_the_seed(tiny_submission: Path, tiny_runs
         _line(out, run_id, stage)
         _line(out, "seed A800", stage)
         mean, lo, hi = _olympic(_packed_runs(tiny_submission), stage, "tokens_per_s_per_gpu")
-        assert f"{cmp.fmt_tps(mean)} ({cmp.fmt_tps(lo)}-{cmp.fmt_tps(hi)})" in sub_line
+        assert f"{formats.tps(mean)} ({formats.tps(lo)}-{formats.tps(hi)})" in sub_line
         ref_mean, _, _ = _olympic(_packed_runs(tiny_submission), stage, "reference_method_tokens_per_s_per_gpu")
-        assert cmp.fmt_tps(ref_mean) in sub_line
+        assert formats.tps(ref_mean) in sub_line
         assert "closed" in sub_line and "full" in sub_line and "yes" in sub_line  # division, category, synthetic
     assert "4,013" in _line(out, "seed A800", "pretrain") and "35.9%" in _line(out, "seed A800", "finetune")
     assert "counts padded tokens over the whole wall time" in out  # the seed's counting, said in a note
@@ -112,7 +116,7 @@ def test_a_synthetic_entry_is_not_comparable_with_the_seed(tiny_submission: Path
 
     # A plain run of the same kind beside the submission compares: its ratios are numbers.
     same = list(csv.DictReader(io.StringIO(kit(tiny_submission, tiny_runs[1], "--format", "csv").stdout)))
-    assert all(row["comparable"] == "True" and float(row["ratio_tokens_per_s"]) > 0 for row in same
+    assert all(row["comparable"] == "true" and float(row["ratio_tokens_per_s"]) > 0 for row in same
                if row["kind"] == "run")  # fmt: skip
 
 
@@ -126,7 +130,7 @@ def test_a_throughput_run_is_marked_and_not_compared_with_a_full_one(tiny_submis
     rows = list(csv.DictReader(io.StringIO(kit(tiny_submission, throughput_run, "-f", "csv").stdout)))
     run_rows = [row for row in rows if row["kind"] == "run"]
     assert [row["category"] for row in run_rows] == ["throughput", "throughput"]
-    assert all(row["comparable"] == "False" and row["ratio_tokens_per_s"] == "" for row in run_rows)
+    assert all(row["comparable"] == "false" and row["ratio_tokens_per_s"] == "" for row in run_rows)
 
 
 @pytest.mark.slow
@@ -141,7 +145,7 @@ def test_every_format_parses(tiny_submission: Path, tiny_runs: list[Path], tmp_p
 
     text = kit(*args, "-f", "csv").stdout
     reader = csv.reader(io.StringIO(text))
-    assert next(reader) == cmp.CSV_COLUMNS
+    assert next(reader) == cmp.csv_columns(cases.get("llava1_5_7b"))
     rows = list(csv.DictReader(io.StringIO(text)))
     pairs = {(r["kind"], r["stage"]) for r in rows}
     assert len(rows) == 2 * 2 + 2  # entries x stages, and the seed's two rows
@@ -256,12 +260,12 @@ def test_entries_that_do_not_compare_never_share_an_axis(tmp_path: Path) -> None
     """The issue: a CPU run's bars on one axis with the seed A800's (a manager reads "65% of an A800"), an MFU
     chart empty but for the seed, "GPU" on the axis of CPU ranks."""
     runs = _factory_runs(tmp_path)
-    c = cmp.build([runs["cpu"], runs["cpu2"], runs["h200"]], reference=True, baseline="seed")
-    page = cmp.render_html(c)
+    c = build([runs["cpu"], runs["cpu2"], runs["h200"]], reference=True, baseline="seed")
+    page = page_of.render_html(c)
     charts = _svgs(page)
     print(sorted(charts))
     cpu, cpu2, h200 = (e for e in c.entries)
-    groups = cmp._chart_sets(c)
+    groups = page_of._chart_sets(c)
     assert [e.label for e in groups[0]][0] == "seed A800 1x8" and [cpu, cpu2] in groups  # the baseline's chart first
     for name, svg in charts.items():  # every chart's bars: one set's entries, no other's
         labels = set(re.findall(r'<rect class="bar" data-label="([^"]+)"', svg))
@@ -282,14 +286,14 @@ def test_entries_that_do_not_compare_never_share_an_axis(tmp_path: Path) -> None
     assert all(re.search(r'<rect class="bar"', svg) for svg in charts.values())  # no chart drawn without a bar
     assert "\u2026" not in page  # no label cut short
     # Two runs of one kind share one chart, and a lone comparable set says nothing is kept apart.
-    alone = cmp.render_html(cmp.build([runs["cpu"], runs["cpu2"]]))
+    alone = page_of.render_html(build([runs["cpu"], runs["cpu2"]]))
     assert list(_svgs(alone)) == ["chart-tokens"] and 'class="apart"' not in alone
     assert f'data-label="{CPU_ID}"' in alone and 'data-label="20261102-090000-llava1_5_7b-tiny-ef01"' in alone
 
 
 def test_a_name_is_wrapped_between_its_words_never_cut(tmp_path: Path) -> None:
     for name in (CPU_ID, "Acme Computing/box-8xB200 (liquid cooled)", "x" * 50, "a-" * 30):
-        lines = cmp._wrap(name, 32)
+        lines = page_of._wrap(name, 32)
         parts = [p for p in re.split(r"(?<=[-/ ])", name) if p]  # what may not be cut: the text between breaks
         i = 0
         for ln in lines:  # each line is whole parts, in order, and every part is on a line
@@ -299,9 +303,9 @@ def test_a_name_is_wrapped_between_its_words_never_cut(tmp_path: Path) -> None:
             assert chunk.rstrip() == ln, (name, lines)
             assert len(ln) <= 32 or len(parts[i - 1]) > 32  # only a part longer than the width runs over
         assert i == len(parts), (name, lines)
-    assert cmp._wrap(CPU_ID, 32) == ["20261101-090000-llava1_5_7b-", "tiny-abcd"]
+    assert page_of._wrap(CPU_ID, 32) == ["20261101-090000-llava1_5_7b-", "tiny-abcd"]
     runs = _factory_runs(tmp_path)
-    svg = cmp.render_html(cmp.build([runs["cpu"]]))
+    svg = page_of.render_html(build([runs["cpu"]]))
     assert (f'<tspan x="{re.search(r"<tspan x=.([0-9]+)", svg).group(1)}" dy="0">20261101-090000-llava1_5_7b-</tspan>'
             in svg) and ">tiny-abcd</tspan>" in svg  # fmt: skip
 
@@ -311,10 +315,10 @@ def test_the_unit_follows_the_device(tmp_path: Path) -> None:
 
     npu = make_run(tmp_path, [StageSpec(s, device_name="Ascend 910B", device_type="npu") for s in ("pretrain",
                    "finetune")], run_id="npu-run")  # fmt: skip
-    c = cmp.build([npu, _factory_runs(tmp_path / "f")["h200"]])
-    units = {e.label: cmp._device_unit(e) for e in c.shown}
+    c = build([npu, _factory_runs(tmp_path / "f")["h200"]])
+    units = {e.label: page_of._device_unit(e) for e in c.shown}
     assert units == {"npu-run": "device", "20261103-090000-llava1_5_7b-H200x1x1-2345": "GPU"}
-    page = cmp.render_html(c)
+    page = page_of.render_html(c)
     assert "tokens / s / device" in page and "tokens / s / GPU" in page
     assert "not on one axis with 20261103-090000-llava1_5_7b-H200x1x1-2345: per device vs per GPU" in page
 
@@ -327,7 +331,7 @@ def test_the_page_breaks_no_header_or_name_mid_word_in_a_real_browser(tmp_path: 
             pytest.fail(f"{CHROMIUM} is missing (apt-get install -y chromium) and KIT_REQUIRE_SERVICES=1")
         pytest.skip(f"{CHROMIUM} is not installed (apt-get install -y chromium)")
     runs = _factory_runs(tmp_path)
-    page = cmp.render_html(cmp.build([runs["cpu"], runs["cpu2"], runs["h200"]], reference=True))
+    page = page_of.render_html(build([runs["cpu"], runs["cpu2"], runs["h200"]], reference=True))
     assert "<script" not in page
     probe = """<script>
 const bad = [];
@@ -355,7 +359,7 @@ def test_the_rich_tables_keep_run_ids_whole(tmp_path: Path) -> None:
     from rich.console import Console
 
     runs = _factory_runs(tmp_path)
-    c = cmp.build([runs["cpu"], runs["cpu2"]], reference=True)
+    c = build([runs["cpu"], runs["cpu2"]], reference=True)
     ids = (CPU_ID, "20261102-090000-llava1_5_7b-tiny-ef01")
 
     def shown(renderable, width: int = 160) -> list[str]:

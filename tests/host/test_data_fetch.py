@@ -613,7 +613,7 @@ def test_covers_live_ones_saved_as_jpg_dead_ones_listed_and_the_fetch_still_succ
 
 def test_covers_without_an_index_url_say_where_to_get_it(tmp_path, srv):
     src = {"name": "ocr_vqa", "what": "covers", "kind": "covers", "url": "", "root": "data", "dest": "ocr_vqa/images",
-           "yields": "ocr_vqa/images"}
+           "yields": "ocr_vqa/images", "index": "OCR-VQA's dataset.json", "home": "https://ocr-vqa.github.io/"}
     gqa_zip, _ = make_zip("images", 2)
     srv.files["/gqa/images.zip"] = gqa_zip
     gqa = http_source("gqa", srv.url + "/gqa/images.zip", "gqa", "gqa/images")
@@ -623,3 +623,7 @@ def test_covers_without_an_index_url_say_where_to_get_it(tmp_path, srv):
     assert "ocr_vqa failed: ocr_vqa: no URL for OCR-VQA's dataset.json" in t
     assert "https://ocr-vqa.github.io/" in t and "--url ocr_vqa=file:///path/to/dataset.json" in t
     assert (tmp_path / "d" / "gqa" / "images").is_dir()
+    # The case's own sources file says the same: the index's name and home are data there, not code.
+    r = invoke("--data", str(tmp_path / "e"), "--only", "ocr_vqa", "--dry-run")
+    t = text(r)
+    assert r.exit_code == 1 and "ocr_vqa: no URL for OCR-VQA's dataset.json" in t and "https://ocr-vqa.github.io/" in t

@@ -132,7 +132,7 @@ def test_clean_data_verifies_and_writes_the_manifest(clean, tmp_path):
     assert m["images"]["problems"] == {}
     assert m["digest"] == manifest.digest_of(m["stages"], m["images"])
     assert m["weights"]["llm"]["files"] == 2 and m["weights"]["llm"]["problems"] == []
-    assert m["mmmu"]["subjects"] == 30 and m["folders"]["vg/VG_100K_2"]["reference"] == 43_903
+    assert m["eval_data"]["groups"] == 30 and m["folders"]["vg/VG_100K_2"]["reference"] == 43_903
     ident = manifest.identity(m)
     assert ident["digest"] == m["digest"] and ident["ok"] is True
     assert ident["stages"]["finetune"] == {"file": datagen.FINETUNE_JSON, "sha256": ft["sha256"],

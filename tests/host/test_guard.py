@@ -112,7 +112,7 @@ def _status(run: Path, rows: list[tuple]) -> None:
 
 def test_a_run_killed_in_its_eval_stage_is_stopped_not_finished(tmp_path):
     """What a `timeout` that killed kit during the eval stage left: training finished, eval launched, no kit."""
-    from kit.results.metrics import run_summary
+    from kit.results.summary import run_summary
 
     run = tmp_path / "run"
     run.mkdir()

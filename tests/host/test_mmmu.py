@@ -11,8 +11,11 @@ import sys
 import pytest
 from typer.testing import CliRunner
 
+from cases.llava1_5_7b.plugin import CASE
 from cases.llava1_5_7b.plugin import scoring as mmmu
-from kit.commands.mmmu import app
+from kit.commands.score import group
+
+app = group(CASE.scorer)  # `kit mmmu`: the case's scorer as the host's command group
 
 runner = CliRunner()
 ABCD = ["A", "B", "C", "D"]
@@ -393,7 +396,7 @@ def test_scorer_is_standard_library_only():
         "import sys, cases.llava1_5_7b.plugin.scoring\n"
         "bad = sorted(m for m in ('typer', 'rich', 'torch', 'transformers', 'deepspeed', 'numpy') if m in sys.modules)\n"
         "assert not bad, bad\n"
-        "import kit.commands.mmmu\n"
+        "import kit.commands.score\n"
         "bad = sorted(m for m in ('torch', 'transformers', 'deepspeed') if m in sys.modules)\n"
         "assert not bad, bad"
     )

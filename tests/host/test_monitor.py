@@ -23,9 +23,12 @@ import pytest
 from rich.console import Console
 
 from kit.launchers import base as launch
+from kit.results import samples as readback
+from kit.results.plots import plot_monitor
+from kit.results.samples import monitor_summary, read_monitor
 from kit.run import monitor
 from kit.run.guard import HEARTBEAT_NAME
-from kit.run.monitor import GIB, MONITOR_NAME, Monitor, monitor_summary, plot_monitor, read_monitor
+from kit.run.monitor import GIB, MONITOR_NAME, Monitor
 from kit.run.progress import StageProgress
 from kit.vendors.nvml import ReplayNVML
 
@@ -223,7 +226,7 @@ def test_host_sampler_tells_the_run_from_a_busy_foreign_process(tmp_path, run_tr
     assert spinner.pid in busy and busy[spinner.pid]["name"] == "python"
     share = summary["host"]["others_cpu_share_mean"]
     cpu_warnings = [w for w in summary["warnings"] if w.startswith("other processes used ")]
-    assert len(cpu_warnings) == (1 if share >= monitor.OTHERS_CPU_WARN else 0)
+    assert len(cpu_warnings) == (1 if share >= readback.OTHERS_CPU_WARN else 0)
     if cpu_warnings and list(busy)[:3].count(spinner.pid):  # named when among the three busiest
         assert f"python (pid {spinner.pid}, {busy[spinner.pid]['cpu_pct_mean']:.0f}% of a core)" in cpu_warnings[0]
 

@@ -25,7 +25,7 @@ from kit.commands import check_host as ch
 from kit.commands import ls as ls_cmd
 from kit.commands.env import env_block, revision_text, source_revision
 from kit.launchers.base import follow
-from kit.results import metrics
+from kit.results.summary import run_summary
 from kit.run.progress import EventTail, StageProgress
 
 from .rundir_factory import StageSpec, make_run, mllog
@@ -218,7 +218,7 @@ def test_kit_ls_lists_runs_newest_first_with_states_figures_and_damage(tmp_path)
                                                "not touched")  # fmt: skip
     assert "2026-11-02 10:00" in lines[2] and "pretrain failed" in lines[2]
     old_line = " ".join(lines[3].split())
-    summary = metrics.run_summary(old)["stages"]["pretrain"]
+    summary = run_summary(old)["stages"]["pretrain"]
     ref, tps = summary["reference_method_tokens_per_s_per_gpu"], summary["tokens_per_s_per_gpu"]
     assert "pretrain finished finetune finished" in old_line and f"pretrain {ref:,.0f} finetune " in old_line
     assert "token/p/s; MMMU 30.1%" in old_line and "not comparable: " in old_line

@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from rich.console import Console
@@ -17,9 +18,25 @@ from typer.testing import CliRunner
 
 from kit.checks import system
 from kit.cli import app
-from kit.commands import run as run_cmd
+from kit.errors import UsageError
+from kit.launchers import launcher_class
+from kit.run import stages
 from kit.run.dir import RunDir
+from kit.run.request import RunRequest, resolve
 from kit.vendors import nvml
+
+
+def _plan(case: str, config: str, stage: str, **kw):
+    """A request resolved as `kit run` resolves it (kit/run/request.py)."""
+    req = RunRequest(case=case, config=config, stage=stage, **kw)
+    return resolve(req, launcher_class(req))
+
+
+# The pieces of `kit run` these tests call, by the names they had when they lived in one module.
+run_cmd = SimpleNamespace(plan=_plan, gpu_problem=stages.gpu_problem, disk_need=stages.disk_need,
+                          preflight=stages.preflight, record_check=stages.record_check,
+                          resume_overrides=stages.resume_overrides, start=stages.start,
+                          UsageError=UsageError)  # fmt: skip
 
 runner = CliRunner()
 RECORDING = Path(__file__).resolve().parents[1] / "fixtures" / "hosts" / "nvml-h200x2.json"
@@ -372,7 +389,7 @@ def test_bad_records_within_skip_bad_records_go_on_to_the_launch(tmp_path, real_
     f = pretrain_json(data)
     f.write_text(json.dumps([GOOD, {"id": "b"}, GOOD]))
     started = []
-    monkeypatch.setattr(run_cmd, "start", lambda req, cfg, console: started.append(req) or (tmp_path, 0))
+    monkeypatch.setattr(stages, "execute", lambda run, console, **kw: started.append(run) or 0)  # the launch itself
     r = real(data, models, tmp_path, "--set", "data.skip_bad_records=1")
     assert r.exit_code == 0 and len(started) == 1, r.output
     assert f"warning: {f}: 1 of 3 records will be skipped (data.skip_bad_records = 1): record #1 (id 'b'): missing" in text(r)
@@ -415,7 +432,7 @@ def test_a_failure_before_the_first_stage_leaves_no_run_directory(tmp_path, monk
     def refused(run, console, **kw):
         raise RuntimeError("the launcher could not start")
 
-    monkeypatch.setattr(run_cmd, "execute", refused)
+    monkeypatch.setattr(stages, "execute", refused)
     with pytest.raises(RuntimeError):
         run_cmd.start(req, cfg, Console(file=io.StringIO()))
     assert empty(tmp_path)
@@ -429,7 +446,7 @@ def test_a_run_that_got_further_is_marked_failed_not_removed(tmp_path, monkeypat
         (run / "logs" / "probe.log").write_text("...")
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(run_cmd, "execute", probe_then_crash)
+    monkeypatch.setattr(stages, "execute", probe_then_crash)
     with pytest.raises(RuntimeError):
         run_cmd.start(req, cfg, Console(file=io.StringIO()))
     (run,) = tmp_path.iterdir()
@@ -443,7 +460,7 @@ def test_a_run_that_got_further_is_marked_failed_not_removed(tmp_path, monkeypat
 def stopped_run(tmp_path, monkeypatch):
     """A real run directory (start() with execute stubbed): tiny, native, synthetic, stopped after `created`."""
     req, cfg = tiny_req(tmp_path / "runs")
-    monkeypatch.setattr(run_cmd, "execute", lambda run, console, **kw: 1)
+    monkeypatch.setattr(stages, "execute", lambda run, console, **kw: 1)
     run, _ = run_cmd.start(req, cfg, Console(file=io.StringIO()))
     monkeypatch.undo()
     return run
@@ -469,7 +486,7 @@ def test_resume_overrides_are_checked(stopped_run, tmp_path):
 
 def test_resume_records_the_overrides_and_later_resumes_keep_them(stopped_run, tmp_path, monkeypatch):
     seen = []
-    monkeypatch.setattr(run_cmd, "execute", lambda run, console, **kw: seen.append(kw) or 0)
+    monkeypatch.setattr(stages, "execute", lambda run, console, **kw: seen.append(kw) or 0)
     r = invoke("resume", str(stopped_run), "--python", sys.executable)
     assert r.exit_code == 0, r.output
     assert seen == [{"resumed": True, "overrides": {"python": sys.executable}, "follow": True}]

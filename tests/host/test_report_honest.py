@@ -16,7 +16,10 @@ import pytest
 from typer.testing import CliRunner
 
 from kit.cli import app
-from kit.results import metrics, report
+from kit.results import formats, formulas, summary
+from kit.results import render_report as report
+from kit.results.entries import MixedRunsError, check_one_config
+from kit.results.summary import write_summary
 from kit.run.dir import RunDir, RunDirError, find_run
 
 from .rundir_factory import GIB, T0, StageSpec, _status, make_run, mllog
@@ -105,7 +108,7 @@ def _flat(text: str) -> str:
 
 
 def test_synthetic_tiny_run_is_labelled_and_has_no_ratios_in_any_format(tmp_path: Path) -> None:
-    s = report.write_summary(make_synthetic_tiny(make_run(tmp_path, config="tiny", device="cpu")), plots=False)
+    s = write_summary(make_synthetic_tiny(make_run(tmp_path, config="tiny", device="cpu")), plots=False)
     c = s["comparable"]
     assert (c["comparable"], c["data"], c["weights"], c["shape"]) == (False, "synthetic", "random init", "tiny shape")
     reason = "synthetic data, random-init weights, tiny shape"
@@ -122,13 +125,13 @@ def test_synthetic_tiny_run_is_labelled_and_has_no_ratios_in_any_format(tmp_path
     rows = list(csv.DictReader(io.StringIO(out["csv"])))
     ratios = [r for r in rows if r["kind"] == "ratio"]
     assert len(ratios) == 2 and all(r["comparability"] == f"not comparable: {reason}" for r in ratios)
-    assert all(r["tokens_per_s"] == r["ref_method_tokens_per_s"] == r["mmmu"] == "" for r in ratios)
+    assert all(r["tokens_per_s"] == r["ref_method_tokens_per_s"] == r["mmmu_acc"] == "" for r in ratios)
     assert all(r["comparable"] == "false" for r in rows if r["kind"] == "run")
     assert json.loads(out["json"])["comparable"]["reason"] == reason
 
 
 def test_reference_run_shows_the_like_for_like_ratio_first_and_says_what_each_compares(tmp_path: Path) -> None:
-    s = report.write_summary(make_reference_like(make_run(tmp_path)), plots=False)
+    s = write_summary(make_reference_like(make_run(tmp_path)), plots=False)
     assert s["comparable"] == {
         "comparable": True, "reason": "reference data, published weights, reference shape", "data": "reference",
         "weights": "published", "shape": "reference shape",
@@ -152,7 +155,7 @@ def _filter(dropped: int, counts: dict[str, int] | None = None, source: str = "l
 
 def test_filtered_data_within_the_rules_is_comparable_and_said(tmp_path: Path) -> None:
     rd = make_reference_like(make_run(tmp_path), filters={"finetune": _filter(355)})
-    s = report.write_summary(rd, plots=False)
+    s = write_summary(rd, plots=False)
     c = s["comparable"]
     assert c["comparable"] and c["data"] == "filtered" and c["data_by_stage"]["finetune"] == "filtered"
     assert c["reason"] == "filtered data, published weights, reference shape"
@@ -162,21 +165,21 @@ def test_filtered_data_within_the_rules_is_comparable_and_said(tmp_path: Path) -
 
 def test_filtered_beyond_the_rules_or_other_records_are_not_comparable(tmp_path: Path) -> None:
     rd = make_reference_like(make_run(tmp_path, run_id="a"), filters={"finetune": _filter(5000)})
-    s = report.write_summary(rd, plots=False)
+    s = write_summary(rd, plots=False)
     assert not s["comparable"]["comparable"] and s["comparable"]["reason"] == "other data"
     assert "more than the 1,000 the rules admit" in _flat(report.render(s, "markdown"))
 
     rd = make_reference_like(make_run(tmp_path, run_id="b"))
     log = rd / "pretrain" / "events.log"
     log.write_text(log.read_text().replace('"records": 558128,', '"records": 1000,'))
-    s = report.write_summary(rd, plots=False)
+    s = write_summary(rd, plots=False)
     assert s["comparable"]["data_by_stage"] == {"pretrain": "other", "finetune": "reference"}
     assert "not comparable: other data" in report.render(s, "csv")
     assert "pretrain: 1,000 records, the reference set has 558,128" in s["comparable"]["details"]
 
 
 def test_a_run_without_inputs_json_is_not_claimed_comparable(tmp_path: Path) -> None:
-    s = report.write_summary(make_run(tmp_path), plots=False)  # an old run: nothing recorded what it read
+    s = write_summary(make_run(tmp_path), plots=False)  # an old run: nothing recorded what it read
     assert s["comparable"]["comparable"] is False
     assert s["comparable"]["reason"] == "data unknown, weights unknown, shape unknown"
     table = _flat(report.render(s, "table"))
@@ -185,7 +188,7 @@ def test_a_run_without_inputs_json_is_not_claimed_comparable(tmp_path: Path) -> 
 
 
 def test_units_are_exact_in_every_format(tmp_path: Path) -> None:
-    s = report.write_summary(make_reference_like(make_run(tmp_path, run_id="gpu")), plots=False)
+    s = write_summary(make_reference_like(make_run(tmp_path, run_id="gpu")), plots=False)
     pre = s["stages"]["pretrain"]
     text = report.render(s, "table")
     assert f"{pre['mem_used_peak_gib']:.1f}/{pre['mem_total_gib']:.1f} GiB" in text and "74/81 GB" in text
@@ -195,7 +198,7 @@ def test_units_are_exact_in_every_format(tmp_path: Path) -> None:
     assert float(row["mem_used_gb"]) == pytest.approx(pre["mem_used_peak_gib"] * 1024 / 1000)  # the seed's unit
     assert row["mem_meaning"] == report.MEM_DEVICE
 
-    cpu = report.write_summary(make_run(tmp_path, [StageSpec("pretrain", device_name="cpu", device_type="cpu")],
+    cpu = write_summary(make_run(tmp_path, [StageSpec("pretrain", device_name="cpu", device_type="cpu")],
                                         run_id="cpu", config="tiny", device="cpu"), plots=False)  # fmt: skip
     for fmt in ("table", "markdown"):
         assert "[pretrain] mem on a CPU: one rank's peak RSS (ru_maxrss) / host RAM" in _flat(report.render(cpu, fmt))
@@ -213,7 +216,7 @@ def _alternating(steps: int, even: float = 1.0, odd: float = 3.0) -> list[float]
 def test_step_time_spread_and_the_cv_warning_in_every_format(tmp_path: Path) -> None:
     rd = make_run(tmp_path, [StageSpec("pretrain", steps=20, step_times=_alternating(20)),
                              StageSpec("finetune", steps=20)])  # fmt: skip
-    s = report.write_summary(rd, plots=False)
+    s = write_summary(rd, plots=False)
     pre, fin = s["stages"]["pretrain"], s["stages"]["finetune"]
     # Steady steps 3..20: nine of 3 s, nine of 1 s: median 2, p10 1, p90 3, CV = pstdev 1 / mean 2.
     assert pre["step_time_steps"] == 18 and pre["step_time_median_s"] == 2.0
@@ -229,12 +232,12 @@ def test_step_time_spread_and_the_cv_warning_in_every_format(tmp_path: Path) -> 
     table = out["table"].splitlines()
     spread = table[next(i for i, ln in enumerate(table) if "step time over the steady steps" in ln):]
     assert next(ln for ln in spread if ln.startswith(" pretrain")).split() == ["pretrain", "18", "2", "1", "3", "50%"]
-    assert metrics.STEP_TIME_CV_WARN == 0.10
+    assert formulas.STEP_TIME_CV_WARN == 0.10
 
 
 def test_percentile_is_numpys_linear_method() -> None:
-    assert metrics.percentile([1.0, 2.0, 3.0, 4.0], 0.10) == pytest.approx(1.3)
-    assert metrics.percentile([5.0], 0.9) == 5.0 and metrics.percentile([], 0.5) is None
+    assert formulas.percentile([1.0, 2.0, 3.0, 4.0], 0.10) == pytest.approx(1.3)
+    assert formulas.percentile([5.0], 0.9) == 5.0 and formulas.percentile([], 0.5) is None
 
 
 def test_stage_warning_hook_lines_are_shown_in_every_format(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -244,8 +247,8 @@ def test_stage_warning_hook_lines_are_shown_in_every_format(tmp_path: Path, monk
     def broken(stage_dir: Path) -> list[str]:
         raise RuntimeError("no samples")
 
-    monkeypatch.setattr(metrics, "STAGE_WARNING_HOOKS", [monitor, broken])
-    s = report.write_summary(make_run(tmp_path), plots=False)
+    monkeypatch.setattr(summary, "STAGE_WARNING_HOOKS", [monitor, broken])
+    s = write_summary(make_run(tmp_path), plots=False)
     assert s["stages"]["pretrain"]["stage_warnings"][0] == "other processes used the devices (pid 4242)"
     out = _all_formats(s)
     line = "[pretrain] other processes used the devices (pid 4242)"
@@ -262,27 +265,54 @@ def _pair(tmp_path: Path, b_config: str = "H200x1x1", b_step: float = 4.0) -> tu
 
 def test_several_runs_of_one_config_give_mean_and_spread(tmp_path: Path) -> None:
     a, b = _pair(tmp_path)
-    sa, sb = (report.write_summary(p, plots=False) for p in (a, b))
+    sa, sb = (write_summary(p, plots=False) for p in (a, b))
     ms = report.multi_summary([a, b], [sa, sb])
     tps = ms["stages"]["pretrain"]["tokens_per_s_per_gpu"]
     va, vb = sa["stages"]["pretrain"]["tokens_per_s_per_gpu"], sb["stages"]["pretrain"]["tokens_per_s_per_gpu"]
     assert vb == pytest.approx(va / 2) and tps["n"] == 2
     assert tps["mean"] == pytest.approx((va + vb) / 2) and (tps["min"], tps["max"]) == (vb, va)
     assert tps["std"] == pytest.approx(abs(va - vb) / 2**0.5)  # the sample standard deviation of two values
+    assert tps["olympic_mean"] == tps["mean"]  # two runs, fewer than the rules' min_runs 3: the plain mean
     ref = ms["stages"]["pretrain"]["reference_method_tokens_per_s_per_gpu"]
-    assert ref["n"] == 2 and ref["mean_over_seed"] is None  # these runs are not comparable: no ratio
+    assert ref["n"] == 2 and ref["olympic_over_seed"] is None  # these runs are not comparable: no ratio
     r = runner.invoke(app, ["report", str(a), str(b)], env={"COLUMNS": "100"})
     assert r.exit_code == 0, r.output
     out = _flat(r.output)
-    assert "2 runs of llava1_5_7b H200x1x1: mean and spread over the runs" in out
+    assert "2 runs of llava1_5_7b H200x1x1: olympic mean and spread over the runs" in out
     assert "NOT comparable with the seed: data unknown, weights unknown, shape unknown; no seed figures" in out
-    f = report._tps
-    assert f"pretrain steady tok/p/s {f(tps['mean'])} {f(vb)}-{f(va)} {tps['std']:.1f} ({tps['cv']:.0%}) 2" in out
+    f = formats.tps  # olympic mean (the headline), plain mean, min-max, std (CV), runs: one format for each
+    assert f"pretrain steady tok/p/s {f(tps['olympic_mean'])} {f(tps['mean'])} {f(vb)}-{f(va)} {f(tps['std'])} " \
+           f"({tps['cv']:.0%}) 2" in out
     for fmt in ("json", "csv", "markdown"):
         r = runner.invoke(app, ["report", str(a), str(b), "--format", fmt])
         assert r.exit_code == 0, r.output
     r = runner.invoke(app, ["report", str(a), str(b), "--format", "json"])
     assert json.loads(r.output)["n_runs"] == 2
+
+
+def test_three_runs_state_one_headline_the_olympic_mean_in_report_compare_and_a_submission(tmp_path: Path) -> None:
+    """The headline over several runs is the olympic mean of the case's rules (what a submission states and `kit
+    compare` shows); `kit report` shows it first and the plain mean beside it under its own name."""
+    from kit.results.entries import of_summaries
+    from kit.results.model import stated_results
+
+    runs = [make_run(tmp_path, [StageSpec("pretrain", step_time_s=t)], run_id=f"r{i}")
+            for i, t in enumerate((2.0, 2.5, 4.0))]  # fmt: skip
+    summaries = [write_summary(p, plots=False) for p in runs]
+    values = sorted(s["stages"]["pretrain"]["tokens_per_s_per_gpu"] for s in summaries)
+    ms = report.multi_summary(runs, summaries)
+    tps = ms["stages"]["pretrain"]["tokens_per_s_per_gpu"]
+    assert tps["olympic_mean"] == pytest.approx(values[1])  # 3 runs: the best and the worst dropped
+    assert tps["mean"] == pytest.approx(sum(values) / 3) and tps["mean"] != pytest.approx(tps["olympic_mean"])
+    stated = stated_results(summaries, _rules())["pretrain"]["tokens_per_s_per_gpu"]
+    entry = of_summaries(summaries, runs)  # the entry `kit compare` draws a submission of these runs as
+    assert stated["olympic_mean"] == tps["olympic_mean"] == entry.figure("pretrain", "tokens_per_s_per_gpu")
+    r = runner.invoke(app, ["report", *map(str, runs)], env={"COLUMNS": "200"})
+    assert r.exit_code == 0, r.output
+    out = _flat(r.output)
+    f = formats.tps
+    assert "stage figure olympic mean plain mean min-max std (CV) runs" in out
+    assert f"pretrain steady tok/p/s {f(tps['olympic_mean'])} {f(tps['mean'])} {f(values[0])}-{f(values[2])}" in out
 
 
 def test_several_runs_of_different_configs_are_refused(tmp_path: Path) -> None:
@@ -294,8 +324,8 @@ def test_several_runs_of_different_configs_are_refused(tmp_path: Path) -> None:
     c = make_run(tmp_path, [StageSpec("pretrain")], run_id="c")
     info = json.loads((c / "run.json").read_text())
     _rewrite_json(c / "run.json", config={**info["config"], "pretrain": {"micro_batch": 8}})
-    with pytest.raises(report.MixedRunsError, match=r"they differ in pretrain\.micro_batch \(None vs 8\)"):
-        report.check_one_config([a, c])
+    with pytest.raises(MixedRunsError, match=r"they differ in pretrain\.micro_batch \(None vs 8\)"):
+        check_one_config([a, c])
     r = runner.invoke(app, ["report", str(a), str(a)])
     assert r.exit_code == 2 and "the same run is given more than once" in r.output
 
@@ -346,7 +376,7 @@ def _tear_step_line(rd: Path, stage: str, step: int) -> int:
 def test_torn_line_in_a_finished_stage_is_named_in_every_format(tmp_path: Path) -> None:
     rd = make_run(tmp_path, [StageSpec("pretrain", steps=32)])
     number = _tear_step_line(rd, "pretrain", 17)
-    s = report.write_summary(rd, plots=False)
+    s = write_summary(rd, plots=False)
     pre = s["stages"]["pretrain"]
     assert (pre["steps_logged"], pre["steps_done"], pre["steps_missing"]) == (31, 32, [17])
     warning = (f"[pretrain] pretrain/events.log: 1 torn line(s) (line {number}): not whole events, left out; the "
@@ -365,7 +395,7 @@ def test_torn_status_line_is_noted(tmp_path: Path) -> None:
     lines = (rd / "status.jsonl").read_text().splitlines()
     lines.insert(2, '{"time": "2023-11-14T22:13:20", "stage": "pretr')
     (rd / "status.jsonl").write_text("\n".join(lines) + "\n")
-    s = report.write_summary(rd, plots=False)
+    s = write_summary(rd, plots=False)
     assert s["state"] == "finished"
     assert "warning: status.jsonl: 1 damaged line(s) (line 3): left out of the stages' states" in _flat(
         report.render(s, "table"))
@@ -415,7 +445,7 @@ def test_eval_launched_and_never_ended_means_the_run_is_not_finished(tmp_path: P
     (rd / "status.jsonl").write_text("\n".join(lines) + "\n")
     (rd / "eval").mkdir()
     (rd / "eval" / "events.log").write_text(mllog("init_start", {"stage": "eval"}, (end - 0.4) * 1000) + "\n")
-    s = report.write_summary(rd, plots=False)
+    s = write_summary(rd, plots=False)
     assert s["state"] == "stopped" and s["eval"]["state"] == "stopped"
     assert RunDir(rd).stage_states()[None] == "stopped"  # so `kit resume` continues the eval
     text = _flat(report.render(s, "table"))
@@ -424,7 +454,7 @@ def test_eval_launched_and_never_ended_means_the_run_is_not_finished(tmp_path: P
 
     lines.pop()  # no run line at all (kit itself killed): no kit process holds the run
     (rd / "status.jsonl").write_text("\n".join(lines) + "\n")
-    assert metrics.run_summary(rd)["state"] == "stopped"
+    assert summary.run_summary(rd)["state"] == "stopped"
 
 
 def test_eval_alone_shows_the_mmmu_row(tmp_path: Path) -> None:
@@ -439,7 +469,7 @@ def test_eval_alone_shows_the_mmmu_row(tmp_path: Path) -> None:
     (rd / "status.jsonl").write_text("".join(json.dumps(x) + "\n" for x in (
         _status(T0, "eval", "created"), _status(T0 + 2, "eval", "launched"), _status(T0 + 20, "eval", "finished"),
         _status(T0 + 21, None, "finished"))))  # fmt: skip
-    s = report.write_summary(rd, plots=False)
+    s = write_summary(rd, plots=False)
     assert s["state"] == "finished" and s["stage_order"] == []
     text = report.render(s, "table")
     row = next(ln for ln in text.splitlines() if ln.startswith(" H200x1x1 eval"))
@@ -448,7 +478,7 @@ def test_eval_alone_shows_the_mmmu_row(tmp_path: Path) -> None:
     assert "6 questions" in text
     rows = list(csv.DictReader(io.StringIO(report.render(s, "csv"))))
     assert [(r["kind"], r["stage"]) for r in rows] == [("run", "eval"), ("reference", "eval"), ("ratio", "eval")]
-    assert float(rows[0]["mmmu"]) == 0.3
+    assert float(rows[0]["mmmu_acc"]) == 0.3
 
 
 def test_missing_absolute_run_is_said_once(tmp_path: Path) -> None:

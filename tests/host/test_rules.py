@@ -47,7 +47,8 @@ def _write(tmp_path: Path, text: str) -> Path:
         (lambda s: s.replace('"*.micro_batch", ', '"*.micro_batch", "*.lr", '), "is both fixed ('*.lr') and free"),
         (lambda s: s.replace('"*.sampler",', '"*.sampler", "train.momentum",'), "'train.momentum' names no key"),
         (lambda s: s.replace('config = "A800x1x8"', 'config = "B200x9"'), "reference config 'B200x9' does not exist"),
-        (lambda s: s.replace("records = 665298", 'records = "many"'), "stages.finetune.records must be int"),
+        # The record counts live in data-sources.toml alone (test_data_sources.py): a second copy here is refused.
+        (lambda s: s + "\n[stages.finetune]\nrecords = 665298\n", "unknown table stages"),
         (lambda s: s.replace("runs = 3", "runs = 0"), "categories.full.runs must be at least 1"),
         (lambda s: s + "\n[extras]\nx = 1\n", "unknown table extras"),
     ],
@@ -88,7 +89,7 @@ def test_inputs_identity_of_a_real_layout(tmp_path):
     assert pre["image_folders"] == {"LLaVA-Pretrain/images": {"files": 1, "bytes": 6}}
     assert out["data"]["stages"]["finetune"]["image_folders"] == {"coco/train2017": {"files": 1, "bytes": 5}}
     assert set(out["weights"]["llm"]["files"]) == {"config.json", "model.safetensors"}
-    assert out["weights"]["random_init"] is False and out["mmmu"] is None
+    assert out["weights"]["random_init"] is False and out["eval_data"] is None
     # The same bytes give the same digest; the cache answers by path, size and mtime.
     weights = models / "vicuna-7b-v1.5" / "model.safetensors"
     st = weights.stat()
@@ -124,9 +125,11 @@ def test_an_unknown_accelerator_needs_a_declared_peak():
 def test_a_resume_may_move_the_inputs_but_not_change_them(tmp_path):
     from rich.console import Console
 
-    from kit.commands.run import RunRequest, same_inputs
+    from kit.run.request import RunRequest
+    from kit.run.stages import same_inputs
 
-    cfg = case_config.load("A800x1x8").to_dict()
+    cfg_obj = case_config.load("A800x1x8")
+    cfg = cfg_obj.to_dict()
     for name, text in (("a", "[]"), ("moved", "[]"), ("other", '[{"id": "x"}]')):
         (tmp_path / name).mkdir()
         (tmp_path / name / "llava_v1_5_mix665k.json").write_text(text)
@@ -137,7 +140,7 @@ def test_a_resume_may_move_the_inputs_but_not_change_them(tmp_path):
     (run / "inputs.json").write_text(json.dumps(first))
     console = Console(file=open(os.devnull, "w"))  # noqa: SIM115
     req = lambda d: RunRequest(case="llava1_5_7b", config="A800x1x8", stages=["finetune"], nodes=1, gpus=8,  # noqa: E731
-                               results=str(tmp_path), data=str(tmp_path / d))  # fmt: skip
-    assert same_inputs(run, req("moved"), cfg, console) is None
-    problem = same_inputs(run, req("other"), cfg, console)
+                               results=tmp_path, data=tmp_path / d)  # fmt: skip
+    assert same_inputs(run, req("moved"), cfg_obj, console) is None
+    problem = same_inputs(run, req("other"), cfg_obj, console)
     assert problem and f"--data {tmp_path / 'other'} holds other data than the run started with" in problem

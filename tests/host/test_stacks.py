@@ -385,14 +385,15 @@ def test_native_stack_from_the_case_probe():
 
 
 def test_report_and_compare_name_the_stack():
-    from kit.results import compare, report
+    from kit.results import render_compare as compare
+    from kit.results import render_report as report
 
     cur = {"name": "current", "lock_sha256": "cf" * 32, "variant": "13.0"}
     assert report.stack_line({"stack": cur}) == f"stack: current (lock {'cf' * 6}, CUDA 13.0), lock sha256 {'cf' * 32}"
     assert report.stack_line({}).startswith("stack: unknown")
     sw = {"kind": "image", "id": "sha256:" + "a" * 64, "tag": "kit-llava:t"}
-    a = compare._software_text(dict(sw, stack=cur))
-    b2 = compare._software_text(dict(sw, stack={"name": "reference", "lock_sha256": "95" * 32, "variant": "12.1"}))
+    a = compare.software_text(dict(sw, stack=cur))
+    b2 = compare.software_text(dict(sw, stack={"name": "reference", "lock_sha256": "95" * 32, "variant": "12.1"}))
     assert a != b2 and "stack current" in a and "stack reference" in b2
-    assert compare._software_text(sw).endswith("stack unknown (not recorded)")
+    assert compare.software_text(sw).endswith("stack unknown (not recorded)")
     assert st.stack_key(cur) != st.stack_key(dict(cur, lock_sha256="00" * 32))

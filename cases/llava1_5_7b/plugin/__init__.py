@@ -23,13 +23,65 @@ class MMMU:
     """The eval stage's scorer: the official MMMU parsing and judging rules (scoring.py)."""
 
     name = "MMMU"
+    command = "mmmu"  # `kit mmmu score RESPONSES`
+    about = "MMMU validation: score raw responses with the official parsing and judging rules."
+    examples = """Examples:
+
+      kit mmmu score runs/RUN/eval/responses.json
+
+      kit mmmu score responses.json --subjects --out runs/RUN/eval/mmmu
+    """
     figure = "overall"
     responses = "eval/responses.json"
     scores = "eval/mmmu"
+    outputs = scoring.OUTPUT_FILES
     error = scoring.MMMUError
+    file_help = ("JSON list (or .jsonl) of raw responses: id, question_type, answer, all_choices and index2ans (or "
+                 "options), response; a run's are in runs/RUN/eval/responses.json.")  # fmt: skip
+    score_help = """Score raw MMMU responses: parse each (official rules, seeded random fallback), judge, aggregate.
+
+    Accuracy is per subject, then instance-weighted (micro) per discipline and overall.
+
+    Records are scored in the official order whatever the file's order, so the random fallback repeats.
+    A question_type other than "multiple-choice" (such as "open" or "short-answer") is scored as open, as the
+    official scorer does; the summary counts the records of each type.
+
+    Exit 0, or 2 on a bad file (the message names the file, the record and the field).
+
+    Examples:
+
+      kit mmmu score runs/RUN/eval/responses.json
+
+      kit mmmu score responses.json --subjects
+
+      kit mmmu score responses.json --json --out runs/RUN/eval/mmmu
+    """
 
     def score_file(self, responses: Path) -> dict[str, Any]:
-        return scoring.score(scoring.load_predictions(Path(responses)))
+        return scoring.score(scoring.load_predictions(Path(responses)), source=str(responses))
+
+    def table(self, result: dict[str, Any], details: bool = False) -> dict[str, Any]:
+        """The result as a table for the host to draw: per discipline (micro average), with --subjects each subject
+        under it, then the overall. Cells are plain text; rows marked "bold" or "section" (a rule above)."""
+        rows: list[dict[str, Any]] = []
+        for d, agg in result["disciplines"].items():
+            rows.append({"cells": [d, str(agg["num"]), str(agg["correct"]), f"{100 * agg['accuracy']:.2f}%"],
+                         "bold": True})  # fmt: skip
+            if details:
+                for sub in agg["subjects"]:
+                    sa = result["subjects"][sub]
+                    rows.append({"cells": [f"  {sub}", str(sa["num"]), str(sa["correct"]), f"{100 * sa['accuracy']:.2f}%"]})
+        rows.append({"cells": ["overall", str(result["num"]), str(result["correct"]), f"{100 * result['overall']:.2f}%"],
+                     "bold": True, "section": True})  # fmt: skip
+        n_mc = result["question_types"].get("multiple-choice", {}).get("num", 0)
+        return {
+            "title": "MMMU validation",
+            "columns": ["discipline / subject", "questions", "correct", "accuracy"],
+            "rows": rows,
+            "caption": (f"{result['random_fallbacks']} of {n_mc} multiple-choice responses named no letter and got a "
+                        f"seeded random one (random.Random({result['seed']}), official order)"),
+            "notes": [f"records by question type: {scoring.declared_types_text(result)}"],
+        }  # fmt: skip
 
     def summary(self, result: dict[str, Any]) -> dict[str, Any]:
         import json
@@ -62,6 +114,8 @@ class Llava:
     probe_module = "cases.llava1_5_7b.env"  # prints the environment facts where the ranks run (environment.json)
     synthetic_module = "cases.llava1_5_7b.synthetic"  # generates --synthetic's data set in the real formats
     prepare_module = "cases.llava1_5_7b.ops"  # builds DeepSpeed's CPU op once before a native run
+    image_repository = "kit-llava"  # `kit build`'s tag: kit-llava:VERSION-...
+    request_aliases = {"mmmu": "eval_data", "mmmu_decoding": "eval_decoding"}  # run.json fields of older runs
     config = config_schema
     metrics = metrics
     data = data
@@ -92,6 +146,23 @@ class Llava:
         if not request.get("save", True):
             args.append("--no-save")
         return args
+
+    def synthetic_questions(self, cfg: Any) -> int:
+        """Questions per subject of the generated eval set (--synthetic)."""
+        return int(cfg.to_dict()["synthetic"].get("mmmu_questions", 30))
+
+    def synthetic_eval_questions(self, cfg: dict[str, Any]) -> int:
+        """The questions a full synthetic eval answers: every subject's generated questions."""
+        return len(scoring.SUBJECT_SHORT_NAMES) * int(cfg["synthetic"]["mmmu_questions"])
+
+    def synthetic_args(self, cfg: Any, max_steps: int) -> list[str]:
+        """synthetic.py's arguments beyond --config and --out. With --max-steps, one step more than the run trains:
+        an epoch's last step gathers the leftover samples of both modalities (LLaVA's grouped sampler), 1 step in
+        5,197 of the real finetune epoch but 1 in 4 of a 4-step epoch, where it inflated the measured padding."""
+        if not max_steps:
+            return []
+        return ["--pretrain-records", str((max_steps + 1) * cfg.pretrain.global_batch),
+                "--finetune-records", str((max_steps + 1) * cfg.finetune.global_batch)]  # fmt: skip
 
     def request_problems(self, request: dict[str, Any], cfg: Any) -> list[str]:
         """What this case refuses in a request, whatever the host: stages that cannot run alone."""

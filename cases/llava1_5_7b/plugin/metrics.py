@@ -3,11 +3,15 @@
 - `reference_mfu`: the seed's own MFU formula (case facts section 4), kept so rows compare with its table;
 - `flops`: model FLOPs of one optimizer step by component, from kit_facts `model` and a kit_step's counts;
 - `SHAPE_KEYS` / `shape`: the config keys that make two runs the same model (comparability);
-- `DATA_STEP_COUNTS`: the kit_step counts of what the reference pipeline's rules did to the step's samples.
+- `DATA_STEP_COUNTS`: the kit_step counts of what the reference pipeline's rules did to the step's samples;
+- `ACCURACY_KEY`: the summary key of the MMMU accuracy.
+
+The host's protocol for these names is kit/case/metrics.py.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 REFERENCE_PARAMS = 7e9  # the seed's flat parameter count for LLaVA-1.5-7B
@@ -19,6 +23,7 @@ REFERENCE_RULE = (
 EXACT_RULE = (
     "model FLOPs as the graph runs (frozen LLM 4N, attention 12.L.H.T^2, projector, CLIP forward) on real tokens"
 )
+ACCURACY_KEY = "mmmu_acc"  # summary.json's MMMU accuracy (0..1); reference.toml and rules.toml's olympic figures too
 SHAPE_KEYS = ("llm", "vision", "projector", "max_length")  # the model section's keys that define its shape
 
 
@@ -107,11 +112,22 @@ def exact_flops_per_step(model: dict[str, Any], step: dict[str, Any]) -> float:
     return sum(flops(model, step).values())
 
 
-# kit_step counts of what the reference pipeline's own rules did to the step's samples (docs/fidelity.md).
-DATA_STEP_COUNTS = (
-    "masked_by_reference_rule",
-    "relabelled_by_reference_rule",
-    "pad_tokens_removed",
-    "images_dropped_by_truncation",
-    "skipped_unreadable_images",
-)
+# kit_step counts of what the reference pipeline's own rules did to the step's samples (docs/fidelity.md), each
+# with what one of it is, in the order the report's data line names them.
+DATA_STEP_COUNTS = {
+    "masked_by_reference_rule": "samples fully masked (reference mismatch rule)",
+    "relabelled_by_reference_rule": "samples relabelled (reference round arithmetic)",
+    "pad_tokens_removed": "<unk> tokens removed",
+    "images_dropped_by_truncation": "images dropped by truncation",
+    "skipped_unreadable_images": "unreadable images skipped",
+}
+
+
+def learning_rate(base: float, step: int, warmup: int, total: int) -> float:
+    """The rate step `step` (1-based) applies under the reference's scheduler: linear warm-up from zero over
+    `warmup` steps, then a cosine to zero at `total` (transformers' cosine-with-warmup, as train.py builds it)."""
+    s = step - 1
+    if s < warmup:
+        return base * s / max(1, warmup)
+    progress = (s - warmup) / max(1, total - warmup)
+    return base * max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
