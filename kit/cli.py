@@ -10,6 +10,11 @@ import typer
 from rich.console import Console
 
 from kit import __version__
+from kit.commands import build, check_host, compare, configs, data, env, ls, score, submit, verify
+from kit.commands import run as run_cmd
+from kit.commands.report import show_many
+from kit.results.entries import MixedRunsError
+from kit.run.dir import RunDirError, find_run
 
 app = typer.Typer(
     name="kit",
@@ -53,7 +58,6 @@ def fail(message: str, code: int = 2) -> None:
 
 def _register_run() -> None:
     """`kit run`, `kit resume` and `kit slurm-job` first, so they lead `kit --help` and completion."""
-    from kit.commands import run as run_cmd
 
     app.command("run", context_settings={"help_option_names": ["-h", "--help"]})(run_cmd.run)
     app.command("resume")(run_cmd.resume)
@@ -91,9 +95,6 @@ def report(
 
       kit report runs/RUN_A runs/RUN_B runs/RUN_C
     """
-    from kit.commands.report import show_many
-    from kit.results.entries import MixedRunsError
-    from kit.run.dir import RunDirError, find_run
 
     if format not in ("table", "json", "csv", "markdown"):
         fail(f"--format {format!r}: expected table, json, csv or markdown")
@@ -108,46 +109,7 @@ def report(
         fail(str(e))
 
 
-@app.command()
-def configs(case: str = typer.Argument(None, help="The case (default: the only one registered).")) -> None:
-    """List a case's configs and what each sets (devices, batches and GAS at the config's own scale, ZeRO stages).
-
-    Example:
-
-      kit configs llava1_5_7b
-    """
-    from rich.table import Table
-
-    from kit import case as cases
-    from kit.tables import print_table, whole
-
-    try:
-        c = cases.only() if case is None else cases.get(case)
-    except cases.UnknownCase as e:
-        fail(str(e))
-    mod = c.config
-    training = cases.training(c)
-    table = Table(title=f"{c.name} configs")
-    # Headers in short lines: a narrow terminal wraps them between words, never cuts one ("micro/GAS/glob…").
-    for col in ("name", "description", "nodes x\ngpus", *(f"{s} ZeRO,\nmicro/GAS/global" for s in training)):
-        table.add_column(col, overflow="fold")
-
-    def batches(cfg, stage: str) -> str:
-        s = cfg.stage(stage)
-        try:
-            gas = cfg.grad_accum(stage, cfg.nodes * cfg.gpus_per_node)  # GAS on the config's own nodes x gpus
-        except ValueError:
-            gas = "?"  # its global batch does not divide on its own scale: `kit run` refuses it with the fix
-        return f"{s.zero_stage}, {s.micro_batch}/{gas}/{s.global_batch}"
-
-    for name in mod.available():
-        cfg = mod.load(name)
-        table.add_row(name, cfg.description, f"{cfg.nodes} x {cfg.gpus_per_node}", *(batches(cfg, s) for s in training))
-    print_table(console, whole(table, "name"))
-
-
 def _register_subcommands() -> None:
-    from kit.commands import build, check_host, compare, data, env, ls, score, submit, verify
 
     app.command("build")(build.build)
     app.command("check-host")(check_host.check_host)
@@ -157,6 +119,7 @@ def _register_subcommands() -> None:
     app.command("compare")(compare.compare)
     app.command("ls")(ls.ls)
     app.add_typer(data.app, name="data", help="The case's data and weights: fetch, verify, fix.")
+    app.add_typer(configs.app, name="configs")  # `kit configs [CASE]` lists; `kit configs new` derives
     for group in score.groups():  # `kit <eval set> score`, one per registered case's scorer
         app.add_typer(group, name=group.info.name)
 
@@ -184,6 +147,9 @@ def _reflow_help(typer_app: typer.Typer) -> None:
             info.callback.__doc__ = _reflow(info.callback.__doc__)
     for group in typer_app.registered_groups:
         if group.typer_instance is not None:
+            callback = group.typer_instance.registered_callback
+            if callback is not None and callback.callback is not None:  # a group's own help (`kit configs --help`)
+                callback.callback.__doc__ = _reflow(callback.callback.__doc__)
             _reflow_help(group.typer_instance)
 
 

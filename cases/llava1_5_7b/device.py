@@ -328,6 +328,9 @@ class Device:
             "cudnn": torch.backends.cudnn.version() if cuda else None,
             "nccl": ".".join(map(str, torch.cuda.nccl.version())) if cuda else None,
             "device_type": self.type,
+            # the device runtime torch was built against, in words the host shows as they are (it names no vendor)
+            "device_runtime": (f"CUDA {torch.version.cuda}" if torch.version.cuda
+                               else f"HIP {torch.version.hip}" if getattr(torch.version, "hip", None) else None),
             "accelerator": type(self.accelerator).__name__,
             "dist_backend": self.backend,
             "devices": devices,

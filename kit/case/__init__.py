@@ -98,6 +98,15 @@ class Case(Protocol):
     def eval_data_problem(self, path: Path | None) -> str:
         """The message for an eval set that is not there."""
 
+    def fit(self, reference: str, target: dict[str, Any]) -> dict[str, Any]:
+        """A config for another device, derived from `reference` (a config name or a .toml path) by changing only keys
+        the case's rules call free (`kit configs new`). `target`: device (the short name the config records),
+        memory_gib (one device's), nodes, gpus_per_node, host_memory_gib (one node's; None: no bound), name (None:
+        the case's own naming). Returns {"name", "config": the whole config as a dict that the schema loads,
+        "reasons": [(key, old, new, why)], "estimates": {stage: {...}} (figures the case estimated, shown as they
+        are), "notes": [str]}. Raises ValueError, its message meant for the user, when nothing fits. Optional: a case
+        without it cannot derive configs, and `kit configs new` says so."""
+
 
 class UnknownCase(KitError, KeyError):
     exit_code = 2

@@ -13,6 +13,9 @@ from typing import Any
 
 from kit.case import data as case_data
 from kit.checks import Check
+from kit.data import audit as data_verify
+from kit.data import manifest as data_manifest
+from kit.data.progress import PhaseProgress
 
 WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json")
 SYNTHETIC_HINT = "or run with --synthetic, which needs no data and no weights"
@@ -23,8 +26,6 @@ def verify_checks(cfg: Any, root: Path, models: Path | None = None, progress: An
     """`--deep`: `kit data verify` itself (every record through the case's validator, every image decoded on all
     cores, the manifest written), its findings as check rows. Its progress goes to stderr as verify's does (minutes
     of decoding are never silent); the rows and --json go to stdout."""
-    from kit.data import audit as data_verify
-    from kit.data.progress import PhaseProgress
 
     c = case or case_data.of_config(cfg)
     layout = data_verify.Layout.from_config(root, cfg, c)
@@ -124,7 +125,6 @@ def data_checks(cfg: Any, data: Path | None, deep: bool = False, case: Any = Non
 
 def manifest_check(root: Path) -> Check:
     """What the last `kit data verify` found, from the manifest it wrote into the data root (a few stats, no decoding)."""
-    from kit.data import manifest as data_manifest
 
     where = data_manifest.path(root)
     verify_cmd = f"kit data verify --data {root}"

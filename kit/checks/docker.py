@@ -1,23 +1,26 @@
-"""Docker checks: the engine answers, its version, a way to hand GPUs to containers, and (`--deep`) a real
-throwaway container that lists the GPUs it was given.
+"""Docker checks: the engine answers, its version, a way to hand the devices to containers, and (`--deep`) a real
+throwaway container that lists the devices it was given.
 
 Everything goes through the `docker` SDK (no shelled-out `docker` strings), with short timeouts, so a hung
-daemon costs seconds, not minutes. Each failure names the socket or URL and says what to do.
+daemon costs seconds, not minutes. Each failure names the socket or URL and says what to do. How a container
+gets the devices is the accelerator vendor's to say (kit/vendors): its `docker_checks` rows (NVIDIA: the
+container toolkit's runtime or CDI specs; AMD and Ascend: the device nodes and driver mounts), its
+`container_access` for the throwaway container, and its `smoke` command, which lists the devices inside it.
 """
 
 from __future__ import annotations
 
-import glob
 import os
 import re
 import shutil
 import socket
 import sys
 import uuid
-from pathlib import Path
 from typing import Any
 
+from kit import vendors
 from kit.checks import Check
+from kit.vendors.images import device_paths_check
 
 GROUP = "docker"
 # The reference host's engine (case-facts: the seed's A800 host) runs 20.10.18; older engines predate
@@ -29,14 +32,9 @@ DEEP_LABEL = ("kit.check", "deep")
 # The kit's image tag, once `kit build` exists; until then `--deep` needs an explicit image.
 DEFAULT_IMAGE: str | None = None
 DEFAULT_SOCKET = "unix:///var/run/docker.sock"
-CDI_DIRS = ("etc/cdi", "var/run/cdi")
+MARKER = "kit-deep-check-ok"  # what the throwaway container prints when there are no devices to look for
 
 SDK_FIX = "pip install 'docker>=7.1' (into the Python that runs kit: {python})"
-TOOLKIT_FIX = (
-    "install the NVIDIA Container Toolkit (package nvidia-container-toolkit, "
-    "https://docs.nvidia.com/datacenter/cloud-native/container-toolkit/latest/install-guide.html), then "
-    "`sudo nvidia-ctk runtime configure --runtime=docker && sudo systemctl restart docker`"
-)
 START_FIX = (
     "start the daemon: `sudo systemctl start docker` (without systemd: `sudo dockerd &`); "
     "if it runs elsewhere, point DOCKER_HOST at its socket"
@@ -52,17 +50,20 @@ def docker_checks(
     base_url: str | None = None,
     gpus: int | None = None,
     *,
-    cdi_root: str | os.PathLike[str] = "/",
+    cdi_root: str | os.PathLike[str] | None = None,
     timeout: float = 10,
     deep_timeout: float = 120,
     deep_command: list[str] | None = None,
+    vendor: Any = None,
 ) -> list[Check]:
     """The docker group of `kit check-host`.
 
-    `base_url` defaults to DOCKER_HOST or the local socket. `gpus` is how many GPUs the host has (None:
-    count /dev/nvidia<N>); with 0, a missing NVIDIA runtime is a warn, since containers here run on the CPU.
-    `cdi_root` is where /etc/cdi and /var/run/cdi are looked up (tests point it at a tmp dir).
-    `deep_command` replaces the command run in the throwaway container (default: `nvidia-smi -L` with GPUs).
+    `base_url` defaults to DOCKER_HOST or the local socket. `vendor` is the vendor whose devices the run uses
+    (None: this host's, kit.vendors.detect()); `gpus` how many of its devices the host has (None: the vendor
+    counts them its own way, or cannot); with 0, a missing way to hand devices in is a warn, since containers
+    here run on the CPU. `cdi_root` is where the vendor looks up /dev, /etc and its driver's paths (tests point
+    it at a tmp dir; None: "/"). `deep_command` replaces the command run in the throwaway container (default:
+    the vendor's smoke command, with devices).
     """
     try:
         import docker  # noqa: F401  (the import is the check)
@@ -71,8 +72,6 @@ def docker_checks(
             Check(GROUP, "sdk", "fail", f"the docker Python SDK is not importable ({e})",
                   SDK_FIX.format(python=sys.executable))
         ]
-    if gpus is None:
-        gpus = len(glob.glob("/dev/nvidia[0-9]*"))
     url = base_url or os.environ.get("DOCKER_HOST") or DEFAULT_SOCKET
 
     client, failure = _connect(base_url, url, timeout)
@@ -84,10 +83,16 @@ def docker_checks(
         except Exception as e:  # noqa: BLE001 - an engine that answers ping but not info is still broken
             return [Check(GROUP, "engine", "fail", f"the Docker engine at {url} answered but `info` failed: {e}",
                           f"look at the daemon's log (`journalctl -u docker`); {START_FIX}", {"url": url})]
-        checks = [_engine(url, info, version), _version(version), _runtime(info, gpus, Path(cdi_root))]
+        if vendor is None:
+
+            vendor = vendors.detect()[0]
+        checks = [_engine(url, info, version), _version(version)]
+        checks += vendor_rows(vendor, info, gpus, cdi_root)
         checks.append(_disk(info, url))
         if deep:
-            checks.append(_deep(client, image or DEFAULT_IMAGE, gpus, deep_timeout, deep_command))
+            if gpus is None:  # the vendor's own count, where its runtime row made one
+                gpus = next((c.data["gpus"] for c in checks if isinstance(c.data.get("gpus"), int)), 0)
+            checks.append(_deep(client, image or DEFAULT_IMAGE, vendor, gpus, deep_timeout, deep_command))
         else:
             checks.append(Check(GROUP, "container", "skip", "not started (pass --deep to start a throwaway container)"))
         return checks
@@ -196,34 +201,21 @@ def _version(version: dict[str, Any]) -> Check:
     return Check(GROUP, "version", "ok", f"Docker {v} (the reference host runs {REFERENCE_VERSION})", data=data)
 
 
-def cdi_specs(root: Path) -> list[str]:
-    """CDI spec files (the other way, besides the nvidia runtime, to hand GPUs to containers)."""
-    found: list[str] = []
-    for d in CDI_DIRS:
-        base = root / d
-        for pattern in ("*.yaml", "*.yml", "*.json"):
-            found += sorted(str(p) for p in base.glob(pattern) if p.is_file())
-    return found
+def vendor_rows(vendor: Any, info: dict[str, Any], gpus: int | None, root: Any) -> list[Check]:
+    """The vendor's own rows; for a vendor package without `docker_checks` (written before it existed), whether the
+    device nodes and driver mounts its `container_access` names are on this host."""
+    rows = getattr(vendor, "docker_checks", None)
+    if rows is not None:
+        return rows(info, gpus, root)
+    from pathlib import Path
 
 
-def _runtime(info: dict[str, Any], gpus: int, cdi_root: Path) -> Check:
-    runtimes = sorted(info.get("Runtimes") or {})
-    specs = cdi_specs(cdi_root)
-    data = {"runtimes": runtimes, "default_runtime": info.get("DefaultRuntime"), "cdi_specs": specs, "gpus": gpus}
-    if "nvidia" in runtimes:
-        default = info.get("DefaultRuntime")
-        return Check(GROUP, "gpu runtime", "ok",
-                     f"nvidia runtime configured (default runtime: {default})"
-                     + (f"; CDI specs: {', '.join(specs)}" if specs else ""), data=data)
-    if specs:
-        return Check(GROUP, "gpu runtime", "ok", f"CDI specs present: {', '.join(specs)}", data=data)
-    where = " or ".join(str(cdi_root / d) for d in CDI_DIRS)
-    detail = f"no nvidia runtime (runtimes: {', '.join(runtimes) or 'none'}) and no CDI spec under {where}"
-    if gpus == 0:
-        return Check(GROUP, "gpu runtime", "warn",
-                     detail + "; this host has no GPUs, so containers here run on the CPU only", TOOLKIT_FIX, data)
-    return Check(GROUP, "gpu runtime", "fail", detail + f"; containers cannot see this host's {gpus} GPU(s)",
-                 TOOLKIT_FIX, data)
+    access = vendor.container_access(gpus or 0)
+    if not (access.devices or access.volumes):
+        return [Check(GROUP, "devices", "skip", f"the {vendor.title} vendor package has no Docker checks "
+                      "(`docker_checks`): how a container gets its devices is not checked here")]  # fmt: skip
+    fix = f"the {vendor.title} driver creates them: see its vendor package's documentation"
+    return [device_paths_check(vendor, access, gpus, Path(root) if root is not None else Path("/"), fix, "devices")]
 
 
 def _disk(info: dict[str, Any], url: str) -> Check:
@@ -242,15 +234,36 @@ def _disk(info: dict[str, Any], url: str) -> Check:
                  data=data)
 
 
-def _deep(client: Any, image: str | None, gpus: int, timeout: float, command: list[str] | None) -> Check:
-    """Start a throwaway container and read the GPUs from inside; the container is always removed."""
+def _sdk_kwargs(access: Any) -> dict[str, Any]:
+    """A vendor's ContainerAccess as `containers.create` keyword arguments."""
+    import docker
+
+    kw: dict[str, Any] = {}
+    if access.device_requests:
+        kw["device_requests"] = [docker.types.DeviceRequest(**r) for r in access.device_requests]
+    if access.devices:
+        kw["devices"] = list(access.devices)
+    if access.volumes:  # bind mounts, never volumes: a missing host path is refused, not created
+        kw["mounts"] = [docker.types.Mount(c, h, type="bind", read_only=True) for h, c in access.volumes.items()]
+    if access.environment:
+        kw["environment"] = dict(access.environment)
+    if access.group_add:
+        kw["group_add"] = list(access.group_add)
+    return kw
+
+
+def _deep(client: Any, image: str | None, vendor: Any, gpus: int, timeout: float, command: list[str] | None) -> Check:
+    """Start a throwaway container given the devices as the vendor hands them in, and list them from inside it (the
+    vendor's smoke command); the container is always removed."""
     import docker
 
     host = socket.gethostname()
+    smoke = vendor.smoke() if gpus > 0 and hasattr(vendor, "smoke") else None
+    word = getattr(vendor, "device_word", "device")
     if not image:
+        tool = f" (with {word}s: one with `{' '.join(smoke.command)}`)" if smoke else ""
         return Check(GROUP, "container", "fail", "--deep needs an image to start and the kit's image is not known",
-                     "pass --deep-image IMAGE, an image on this host (with GPUs: one with nvidia-smi, e.g. a "
-                     "nvidia/cuda base image)")
+                     f"pass --deep-image IMAGE, an image on this host{tool}")
     try:
         client.images.get(image)
     except docker.errors.ImageNotFound:
@@ -260,12 +273,9 @@ def _deep(client: Any, image: str | None, gpus: int, timeout: float, command: li
         return Check(GROUP, "container", "fail", f"cannot inspect image {image} on host {host}: {e}",
                      "look at the daemon's log (`journalctl -u docker`)", {"image": image})
 
-    marker = "kit-deep-check-ok"
     if command is None:
-        command = ["nvidia-smi", "-L"] if gpus > 0 else ["echo", marker]
-    kwargs: dict[str, Any] = {}
-    if gpus > 0:
-        kwargs["device_requests"] = [docker.types.DeviceRequest(count=-1, capabilities=[["gpu"]])]
+        command = list(smoke.command) if smoke else ["echo", MARKER]
+    kwargs = _sdk_kwargs(vendor.container_access(gpus)) if gpus > 0 else {}
     name = f"kit-check-deep-{uuid.uuid4().hex[:12]}"
     data: dict[str, Any] = {"image": image, "command": command, "container": name, "gpus_expected": gpus}
     container = None
@@ -287,10 +297,11 @@ def _deep(client: Any, image: str | None, gpus: int, timeout: float, command: li
     except docker.errors.APIError as e:
         text = str(e.explanation or e)
         data["error"] = text
-        gpu_problem = gpus > 0 and ("device driver" in text or "nvidia" in text.lower() or "gpu" in text.lower())
-        return Check(GROUP, "container", "fail",
-                     f"cannot start a container from {image} on host {host}: {text[:300]}",
-                     TOOLKIT_FIX if gpu_problem else "look at the daemon's log (`journalctl -u docker`)", data)
+        fix = "look at the daemon's log (`journalctl -u docker`)"
+        if smoke:  # the engine refused the devices, as asked: the vendor's way in is what to check first
+            fix = f"{smoke.fix}; then {fix}"
+        return Check(GROUP, "container", "fail", f"cannot start a container from {image} on host {host}: {text[:300]}",
+                     fix, data)  # fmt: skip
     except Exception as e:  # noqa: BLE001
         data["error"] = _error_text(e)[-300:]
         return Check(GROUP, "container", "fail", f"the throwaway container on host {host} failed: {e}",
@@ -305,18 +316,18 @@ def _deep(client: Any, image: str | None, gpus: int, timeout: float, command: li
     code = status.get("StatusCode")
     data.update(exit_code=code, output=output[-2000:])
     if code != 0:
-        fix = TOOLKIT_FIX if gpus > 0 else f"run the same command by hand in {image} to see why"
+        fix = smoke.fix if smoke else f"run the same command by hand in {image} to see why"
         return Check(GROUP, "container", "fail",
                      f"`{' '.join(command)}` in {image} exited {code}: {output[-300:] or '(no output)'}", fix, data)
-    if gpus > 0 and command[:1] == ["nvidia-smi"]:
-        seen = [line for line in output.splitlines() if line.startswith("GPU ")]
+    if smoke and command == smoke.command:
+        seen = smoke.seen(output)
         data["gpus_seen"] = len(seen)
         if len(seen) < gpus:
             return Check(GROUP, "container", "fail",
-                         f"the container saw {len(seen)} of this host's {gpus} GPU(s): {output[-300:]}",
-                         TOOLKIT_FIX, data)
-        names = sorted({re.sub(r"^GPU \d+: (.*?) \(UUID.*$", r"\1", s) for s in seen})
-        return Check(GROUP, "container", "ok", f"a container from {image} sees {len(seen)} GPU(s): {', '.join(names)}",
-                     data=data)
+                         f"the container saw {len(seen)} of this host's {gpus} {word}(s): {output[-300:]}",
+                         smoke.fix, data)  # fmt: skip
+        names = sorted(set(seen))
+        return Check(GROUP, "container", "ok", f"a container from {image} sees {len(seen)} {word}(s): {', '.join(names)}",
+                     data=data)  # fmt: skip
     return Check(GROUP, "container", "ok",
                  f"a container from {image} ran `{' '.join(command)}` and printed {output[-200:]!r}", data=data)

@@ -8,6 +8,8 @@ container rows read the partition's nodes. Each warn and fail says what to chang
 
 GPUs come from each node's GRES as `sinfo -o %G` prints it (`gpu:8`, `gpu:a100:8(S:0-1)`,
 `gpu:A100_80GB:8(S:0-1),shard:A100_80GB:640(S:0-1)`, `(null)`); `parse_gres` reads every form Slurm writes.
+The GRES name the devices are counted under is the vendor's (`slurm_gres`: `gpu` for NVIDIA and AMD, `npu`
+for Ascend; the CPU has none), the vendor that owns the config's device.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from kit import vendors
 from kit.checks import Check
 
 GROUP = "slurm"
@@ -28,9 +31,11 @@ COMMANDS = ("sbatch", "srun", "scontrol", "sinfo")
 DEFAULT_CONF = "/etc/slurm/slurm.conf"
 CLIENT_FIX = ("install the Slurm client commands (Debian/Ubuntu: `sudo apt-get install slurm-client`; RHEL: "
               "`sudo dnf install slurm`), or on a cluster load them (`module load slurm`), or run kit on the login node")
-PYXIS_FIX = ("install NVIDIA's pyxis SPANK plugin on the cluster (https://github.com/NVIDIA/pyxis: a `required "
-             "spank_pyxis.so` line in plugstack.conf, on the login and the compute nodes), or run with --native "
-             "(the nodes' own Python, no container)")
+DEFAULT_GRES = "gpu"  # for a device no registered vendor owns
+# pyxis and enroot are linked from docs/slurm.md (their repositories are a vendor's).
+PYXIS_FIX = ("install the pyxis SPANK plugin on the cluster (docs/slurm.md links it: a `required spank_pyxis.so` line "
+             "in plugstack.conf, on the login and the compute nodes), or run with --native (the nodes' own Python, no "
+             "container)")
 # Node states (`sinfo %T`, without the flag characters) in which a node takes new jobs.
 USABLE = {"idle", "mixed", "allocated", "completing", "planned"}
 # Flags after the state: `*` not responding, `$` in a maintenance reservation. Others (`~` powered off,
@@ -106,13 +111,13 @@ def parse_gres(text: str | None) -> list[Gres]:
     return out
 
 
-def gpu_count(text: str | None) -> int:
-    """GPUs in a GRES string: the sum over its `gpu` items (a node may list several GPU types)."""
-    return sum(g.count for g in parse_gres(text) if g.name == "gpu")
+def gpu_count(text: str | None, name: str = DEFAULT_GRES) -> int:
+    """Devices in a GRES string: the sum over its items named `name` (a node may list several device types)."""
+    return sum(g.count for g in parse_gres(text) if g.name == name)
 
 
-def gpu_types(text: str | None) -> list[str]:
-    return sorted({g.type for g in parse_gres(text) if g.name == "gpu" and g.type})
+def gpu_types(text: str | None, name: str = DEFAULT_GRES) -> list[str]:
+    return sorted({g.type for g in parse_gres(text) if g.name == name and g.type})
 
 
 # ---------------------------------------------------------------- the cluster's answers
@@ -137,8 +142,12 @@ class Node:
 
     @property
     def gpus(self) -> int:
+        return self.devices(DEFAULT_GRES)
+
+    def devices(self, gres: str) -> int:
+        """The node's devices counted under the GRES name `gres`; 0 when its GRES cannot be read."""
         try:
-            return gpu_count(self.gres)
+            return gpu_count(self.gres, gres)
         except ValueError:
             return 0
 
@@ -324,12 +333,19 @@ def partition_check(partitions: list[Partition], asked: str | None) -> tuple[Che
     return Check(GROUP, name, "ok", detail, data=data), part
 
 
-def gpu_check(cfg: Any, part: Partition, nodes: int) -> Check:
-    """Nodes of the partition with at least the config's GPUs per node, against the nodes asked."""
-    name = "GPUs per node"
+def gpu_check(cfg: Any, part: Partition, nodes: int, vendor: Any = None) -> Check:
+    """Nodes of the partition with at least the config's devices per node, against the nodes asked. The devices are
+    counted under the GRES name of `vendor` (default: the vendor that owns the config's device)."""
+    if vendor is None:
+
+        vendor = vendors.for_device(str(cfg.device))
+    has_gres = vendor is None or bool(getattr(vendor, "slurm_gres", None))
+    kind = getattr(vendor, "slurm_gres", None) or DEFAULT_GRES
+    word = vendor.device_word if vendor is not None and has_gres else "GPU"
+    name = f"{word}s per node"
     gres = sorted({n.gres for n in part.nodes})
-    data: dict[str, Any] = {"gres": gres, "need_per_node": 0}
-    if str(cfg.device).lower() == "cpu":
+    data: dict[str, Any] = {"gres": gres, "need_per_node": 0, "gres_name": kind if has_gres else None}
+    if str(cfg.device).lower() == "cpu" or not has_gres:
         return Check(GROUP, name, "ok", f"config {cfg.name} runs on CPUs: no GPUs needed (nodes' GRES: "
                      f"{', '.join(gres) or 'none'})", data=data)
     need = int(cfg.gpus_per_node)
@@ -340,24 +356,25 @@ def gpu_check(cfg: Any, part: Partition, nodes: int) -> Check:
             parse_gres(g)
         except ValueError as e:
             bad.append(str(e))
-    fitting = [n for n in part.nodes if n.gpus >= need]
+    fitting = [n for n in part.nodes if n.devices(kind) >= need]
     up = [n for n in fitting if n.usable]
     data.update(fitting=[n.name for n in fitting], fitting_up=[n.name for n in up], types=sorted(
-        {t for n in part.nodes for t in gpu_types(n.gres) if not bad}))
-    have = ", ".join(f"{n.name}: {n.gpus}" for n in part.nodes[:6]) + (" ..." if len(part.nodes) > 6 else "")
-    fix = (f"pass a --partition whose nodes have {need} GPUs (`sinfo -o '%P %D %G'` lists each partition's GRES), "
-           f"or a config with fewer GPUs per node; the admin declares GPUs as `Gres=gpu:{need}` on the node line "
-           "and in gres.conf")
+        {t for n in part.nodes for t in gpu_types(n.gres, kind) if not bad}))
+    have = ", ".join(f"{n.name}: {n.devices(kind)}" for n in part.nodes[:6]) + (" ..." if len(part.nodes) > 6 else "")
+    fix = (f"pass a --partition whose nodes have {need} {word}s (`sinfo -o '%P %D %G'` lists each partition's GRES), "
+           f"or a config with fewer {word}s per node; the admin declares them as `Gres={kind}:{need}` on the node "
+           "line and in gres.conf")
     if bad:
-        return Check(GROUP, name, "fail", f"cannot read the nodes' GPUs: {'; '.join(bad)}",
+        return Check(GROUP, name, "fail", f"cannot read the nodes' {word}s: {'; '.join(bad)}",
                      "report this GRES string with the output of `sinfo -N -o '%N %G'`", data)
     if not fitting:
-        return Check(GROUP, name, "fail", f"config {cfg.name} needs {need} GPUs per node; no node of partition "
-                     f"{part.name} has them (GRES {', '.join(gres) or 'none'}; GPUs per node: {have})", fix, data)
+        return Check(GROUP, name, "fail", f"config {cfg.name} needs {need} {word}s per node; no node of partition "
+                     f"{part.name} has them (GRES {', '.join(gres) or 'none'}; {word}s per node: {have})", fix, data)
     if len(fitting) < nodes:
-        return Check(GROUP, name, "fail", f"{nodes} nodes with {need} GPUs asked; partition {part.name} has "
+        return Check(GROUP, name, "fail", f"{nodes} nodes with {need} {word}s asked; partition {part.name} has "
                      f"{len(fitting)} ({', '.join(n.name for n in fitting[:6])})", fix, data)
-    detail = (f"{len(fitting)} nodes of {part.name} have >= {need} GPUs ({', '.join(sorted({n.gres for n in fitting}))})")
+    detail = (f"{len(fitting)} nodes of {part.name} have >= {need} {word}s "
+              f"({', '.join(sorted({n.gres for n in fitting}))})")  # fmt: skip
     if len(up) < nodes:
         return Check(GROUP, name, "warn", f"{detail}, but only {len(up)} of them take jobs now: the job waits",
                      "`sinfo -R` says why the others are out; ask the cluster's admin", data)
@@ -410,8 +427,7 @@ def container_checks(env: Mapping[str, str], timeout: float = 15, partition: str
         checks.append(Check(GROUP, "enroot", "warn", "enroot is not on this host's PATH; normal on a login node, "
                             "but pyxis needs it on every compute node",
                             f"check a compute node: `srun{' -p ' + partition if partition else ''} -N1 enroot version` "
-                            "(install: "
-                            "https://github.com/NVIDIA/enroot)"))
+                            "(install it as docs/slurm.md says)"))
     return checks
 
 

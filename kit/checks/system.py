@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from kit import vendors
 from kit.case import data as case_data
 from kit.checks import Check
 
@@ -95,7 +96,7 @@ def shm_check(cfg: Any, root: str | Path = "/", case: Any = None) -> Check:
             f"{detail}: too small, workers die with 'bus error' / 'DataLoader worker killed' once it fills", fix, data,
         )  # fmt: skip
     if size < 2 * need:
-        return Check("system", "/dev/shm", "warn", f"{detail}: under 2x, little room for NCCL's shared-memory buffers", fix, data)
+        return Check("system", "/dev/shm", "warn", f"{detail}: under 2x, little room for the collectives' shared-memory buffers", fix, data)
     return Check("system", "/dev/shm", "ok", detail, data=data)
 
 
@@ -138,7 +139,7 @@ def limits_checks(nodes: int, ib_present: bool, root: str | Path = "/") -> list[
                             data={"memlock": memlock}))
     elif nodes > 1:
         checks.append(Check("system", "memlock limit", "fail",
-                            f"{shown}: NCCL cannot register its InfiniBand buffers across {nodes} nodes", limits_fix,
+                            f"{shown}: the collectives cannot register their InfiniBand buffers across {nodes} nodes", limits_fix,
                             {"memlock": memlock}))
     else:
         checks.append(Check("system", "memlock limit", "warn",
@@ -151,7 +152,7 @@ def limits_checks(nodes: int, ib_present: bool, root: str | Path = "/") -> list[
     )
     if stack is None or (stack != -1 and stack >= STACK_FLOOR):
         shown = "unlimited" if stack is None else human(stack)
-        note = "" if stack is None or stack >= STACK_RECOMMENDED else " (NVIDIA's containers use 64 MiB)"
+        note = "" if stack is None or stack >= STACK_RECOMMENDED else " (the kit's containers use 64 MiB)"
         checks.append(Check("system", "stack limit", "ok", shown + note, data={"stack": stack}))
     else:
         shown = "not readable" if stack == -1 else human(stack)
@@ -237,13 +238,15 @@ def os_info(root: str | Path = "/") -> tuple[str, str]:
 def cpu_check(cfg: Any, cores: int, model: str) -> Check:
     """Cores against what one node's processes want: a process per rank plus its DataLoader workers.
 
-    A GPU rank wants two cores at least (its Python thread and the image decoding); a CPU rank does the
+    A rank on a device wants two cores at least (its Python thread and the image decoding); a CPU rank does the
     computing itself and wants one, plus one per worker. A fix never suggests more workers than the config has:
     with none, only more cores (or, on a CPU, fewer ranks) can help."""
     ranks, w = cfg.gpus_per_node, cfg.data.num_workers
-    on_cpu = str(cfg.device).lower() == "cpu"
+    vendor = vendors.for_config(cfg.device)
+    on_cpu = vendor.torch_device == "cpu"  # the ranks compute on the CPU (whatever the vendor calls them)
     want = ranks * (w + 1) if on_cpu else max(2 * ranks, ranks * (w + 1))
-    what = "CPU ranks" if on_cpu else "GPU ranks"
+    word = vendor.device_word
+    what = f"{word}s" if word.endswith(" rank") else f"{word} ranks"
     detail = f"{model}, {cores} cores; {ranks} {what} x ({w} DataLoader workers + 1) want {want}"
     data = {"model": model, "cores": cores, "want": want}
     if cores >= want:
@@ -253,11 +256,11 @@ def cpu_check(cfg: Any, cores: int, model: str) -> Check:
         fix = f"use a host with >= {want} cores"
         if w:
             fix += " or lower data.num_workers (`--set data.num_workers=0`: each rank decodes its own images)"
-        return Check("system", "CPU", "warn", f"{detail}: under 2 per GPU, image decoding starves the GPUs", fix, data)
+        return Check("system", "CPU", "warn", f"{detail}: under 2 per {word}, image decoding starves the {word}s", fix, data)
     if w and fewer >= 0 and fewer < w:
         fix = f"`--set data.num_workers={fewer}` to match the cores, or use a host with >= {want} cores"
     else:  # no workers to take away: only cores help (on a CPU, fewer ranks too, where the global batch allows)
-        fix = f"use a host with >= {want} cores" + (" (or run fewer CPU ranks with --gpus)" if on_cpu else "")
+        fix = f"use a host with >= {want} cores" + (f" (or run fewer {what} with --gpus)" if on_cpu else "")
     return Check("system", "CPU", "warn", f"{detail}: processes share cores, steps slow down", fix, data)
 
 
@@ -311,7 +314,7 @@ def ib_check(nodes: int, root: str | Path = "/") -> Check:
     data = {"ports": ports, "nodes": nodes}
     fix = (
         "bring a port up (`ibstat`; check the cable, the subnet manager `opensm`, and the driver `mlx5_core`); "
-        "without InfiniBand NCCL falls back to TCP sockets, much slower across nodes"
+        "without InfiniBand the collectives fall back to TCP sockets, much slower across nodes"
     )
     if active:
         return Check("network", "InfiniBand", "ok", f"{len(active)} of {len(ports)} ports active: {shown}", data=data)

@@ -1,4 +1,8 @@
-"""`kit build`: build the kit's image for one CUDA variant on the local Docker engine.
+"""`kit build`: build the kit's image for one image variant on the local Docker engine.
+
+The variant is one of the stack's rows in env/stacks.toml, each for one accelerator vendor's devices; `--variant`
+takes it by name, and each vendor's own option does too (NVIDIA's `--cuda`), registered from the vendors at
+import so that the command names none of them.
 
 Exit codes: 0 built (or planned, with --dry-run), 1 the build failed, 2 bad request (nothing sent to the
 engine), 3 no engine, or no base image it can use, 130 interrupted.
@@ -13,14 +17,29 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from kit import vendors
 from kit.image import builder as b
+
+
+def variant_flags() -> list[str]:
+    """--variant and each registered vendor's own name for it (`variant_option`), as typer option names."""
+    flags = ["--variant"]
+    for name in vendors.names():
+        try:
+            opt = getattr(vendors.get(name), "variant_option", "") or ""
+        except Exception:  # noqa: BLE001 - a broken vendor package must not break the kit's CLI
+            continue
+        if opt.startswith("--") and opt not in flags:
+            flags.append(opt)
+    return flags
 
 
 def show_plan(plan: b.BuildPlan, console: Console) -> None:
     """What --dry-run prints (and a real build prints first): every decision and the exact SDK call."""
     rows = [
         ("stack", f"{plan.stack} (env/stacks.toml)"),
-        ("variant", f"CUDA {plan.variant} ({plan.variant_reason})"),
+        ("vendor", plan.vendor),
+        ("variant", f"{plan.variant_title or plan.variant} ({plan.variant_reason})"),
         ("base image", plan.base_image),
         ("Dockerfile", str(plan.dockerfile)),
         ("context", str(plan.context)),
@@ -44,8 +63,11 @@ def show_plan(plan: b.BuildPlan, console: Console) -> None:
 
 def build(
     stack: str = typer.Option("reference", "--stack", help="Software stack (env/stacks.toml): reference or current."),
-    cuda: str = typer.Option("auto", "--cuda", help="auto (from this host's driver); reference: 12.1 or 11.8; current: 13.0."),
-    base_image: str = typer.Option(None, "--base-image", help="Base image (default: the variant's nvidia/cuda)."),
+    variant: str = typer.Option("auto", *variant_flags(), help="auto (what this host's driver runs), or a variant of "
+                                "the stack (env/stacks.toml; NVIDIA: --cuda 12.1 or 11.8 for reference, 13.0 for current)."),
+    vendor: str = typer.Option(None, "--vendor", help="The accelerator vendor whose devices the image is for "
+                               "(default: the variant's, or this host's)."),
+    base_image: str = typer.Option(None, "--base-image", help="Base image (default: the variant's, from its lock)."),
     tag: str = typer.Option(None, "--tag", help="Image tag (default: kit-llava:VERSION[-STACK]-cuXXX-HASH12)."),
     file: Path = typer.Option(None, "--file", "-f", help="Dockerfile (default: CONTEXT/Dockerfile)."),
     context: Path = typer.Option(None, "--context", help="Build context (default: the kit checkout)."),
@@ -56,18 +78,18 @@ def build(
     docker_host: str = typer.Option(None, "--docker-host", help="Docker engine URL (default: the environment's)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and the SDK call; build nothing."),
     json_out: bool = typer.Option(False, "--json", help="With --dry-run: the plan as JSON."),
-    nvml_recording: Path = typer.Option(None, "--nvml-recording", hidden=True, help="Read the driver from a recording."),
 ) -> None:
-    """Build the kit's image for one software stack and CUDA variant, tagged by a hash of the Dockerfile and the lock.
+    """Build the kit's image for one software stack and image variant, tagged by a hash of the Dockerfile and the lock.
 
     --stack reference (the default) is the reference's pins; --stack current the versions the bench/results GPU
-    figures ran (liger-kernel included). --cuda auto picks, for the reference, 12.1 when this host's driver
-    fully supports it, else 11.8 (also through minor-version compatibility); for current, 13.0. The base
+    figures ran (liger-kernel included). Each variant is for one vendor's devices; --variant auto asks the vendor
+    of this host's devices which one its driver runs (NVIDIA, for the reference: CUDA 12.1 when the driver
+    fully supports it, else 11.8, also through minor-version compatibility; for current, 13.0). The base
     image's digest and the build go to RESULTS/builds/TAG.json.
 
     Examples:
 
-      kit build --cuda auto
+      kit build
 
       kit build --stack current --dry-run
 
@@ -85,15 +107,10 @@ def build(
             err.print(f"[bold]fix:[/] {escape(fix)}", highlight=False, soft_wrap=True)
         raise typer.Exit(code)
 
-    driver = None
-    if nvml_recording is not None:
-        from kit.vendors.nvml import open_nvml
-
-        driver = open_nvml(nvml_recording)
     try:
         plan = b.plan_build(
-            b.KIT_ROOT if context is None else context, cuda, base_image, tag, file, list(build_arg or []),
-            pip_index_url, ca_bundle, driver, results=results, stack=stack,
+            b.KIT_ROOT if context is None else context, variant, base_image, tag, file, list(build_arg or []),
+            pip_index_url, ca_bundle, results=results, stack=stack, vendor=vendor,
         )  # fmt: skip
     except b.BuildRequestError as e:
         fail(e.message, e.fix, 2)

@@ -7,10 +7,11 @@ results for automation.
 Extension points (the Docker and remote-host checks live in their own modules, kit/checks/docker.py and
 kit/checks/remote.py):
 
-- `extra_checks`: a list of callables `fn(ctx: CheckContext) -> list[Check]`, run on this host after the GPU
-  and driver checks, in order. `ctx.checks` holds the checks made so far (the driver rows carry
-  `data["support"]` = full | compat | none per CUDA image variant; the GPU count row `data["found"]`), so a
-  check can build on them. It starts with `docker_host_checks`, which imports kit.checks.docker lazily and
+- The device and driver rows come from the vendor that owns the config's device (kit/vendors: NVIDIA through
+  NVML, AMD through amdsmi, Ascend through npu-smi, a registered vendor package, or the CPU), in its own words.
+- `extra_checks`: a list of callables `fn(ctx: CheckContext) -> list[Check]`, run on this host after the device
+  and driver checks, in order. `ctx.checks` holds the checks made so far, `ctx.vendor` and `ctx.probe` the vendor
+  and what it found, so a check can build on them. It starts with `docker_host_checks`, which imports kit.checks.docker lazily and
   calls its `docker_checks(deep=..., gpus=...)`; a kit without that module shows one `skip` row instead.
 - Remote hosts (`--hosts h1,h2`): every host that is not this one is checked by
   `kit.checks.remote.check_remotes(hosts, argv)` (or `check_remote(host, argv)` per host), imported lazily;
@@ -32,7 +33,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import re
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -45,12 +45,14 @@ from rich.table import Table
 from rich.text import Text
 
 from kit import case as cases
+from kit import vendors
 from kit.checks import Check, worst
 from kit.checks import data as data_checks
-from kit.checks import driver as driver_checks
-from kit.checks import gpu as gpu_checks
+from kit.checks import slurm as slurm_checks
 from kit.checks import system as system_checks
-from kit.vendors.nvml import NVMLUnavailable, open_nvml
+from kit.commands.data_verify import signals_as_interrupts
+from kit.run.guard import Stop
+from kit.run.guard import exit_code as interrupted_code
 
 
 @dataclass
@@ -89,12 +91,13 @@ class CheckContext:
     args: CheckArgs
     cfg: Any
     root: str = "/"
-    nvml_recording: str | None = None
     checks: list[Check] = field(default_factory=list)
+    vendor: Any = None  # the vendor whose devices the config uses (kit/vendors)
+    probe: Any = None  # what it found here
 
 
 def docker_host_checks(ctx: CheckContext) -> list[Check]:
-    """kit.checks.docker on this host, told how many GPUs NVML found (None: it counts /dev/nvidia*)."""
+    """kit.checks.docker on this host, told how many devices the vendor found."""
     if ctx.args.native:
         return [Check("docker", "docker", "skip", "--native: the run uses this host's Python, no container")]
     try:
@@ -103,9 +106,10 @@ def docker_host_checks(ctx: CheckContext) -> list[Check]:
         if e.name != "kit.checks.docker":
             raise
         return [Check("docker", "docker", "skip", "Docker checks are not part of this kit yet")]
-    count = next((c.data.get("found") for c in ctx.checks if (c.group, c.name) == ("gpu", "GPU count")), None)
+    probe = ctx.probe
+    count = len(probe.devices) if probe is not None and probe.available else None  # None: the library did not answer
     return docker.docker_checks(
-        deep=ctx.args.deep, image=ctx.args.deep_image, base_url=ctx.args.docker_host, gpus=count
+        deep=ctx.args.deep, image=ctx.args.deep_image, base_url=ctx.args.docker_host, gpus=count, vendor=ctx.vendor
     )
 
 
@@ -129,49 +133,21 @@ def _guard(group: str, name: str, fn: Callable[[], list[Check]]) -> list[Check]:
                       "report this with the output of `kit env`")]
 
 
-def _driver_from_proc(root: str) -> str | None:
-    """The loaded kernel module's version (root/proc/driver/nvidia/version), for hosts where NVML is missing."""
-    try:
-        text = (Path(root) / "proc/driver/nvidia/version").read_text()
-    except OSError:
-        return None
-    m = re.search(r"Kernel Module(?: for \S+)?\s+(\d+\.\d+(?:\.\d+)?)", text)
-    return m.group(1) if m else None
-
-
-def gpu_and_driver(cfg: Any, nvml_recording: str | Path | None = None, root: str = "/") -> list[Check]:
-    """GPU and driver checks from NVML (or a recording); one failing row with the fix when NVML is absent."""
-    try:
-        nvml = open_nvml(nvml_recording)
-    except NVMLUnavailable as e:
-        checks = [gpu_checks.no_nvml_check(str(e), cfg.device)]
-        if cfg.device.lower() == "cpu":
-            return checks
-        version = _driver_from_proc(root)
-        if version:
-            return checks + driver_checks.driver_checks(version)
-        need = driver_checks.load_table()["variants"]
-        floor = min((r["min_driver"] for r in driver_checks.load_table()["toolkits"] if r["cuda"] in {v["cuda"] for v in need}),
-                    key=driver_checks.parse_version)
-        return checks + [Check(
-            "driver", "driver", "fail", "no NVIDIA driver loaded (/proc/driver/nvidia/version is missing)",
-            f"install an NVIDIA driver >= {floor} (the kit's images need CUDA "
-            f"{' or '.join(v['cuda'] for v in need)}) and reboot",
-        )]  # fmt: skip
-    try:
-        checks = _guard("gpu", "GPUs", lambda: gpu_checks.gpu_checks(nvml, cfg.gpus_per_node, cfg.device))
-        checks += _guard("driver", "driver", lambda: driver_checks.nvml_driver_checks(nvml))
-    finally:
-        try:
-            nvml.nvmlShutdown()
-        except Exception:  # noqa: BLE001 - shutting down a binding that already failed is not news
-            pass
-    return checks
+def device_checks(cfg: Any, vendor: Any = None) -> tuple[list[Check], Any, Any]:
+    """The devices and their driver, asked of the vendor that owns the config's device (else this host's vendor),
+    each fix in that vendor's words; (rows, vendor, probe)."""
+    vendor = vendor or vendors.for_config(cfg.device)
+    probe = vendor.probe()
+    word = vendor.device_word
+    checks = _guard("gpu", f"{word}s", lambda: vendor.host_checks(probe, cfg.gpus_per_node, cfg.device))
+    if str(cfg.device).lower() != "cpu":
+        checks += _guard("driver", "driver", lambda: vendor.driver_checks(probe))
+    return checks, vendor, probe
 
 
 def run_checks(
     case: str, config: str | Any, data: Path | None, models: Path | None, results: Path, nodes: int,
-    nvml_recording: str | Path | None = None, root: str = "/", deep: bool = False, args: CheckArgs | None = None,
+    vendor: Any = None, root: str = "/", deep: bool = False, args: CheckArgs | None = None,
 ) -> list[Check]:
     """Every check on this host, in table order: GPUs, driver, (Docker), system, network, data."""
     c = cases.get(case)
@@ -179,8 +155,9 @@ def run_checks(
     args = args or CheckArgs(case, cfg.name if not isinstance(config, str) else config,
                              None if data is None else str(data), None if models is None else str(models),
                              str(results), nodes, deep)
-    ctx = CheckContext(args, cfg, root, None if nvml_recording is None else str(nvml_recording))
-    ctx.checks += gpu_and_driver(cfg, nvml_recording, root)
+    ctx = CheckContext(args, cfg, root)
+    rows, ctx.vendor, ctx.probe = device_checks(cfg, vendor)
+    ctx.checks += rows
     for fn in extra_checks:
         ctx.checks += _guard("extra", getattr(fn, "__name__", "extra"), lambda fn=fn: fn(ctx))
     ctx.checks += _guard("system", "system", lambda: system_checks.system_checks(cfg, nodes, data, Path(results), root))
@@ -206,7 +183,6 @@ def remote_checks(hosts: list[str], args: CheckArgs) -> dict[str, list[Check]]:
 def slurm_host_checks(cfg: Any, args: CheckArgs, data: Path | None, models: Path | None, results: Path,
                       nodes: int) -> list[Check]:
     """`--launcher slurm`: the cluster's rows (kit.checks.slurm), then disk, data and weights as seen from here."""
-    from kit.checks import slurm as slurm_checks
 
     checks = _guard("slurm", "slurm", lambda: slurm_checks.slurm_checks(
         cfg, args.partition, nodes, containers=not args.native))
@@ -314,7 +290,6 @@ def check_host(
         False, "--native", help="The run uses the hosts' own Python, no containers: no Docker or pyxis checks."
     ),
     json_out: bool = typer.Option(False, "--json", help="Print the results as JSON (same content)."),
-    nvml_recording: Path = typer.Option(None, "--nvml-recording", hidden=True, help="Check GPUs from an NVML recording."),
 ) -> None:
     """Check that each host can run the case, and say how to fix what cannot.
 
@@ -354,9 +329,6 @@ def check_host(
     args = CheckArgs(case, config, None if data is None else str(data), None if models is None else str(models),
                      str(results), nodes, deep, deep_image, docker_host, list(ssh_option or []), remote_kit,
                      launcher, partition, native)
-    from kit.commands.data_verify import signals_as_interrupts
-    from kit.run.guard import Stop
-    from kit.run.guard import exit_code as interrupted_code
 
     try:  # --deep decodes every image in worker processes: a signal stops them, says so, exits 128 + the signal
         with signals_as_interrupts():
@@ -367,7 +339,7 @@ def check_host(
                 local = [h for h in names if is_local(h)] if names else [socket.gethostname()]
                 others = remote_checks([h for h in names if h not in local], args) if len(local) < len(names) else {}
                 host_results = {
-                    h: run_checks(case, cfg, data, models, results, nodes, nvml_recording, deep=deep, args=args)
+                    h: run_checks(case, cfg, data, models, results, nodes, deep=deep, args=args)
                     if h in local
                     else others[h]
                     for h in names or local

@@ -9,6 +9,11 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from kit.commands.data_verify import signals_as_interrupts
+from kit.data import fetch as f
+from kit.data.http import human
+from kit.run.guard import Stop, exit_code
+
 console = Console()
 err = Console(stderr=True)
 STYLE = {"fetched": "green", "already there": "green", "would fetch": "cyan", "failed": "bold red", "skipped": "yellow"}
@@ -41,9 +46,6 @@ def fetch(
 
       HF_TOKEN=hf_... kit data fetch --data /data/llava --models /models --only vicuna,clip
     """
-    from kit.commands.data_verify import signals_as_interrupts
-    from kit.data import fetch as f
-    from kit.run.guard import Stop, exit_code
 
     names = [n.strip() for item in (only or []) for n in item.split(",") if n.strip()]
     opts = f.Options(data=data, models=models, only=names, mirror=mirror, hf_endpoint=hf_endpoint,
@@ -69,7 +71,6 @@ def fetch(
     table = Table(title="kit data fetch" + (" (dry run)" if dry_run else ""), title_justify="left")
     for col in ("source", "status", "size", "checksum", "where"):
         table.add_column(col, overflow="fold")
-    from kit.data.http import human
 
     for o in outcomes:
         table.add_row(o.name, f"[{STYLE.get(o.status, '')}]{o.status}[/]", human(o.size) if o.size else "",

@@ -21,6 +21,12 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from kit import case as cases
+from kit.case import data as case_data
+from kit.data import fix as fix_mod
+from kit.data import manifest as manifest_mod
+from kit.data.audit import Layout, VerifyError
+from kit.data.audit import verify as run_verify
 from kit.data.progress import PhaseProgress
 from kit.run.guard import Stop, exit_code
 
@@ -39,9 +45,6 @@ def _usage(message: str) -> None:
 def _layout(case: str | None, config: str | None, overrides: list[str] | None, data: Path):
     """The layout the case gives the config (default: the config `kit run` takes without --config), and the counts
     of a complete copy."""
-    from kit import case as cases
-    from kit.case import data as case_data
-    from kit.data.audit import Layout
 
     try:
         c = case_data.choose(case)
@@ -140,8 +143,6 @@ def verify(
 
       kit data verify --data /data/llava --set data.finetune_json=llava_v1_5_mix665k.filtered.json
     """
-    from kit.data.audit import VerifyError
-    from kit.data.audit import verify as run_verify
 
     if jobs < 0:
         _usage(f"--jobs {jobs}: must be at least 1 (or 0: every core)")
@@ -200,10 +201,6 @@ def fix(
 
       kit data fix --data /data/llava --write-filtered
     """
-    from kit.data import fix as fix_mod
-    from kit.data import manifest as manifest_mod
-    from kit.data.audit import VerifyError
-    from kit.data.audit import verify as run_verify
 
     if jobs < 0:
         _usage(f"--jobs {jobs}: must be at least 1 (or 0: every core)")

@@ -17,6 +17,7 @@ from rich.console import Console
 from kit.commands.report import show
 from kit.errors import EXIT_OK, KitError
 from kit.launchers import launcher_class
+from kit.launchers.slurm import in_allocation
 from kit.run import stages
 from kit.run.dir import RunDir, find_run
 from kit.run.request import RunRequest, Stop, cli_fields, field_default, flag_of, resolve
@@ -149,7 +150,6 @@ def resume(
 
 def slurm_job(run_dir: Path = typer.Argument(..., metavar="RUN")) -> None:
     """The batch script's command, inside the run's allocation: the run's stages, one srun step each."""
-    from kit.launchers.slurm import in_allocation
 
     if not in_allocation():
         fail("kit slurm-job runs inside the run's Slurm job (its batch script); use `kit resume RUN` to submit it")

@@ -10,6 +10,11 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from kit.run.guard import Stop, stop_on_signals
+from kit.submission import SubmissionError
+from kit.submission.verifier import verify as run_verify
+from kit.tables import print_table, whole
+
 console = Console()
 err = Console(stderr=True)
 STYLE = {"pass": "green", "warn": "yellow", "fail": "bold red"}
@@ -36,10 +41,6 @@ def verify(
 
       kit verify submissions/acme --json
     """
-    from kit.run.guard import Stop, stop_on_signals
-    from kit.submission import SubmissionError
-    from kit.submission.verifier import verify as run_verify
-    from kit.tables import print_table, whole
 
     try:
         with stop_on_signals():

@@ -36,6 +36,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, ProgressColumn, Task, TextColumn, TimeRemainingColumn
 from rich.text import Text
 
+from kit import __version__
 from kit.case import data as case_data
 from kit.data import http
 from kit.data.sources import Source, Sources, SourcesError
@@ -333,7 +334,6 @@ def _hub_items(src: Source, root: Path, endpoint: str, unreachable: dict[str, So
     from huggingface_hub.hf_api import RepoFile
     from huggingface_hub.utils import build_hf_headers
 
-    from kit import __version__
 
     if endpoint in unreachable:  # one wait for a hub that does not answer is enough
         first = unreachable[endpoint]

@@ -22,6 +22,7 @@ from typing import Any
 from kit import case as cases
 from kit.case import data as case_data
 from kit.case.data import StageData
+from kit.data import manifest as data_manifest
 
 INPUTS_SCHEMA = "kit.inputs/2"
 PARTS = ("data", "weights", "eval_data")  # what a run read, by content; each with a `digest`
@@ -188,7 +189,6 @@ def manifest_identity(data_root: Path | None) -> dict[str, Any] | None:
     """
     if data_root is None:
         return None
-    from kit.data import manifest as data_manifest
 
     try:
         m = data_manifest.read(data_root)

@@ -1,4 +1,4 @@
-"""`kit build`: the image of one software stack and CUDA variant, tagged by what it is made of, with a record of
+"""`kit build`: the image of one software stack and image variant, tagged by what it is made of, with a record of
 what it was built on.
 
 Stacks (env/stacks.toml, kit/image/stacks.py): `reference` (the default: the reference's pins, Dockerfile) and
@@ -8,9 +8,10 @@ the hash, its name to the tag (kit-llava:VERSION-NAME-cuXXX-HASH12) and the labe
 
 Two steps, so that the decisions are testable without an engine:
 
-- `plan_build(...)` decides everything: the variant (from the host driver with `cuda="auto"`), the base image,
-  the lock files, the content hash, the tag, the build args and labels, and the exact SDK call. It touches no
-  engine; `kit build --dry-run` prints it.
+- `plan_build(...)` decides everything: the vendor and the variant (each variant of env/stacks.toml is for one
+  vendor's devices; with `variant="auto"` the vendor of this host's devices picks the one its driver runs), the
+  base image, the lock files, the content hash, the tag, the build args and labels, and the exact SDK call. It
+  touches no engine; `kit build --dry-run` prints it.
 - `run_build(plan, client, console)` makes that call on the Docker engine (`client.api.build`, the classic
   builder with `pull=False`, so the base image the build uses is exactly the one whose digest is recorded),
   streams its output, and writes the build record `<results>/builds/<tag>.json` (`:` and `/` become `_`)
@@ -37,20 +38,24 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from kit import __version__
+from kit import __version__, vendors
 from kit import case as cases
+from kit.checks import docker as dc
+from kit.image.stacks import StacksError, stacks
+from kit.vendors.base import VariantChoice
+from kit.vendors.images import first_variant, not_yet
 
 KIT_ROOT = Path(__file__).resolve().parents[2]
 REFERENCE = "reference"
 
 
-def stack_variants(name: str = REFERENCE) -> dict[str, dict[str, Any]]:
+def stack_variants(name: str = REFERENCE, vendor: str | None = None) -> dict[str, dict[str, Any]]:
     """Variant -> lock files (relative to the build context: the Dockerfile COPYs env/lock-*.txt from there) and
     the default base image (each lock's "# base-image:" line wins when present), from env/stacks.toml, in the
-    stack's order of preference."""
-    from kit.image.stacks import stacks
+    stack's order of preference; only `vendor`'s variants when named."""
 
-    return {v.cuda: {"short": v.short, "locks": list(v.locks), "base": v.base} for v in stacks().get(name).variants}
+    return {v.name: {"short": v.short, "locks": list(v.locks), "base": v.base}
+            for v in stacks().get(name).variants if vendor in (None, v.vendor)}  # fmt: skip
 
 
 def __getattr__(name: str) -> Any:
@@ -60,18 +65,20 @@ def __getattr__(name: str) -> Any:
         return stack_variants(REFERENCE)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
+
 # The CA bundle is copied into the context under this name for the build and removed afterwards; the
 # Dockerfile's CA_BUNDLE arg is a path in the context (it COPYs it and installs it as a system CA).
 CA_IN_CONTEXT = ".kit-build-ca.crt"
-# Build args kit sets itself, each with the option that sets it.
+# Build args kit sets itself, each with the option that sets it (and those of the variant's row: --variant).
 RESERVED_ARGS = {
-    "CUDA_VARIANT": "--cuda", "BASE_IMAGE": "--base-image", "KIT_VERSION": "(kit's own version)",
-    "KIT_LOCK_SHA256": "(computed from the lock)", "PIP_INDEX_URL": "--pip-index-url", "CA_BUNDLE": "--ca-bundle",
+    "BASE_IMAGE": "--base-image", "KIT_VERSION": "(kit's own version)", "KIT_LOCK_SHA256": "(computed from the lock)",
+    "PIP_INDEX_URL": "--pip-index-url", "CA_BUNDLE": "--ca-bundle",
 }  # fmt: skip
 # Build args that change how packages are fetched or built, not which (every package is hash-pinned).
 TRANSPORT_ARGS = {"PIP_EXTRA_INDEX_URL", "TORCH_INDEX_URL", "DEADSNAKES_URL", "KEYSERVER_URL", "MAX_JOBS",
                   "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy"}
-LOCK_FIX = "run `bash env/lock.sh` on a machine that reaches PyPI (and download.pytorch.org for 11.8), then build again"
+LOCK_FIX = ("run `bash env/lock.sh` on a machine that reaches PyPI (and download.pytorch.org for a variant whose torch "
+            "comes from there), then build again")
 TAG_RE = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*(?::\d+)?(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*(?::[\w][\w.-]{0,127})?$")
 LABEL_PREFIX = "kit.build"
 
@@ -102,8 +109,8 @@ class BuildFailed(RuntimeError):
 
 @dataclass
 class BuildPlan:
-    variant: str  # "12.1" or "11.8" (reference), "13.0" (current)
-    variant_reason: str  # why this variant (explicit, or the driver's verdict)
+    variant: str  # a variant's name in env/stacks.toml: "12.1" or "11.8" (reference), "13.0" (current)
+    variant_reason: str  # why this variant (explicit, or the vendor's verdict on this host's driver)
     base_image: str
     dockerfile: Path
     context: Path
@@ -117,6 +124,8 @@ class BuildPlan:
     results: Path = Path("runs")
     warnings: list[str] = field(default_factory=list)
     stack: str = REFERENCE  # env/stacks.toml
+    vendor: str = ""  # the vendor whose devices the variant runs on (kit/vendors)
+    variant_title: str = ""  # how reports name the variant ("CUDA 12.1")
 
     @property
     def record_path(self) -> Path:
@@ -180,88 +189,145 @@ def sha256_file(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def parse_build_args(items: list[str] | None) -> dict[str, str]:
-    """['K=V', ...] -> {K: V}; a reserved key is refused with the option that sets it."""
+def parse_build_args(items: list[str] | None, reserved: dict[str, str] | None = None) -> dict[str, str]:
+    """['K=V', ...] -> {K: V}; a reserved key (RESERVED_ARGS, and the variant's own args) is refused with the option
+    that sets it."""
+    reserved = RESERVED_ARGS if reserved is None else reserved
     out: dict[str, str] = {}
     for item in items or []:
         key, sep, value = item.partition("=")
         if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
             raise BuildRequestError(f"--build-arg {item!r} is not KEY=VALUE", "write it as --build-arg MAX_JOBS=8")
-        if key in RESERVED_ARGS:
-            raise BuildRequestError(f"--build-arg {key} is set by kit build", f"use {RESERVED_ARGS[key]} instead")
+        if key in reserved:
+            raise BuildRequestError(f"--build-arg {key} is set by kit build", f"use {reserved[key]} instead")
         out[key] = value
     return out
 
 
-def _read_driver(driver: Any) -> tuple[str, int | None]:
-    """(driver version, the CUDA version NVML reports) from a version string or an NVML handle."""
-    if isinstance(driver, str):
-        return driver, None
-    version = driver.nvmlSystemGetDriverVersion()
-    version = version.decode() if isinstance(version, bytes) else version
+def _flag(vendor: Any) -> str:
+    """The option a vendor's variants are asked by: its own (--cuda), else --variant."""
+    return getattr(vendor, "variant_option", "") or "--variant"
+
+
+def _or(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " or " + items[-1]
+
+
+def _same_version(a: str, b: str) -> bool:
+    """'11.8' names the same variant as '11.8' and '11.8.0' (a base image's tag is often more precise)."""
+    return a == b or a.startswith(b + ".") or b.startswith(a + ".")
+
+
+def _vendor_variants(stack: str) -> dict[str, tuple[Any, list[Any]]]:
+    """name -> (vendor, its variants of `stack`) for every registered vendor that has some; a vendor package that
+    does not load is left out (`kit build --vendor NAME` names its error)."""
+
+    out: dict[str, tuple[Any, list[Any]]] = {}
+    for name in vendors.names():
+        try:
+            v = vendors.get(name)
+            rows = list(v.image_variants(stack))
+        except Exception:  # noqa: BLE001 - one broken plug-in does not stop a build for another vendor
+            continue
+        if rows:
+            out[name] = (v, rows)
+    return out
+
+
+def _named_vendor(name: str, stack: str) -> tuple[Any, list[Any]]:
+
     try:
-        return version, driver.nvmlSystemGetCudaDriverVersion()
-    except Exception:  # noqa: BLE001 - older drivers lack it; the table still answers
-        return version, None
+        v = vendors.get(name)
+    except vendors.UnknownVendor as e:
+        raise BuildRequestError(str(e), f"pass --vendor {' or --vendor '.join(vendors.names())}") from None
+    images = getattr(v, "image_variants", None)  # a vendor package from before images were the vendor's has none
+    return v, list(images(stack)) if images else []
 
 
-def choose_stack_variant(driver: Any, stack: str) -> tuple[str, str, list[str]]:
-    """For a stack other than the reference: its first variant the driver runs fully, else the first it runs
-    through minor-version compatibility, else BuildRequestError with the driver's fix."""
-    from kit.checks.driver import assess
+def _not_yet(v: Any, stack: str) -> BuildRequestError:
 
-    version, cuda_reported = _read_driver(driver)
-    order = list(stack_variants(stack))
-    try:
-        verdict = assess(version, cuda_reported)
-    except ValueError as e:
-        raise BuildRequestError(f"cannot read the driver version: {e}",
-                                f"pass --cuda {' or --cuda '.join(order)}") from None  # fmt: skip
-    by = {v.cuda: v for v in verdict.variants}
-    missing = [c for c in order if c not in by]
-    if missing:
-        raise BuildRequestError(f"env/cuda-drivers.toml has no [[variant]] for CUDA {', '.join(missing)} of the "
-                                f"{stack} stack", "add it there (cuda, stack, build), as for the others")  # fmt: skip
-    for want in ("full", "compat"):
-        for cuda in order:
-            v = by[cuda]
-            if v.support == want:
-                warns = [f"{v.detail}; {v.fix}"] if want == "compat" else []
-                return cuda, f"driver {version}: {v.detail} (newest full: {verdict.newest_full})", warns
-    details = "; ".join(by[c].detail for c in order)
-    raise BuildRequestError(f"no variant of the {stack} stack runs on driver {version}: {details}",
-                            f"{by[order[0]].fix}; or build the reference stack (`kit build --stack reference`), "
-                            "whose CUDA 11.8 variant runs on older drivers")  # fmt: skip
+    c = not_yet(v, stack)
+    return BuildRequestError(c.reason, c.fix)
 
 
-def choose_variant(driver: Any) -> tuple[str, str, list[str]]:
-    """12.1 when the driver fully supports it, else 11.8 when it runs (fully or through minor-version
-    compatibility), else BuildRequestError with the driver's fix. `driver` is a version string or an NVML
-    handle (pynvml, or a replay of a recording)."""
-    from kit.checks.driver import assess
+def choose(stack: str, asked: str = "auto", vendor: str | None = None, driver: Any = None) -> tuple[Any, Any, Any]:
+    """(vendor, variant row, VariantChoice) for a build of `stack`; BuildRequestError with the fix when none fits.
 
-    version, cuda_reported = _read_driver(driver)
-    try:
-        verdict = assess(version, cuda_reported)
-    except ValueError as e:
-        raise BuildRequestError(f"cannot read the driver version: {e}", "pass --cuda 12.1 or --cuda 11.8") from None
-    by = {v.cuda: v for v in verdict.variants}
-    v121, v118 = by["12.1"], by["11.8"]
-    if v121.support == "full":
-        return "12.1", f"driver {version} fully supports CUDA 12.1 (newest full: {verdict.newest_full})", []
-    if v118.support in ("full", "compat"):
-        why = f"driver {version} cannot run CUDA 12.1 fully ({v121.detail}); {v118.detail}"
-        warns = [f"{v118.detail}; {v118.fix}"] if v118.support == "compat" else []
-        return "11.8", why, warns
-    raise BuildRequestError(f"no image variant runs on driver {version}: {v118.detail}; {v121.detail}", v118.fix)
+    The vendor: `vendor` when named (KIT_VENDOR too, with "auto"); with an explicit variant, the one whose variants
+    have it; with "auto", the vendor of this host's devices (the only one with variants of the stack when no devices are
+    found here, or when `driver` is given: a reading of the driver the vendor takes, such as NVIDIA's driver
+    version or an opened NVML). The variant: `asked`, else the vendor's `choose_variant` on this host's driver.
+    """
+
+    owners = _vendor_variants(stack)
+    # KIT_VENDOR names this host's vendor: it decides "auto" on this host, not a given reading or an explicit variant
+    name = vendor or (vendors.forced() if asked == "auto" and driver is None else None)
+    if name:
+        v, rows = _named_vendor(name, stack)
+        if not rows:
+            raise _not_yet(v, stack)
+    elif asked != "auto":
+        having = [n for n, (_, rows) in owners.items() if any(r.name == asked for r in rows)]
+        if len(having) > 1:
+            raise BuildRequestError(f"variant {asked!r} of the {stack} stack is one of several vendors' "
+                                    f"({', '.join(having)})", f"pass --vendor {' or --vendor '.join(having)}")  # fmt: skip
+        pick = having[0] if having else (next(iter(owners)) if len(owners) == 1 else None)
+        if pick is None:
+            listed = "; ".join(f"{n}: {', '.join(r.name for r in rows)} ({_flag(o)})" for n, (o, rows) in owners.items())
+            raise BuildRequestError(f"--variant {asked!r} is not a variant of the {stack} stack ({listed})",
+                                    "pass --variant auto or one of them (with --vendor NAME)")  # fmt: skip
+        v, rows = owners[pick]
+    elif driver is not None or len(owners) <= 1:
+        if not owners:
+            raise BuildRequestError(f"the {stack} stack has no image variant for any registered vendor",
+                                    "add one to env/stacks.toml, or install the vendor's package (docs/vendors.md)")
+        v, rows = next(iter(owners.values()))
+        if driver is None:
+            here, probe = vendors.detect()
+            if here.name != v.name and here.name != vendors.FALLBACK:
+                raise _not_yet(here, stack)  # this host's devices are another vendor's
+            driver = probe if here.name == v.name else None
+    else:
+        here, probe = vendors.detect()
+        if here.name not in owners:
+            if here.name != vendors.FALLBACK:
+                raise _not_yet(here, stack)
+            listed = "; ".join(f"{_flag(o)} {_or([r.name for r in rows])} (--vendor {n})" for n, (o, rows) in owners.items())
+            raise BuildRequestError(f"--variant auto reads this host's devices, and no vendor finds any here "
+                                    f"({probe.reason or 'none found'})",
+                                    f"pass the variant for the host the image will run on: {listed}")  # fmt: skip
+        v, rows = owners[here.name]
+        driver = probe
+    flag = _flag(v)
+    names = [r.name for r in rows]
+    if asked == "auto":
+        pick_one = getattr(v, "choose_variant", None)
+        if pick_one is None:
+
+            pick_one = lambda probe, stack: first_variant(v, probe, stack)  # noqa: E731 - the default, inline
+        choice = pick_one(driver if driver is not None else v.probe(), stack)
+        if choice.variant is None:
+            raise BuildRequestError(choice.reason, choice.fix)
+        if choice.variant not in names:
+            raise BuildRequestError(f"the {v.title} vendor chose variant {choice.variant!r}, which is not one of its "
+                                    f"variants of the {stack} stack ({', '.join(names)})", f"pass {flag} {_or(names)}")  # fmt: skip
+    elif asked in names:
+        choice = VariantChoice(asked, f"{flag} {asked}")
+    else:
+
+        elsewhere = [s for s in stacks().names() if s != stack and any(r.name == asked for r in v.image_variants(s))]
+        where = "" if stack == stacks().default else f" of the {stack} stack (its variants: {', '.join(names)})"
+        raise BuildRequestError(f"{flag} {asked!r} is not a variant{where}", f"pass {flag} {_or(['auto', *names])}"
+                                + (f"; {flag} {asked} is a variant of: --stack {', '.join(elsewhere)}" if elsewhere else ""))  # fmt: skip
+    row = next(r for r in rows if r.name == choice.variant)
+    return v, row, choice
 
 
-def _read_lock(path: Path, variant: str, stack: str = REFERENCE) -> None:
+def _read_lock(path: Path, variant: str, stack: str = REFERENCE, others: str = "") -> None:
     """Refuse a lock that is missing, or that pins something without its hash (pip --require-hashes would stop
-    an hour in; better now)."""
-    lock_fix = LOCK_FIX if stack == REFERENCE else LOCK_FIX.replace(
-        "`bash env/lock.sh`", f"`bash env/lock.sh {stack}`").replace(" (and download.pytorch.org for 11.8)", "")
-    what = f"CUDA {variant}" if stack == REFERENCE else f"{stack} stack's CUDA {variant}"
+    an hour in; better now). `variant` as reports name it ("CUDA 11.8"); `others`: how to build another variant."""
+    lock_fix = LOCK_FIX if stack == REFERENCE else LOCK_FIX.replace("`bash env/lock.sh`", f"`bash env/lock.sh {stack}`")
+    what = variant if stack == REFERENCE else f"{stack} stack's {variant}"
     if not path.is_file():
         raise BuildRequestError(f"the {what} lock {path} is missing", lock_fix)
     for line in path.read_text().splitlines():
@@ -269,21 +335,15 @@ def _read_lock(path: Path, variant: str, stack: str = REFERENCE) -> None:
         if req and not req.startswith("#") and "--hash=sha256:" not in req:
             name = req.split()[0]
             fix = lock_fix
-            if "+cu118" in name:
+            if "+" in name:  # a local version (torch==2.1.2+cu118): a build the PyTorch index serves, not PyPI
                 fix = ("run `bash env/lock.sh` on a machine that reaches https://download.pytorch.org/whl (or set "
-                       "TORCH_INDEX_URL to a mirror of it), then build again; or build --cuda 12.1")
+                       "TORCH_INDEX_URL to a mirror of it), then build again" + (f"; or build {others}" if others else ""))
             raise BuildRequestError(f"{path} pins {name} without its sha256: the {what} image cannot be "
                                     "built from it", fix)
 
 
 def _lock_base(path: Path) -> str | None:
     m = re.search(r"^# base-image:\s*(\S+)", path.read_text(), re.M)
-    return m.group(1) if m else None
-
-
-def _cuda_of_image(ref: str) -> str | None:
-    """'nvidia/cuda:11.8.0-cudnn8-...' -> '11.8'; None for other images."""
-    m = re.match(r"^(?:[\w.-]+(?::\d+)?/)?nvidia/cuda:(\d+\.\d+)", ref)
     return m.group(1) if m else None
 
 
@@ -299,7 +359,7 @@ def _excluded_by_dockerignore(context: Path, rel: str) -> bool:
 
 def plan_build(
     root: Path | str = KIT_ROOT,
-    cuda: str = "auto",
+    variant: str = "auto",
     base_image: str | None = None,
     tag: str | None = None,
     dockerfile: Path | str | None = None,
@@ -311,15 +371,16 @@ def plan_build(
     context: Path | str | None = None,
     results: Path | str = "runs",
     stack: str | None = None,
+    vendor: str | None = None,
 ) -> BuildPlan:
     """Decide the whole build; raise BuildRequestError (with the fix) for anything that cannot be built.
 
-    `root` is the kit checkout (the default context, holding Dockerfile and env/). `driver` is used only with
-    `cuda="auto"`: a driver version string, an NVML handle, or None to open NVML here. `stack` names a stack
-    of env/stacks.toml (None: its default, the reference).
+    `root` is the kit checkout (the default context, holding Dockerfile and env/). `variant` names one of the
+    stack's variants, or "auto": the vendor's choice for this host's driver. `driver` is used only with "auto":
+    a Probe or a reading the vendor takes (NVIDIA: a driver version string or an opened NVML), None to ask this
+    host. `stack` names a stack of env/stacks.toml (None: its default, the reference); `vendor` a registered
+    vendor (None: the one of the variant, or of this host's devices).
     """
-    from kit.image.stacks import StacksError, stacks
-    from kit.vendors.nvml import NVMLUnavailable, open_nvml
 
     try:
         all_stacks = stacks()
@@ -328,56 +389,39 @@ def plan_build(
     except StacksError as e:
         raise BuildRequestError(str(e), f"pass --stack {' or --stack '.join(stacks().names())}"
                                 if "no stack" in str(e) else "fix env/stacks.toml") from None  # fmt: skip
-    variants = stack_variants(stack)
 
     root = Path(root).resolve()
     ctx = Path(context).resolve() if context else root
     if not ctx.is_dir():
         raise BuildRequestError(f"the build context {ctx} is not a directory", "pass --context DIR (the kit checkout)")
-    df = Path(dockerfile) if dockerfile else ctx / spec_stack.dockerfile
+    owner, row, choice = choose(stack, variant, vendor, driver)
+    variant, reason, warnings = row.name, choice.reason, list(choice.warnings)
+    flag = _flag(owner)
+    df = Path(dockerfile) if dockerfile else ctx / (row.dockerfile or spec_stack.dockerfile)
     df = df if df.is_absolute() else (Path.cwd() / df if dockerfile else df)
     df = df.resolve()
     if not df.is_file():
         raise BuildRequestError(f"no Dockerfile at {df}", "pass --file PATH or --context DIR (the kit checkout)")
-
-    warnings: list[str] = []
-    if cuda == "auto":
-        if driver is None:
-            try:
-                driver = open_nvml()
-            except NVMLUnavailable as e:
-                hint = ("pass --cuda 12.1 (driver >= 525.60.13) or --cuda 11.8 (driver >= 450.80.02)" if stack == REFERENCE
-                        else f"pass --cuda {' or --cuda '.join(variants)}")  # fmt: skip
-                raise BuildRequestError(f"--cuda auto reads the driver through NVML, and NVML is not available here "
-                                        f"({e})", f"{hint} for the host the image will run on") from None
-        variant, reason, warnings = choose_variant(driver) if stack == REFERENCE else choose_stack_variant(driver, stack)
-    elif cuda in variants:
-        variant, reason = cuda, f"--cuda {cuda}"
-    elif stack == REFERENCE:
-        raise BuildRequestError(f"--cuda {cuda!r} is not a variant", "pass --cuda auto, 12.1 or 11.8")
-    else:
-        others = [s for s in all_stacks.names() if cuda in (stack_variants(s))]
-        raise BuildRequestError(f"--cuda {cuda!r} is not a variant of the {stack} stack (its variants: "
-                                f"{', '.join(variants)})", f"pass --cuda auto or {', '.join(variants)}"
-                                + (f"; CUDA {cuda} is a variant of: --stack {', '.join(others)}" if others else ""))  # fmt: skip
-    spec = variants[variant]
-
+    spec = {"short": row.short, "locks": list(row.locks), "base": row.base}
+    others = [f"{flag} {r.name}" for r in owner.image_variants(stack) if r.name != variant]
     locks = [ctx / p for p in spec["locks"]]
     for lock in locks:
-        _read_lock(lock, variant, stack)
+        _read_lock(lock, row.label, stack, _or(others) if others else "")
     lock_sha = hashlib.sha256(b"".join(p.read_bytes() for p in locks)).hexdigest()
 
     default_base = _lock_base(locks[0]) or spec["base"]
     base = base_image or default_base
-    base_cuda = _cuda_of_image(base)
-    if base_cuda and base_cuda != variant:
-        raise BuildRequestError(f"--base-image {base} is a CUDA {base_cuda} image, but the variant is CUDA {variant}",
-                                f"pass --cuda {base_cuda}, or --base-image {default_base}")
+    base_variant = owner.base_variant(base) if hasattr(owner, "base_variant") else None
+    if base_variant and not _same_version(base_variant, variant):
+        label = getattr(owner, "variant_label", owner.title)
+        raise BuildRequestError(f"--base-image {base} is a {label} {base_variant} image, but the variant is {row.label}",
+                                f"pass {flag} {base_variant}, or --base-image {default_base}")  # fmt: skip
 
-    extra = parse_build_args(list(build_args)) if isinstance(build_args, list) else dict(build_args or {})
+    reserved = {**RESERVED_ARGS, **{k: flag for k in row.build_args()}}
+    extra = parse_build_args(list(build_args), reserved) if isinstance(build_args, list) else dict(build_args or {})
     for key in extra:
-        if key in RESERVED_ARGS:
-            raise BuildRequestError(f"--build-arg {key} is set by kit build", f"use {RESERVED_ARGS[key]} instead")
+        if key in reserved:
+            raise BuildRequestError(f"--build-arg {key} is set by kit build", f"use {reserved[key]} instead")
 
     h = hashlib.sha256()
     h.update(b"kit-build v1\n")
@@ -397,7 +441,7 @@ def plan_build(
         raise BuildRequestError(f"--tag {tag!r} is not a valid image reference",
                                 f"use lowercase NAME[:TAG], e.g. --tag {cases.only().image_repository}:mine")
 
-    args = {"CUDA_VARIANT": variant, "BASE_IMAGE": base, "KIT_VERSION": __version__, "KIT_LOCK_SHA256": lock_sha}
+    args = {**row.build_args(), "BASE_IMAGE": base, "KIT_VERSION": __version__, "KIT_LOCK_SHA256": lock_sha}
     if pip_index_url:
         if not re.match(r"^https?://", pip_index_url):
             raise BuildRequestError(f"--pip-index-url {pip_index_url!r} is not an http(s) URL",
@@ -432,7 +476,7 @@ def plan_build(
     if stack != REFERENCE:  # a reference image is known by its variant label (kit.image.stacks.image_stack)
         labels[f"{LABEL_PREFIX}.stack"] = stack
     return BuildPlan(variant, reason, base, df, ctx, locks, lock_sha, content_hash, tag, args, labels, ca,
-                     Path(results), warnings, stack)
+                     Path(results), warnings, stack, owner.name, row.label)
 
 
 # --- the engine side ------------------------------------------------------------------------------------
@@ -442,7 +486,6 @@ def connect(base_url: str | None = None, timeout: float = 60) -> Any:
     """A client that answered a ping, or EngineUnavailable with kit check-host's wording and fix."""
     import docker
 
-    from kit.checks import docker as dc
 
     url = base_url or os.environ.get("DOCKER_HOST") or dc.DEFAULT_SOCKET
     try:
@@ -553,6 +596,7 @@ def run_build(plan: BuildPlan, client: Any, console: Any, tail: int = 30) -> dic
         "tag": plan.tag,
         "image_id": image.id,
         "stack": plan.stack,
+        "vendor": plan.vendor,
         "variant": plan.variant,
         "variant_reason": plan.variant_reason,
         "base_image": base,

@@ -1,7 +1,9 @@
 """Software stacks: which libraries an image (or a native environment) carries, and whether a config can run on it.
 
-The stacks are data (env/stacks.toml, schema "kit.stacks/1"): per stack its Dockerfile, its CUDA variants
-(lock files and base image) and what it provides (package -> version, or false). `kit build --stack NAME`
+The stacks are data (env/stacks.toml, schema "kit.stacks/2"): per stack its Dockerfile, its image variants (each
+for one accelerator vendor's devices: lock files, base image, build args) and what it provides (package ->
+version, or false). Which variant a host runs is the vendor's to say (kit/vendors: `image_variants`,
+`choose_variant`); this module only reads the rows. `kit build --stack NAME`
 builds one; the image then carries the labels `kit.build.stack` and `kit.build.lock-sha256`. The same file
 lists what configs need (`[[need]]`: config key = value needs a package), so that `kit run` refuses, before
 anything starts, a config its image cannot run (`model.kernels = "liger"` in an image without liger-kernel
@@ -24,7 +26,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
-STACKS_SCHEMA = "kit.stacks/1"
+STACKS_SCHEMA = "kit.stacks/2"
 STACKS_TOML = Path(__file__).resolve().parents[2] / "env" / "stacks.toml"
 LABEL_STACK = "kit.build.stack"
 LABEL_LOCK = "kit.build.lock-sha256"
@@ -32,9 +34,11 @@ LABEL_VARIANT = "kit.build.variant"
 LABEL_CONTENT = "kit.build.content-hash"
 UNKNOWN = "unknown"
 
-_TOP = {"schema": str, "default": str, "stack": dict, "need": list}
+_TOP = {"schema": str, "default": str, "image_variant_labels": list, "stack": dict, "need": list}
 _STACK = {"description": str, "dockerfile": str, "python": str, "variant": list, "provides": dict}
-_VARIANT = {"cuda": str, "short": str, "locks": list, "base": str}
+_VARIANT = {"vendor": str, "name": str, "title": str, "short": str, "locks": list, "base": str, "args": dict,
+            "dockerfile": str}
+_VARIANT_REQUIRED = ("vendor", "name", "short", "locks", "base")
 _NEED = {"key": str, "value": (str, int, float, bool), "package": str, "why": str, "instead": str}
 
 
@@ -44,10 +48,23 @@ class StacksError(ValueError):
 
 @dataclass(frozen=True)
 class Variant:
-    cuda: str  # "12.1"
-    short: str  # "cu121": the tag's variant part
+    """One image variant of a stack, for one vendor's devices."""
+
+    vendor: str  # the vendor whose devices it runs on (a kit/vendors name): "nvidia"
+    name: str  # what `kit build --variant` takes and the kit.build.variant label holds: "12.1"
+    short: str  # the tag's variant part: "cu121"
     locks: tuple[str, ...]  # relative to the build context
     base: str
+    title: str = ""  # how reports name it ("CUDA 12.1"); empty: the name
+    args: tuple[tuple[str, str], ...] = ()  # build args the Dockerfile takes for it: (("CUDA_VARIANT", "12.1"),)
+    dockerfile: str = ""  # the variant's own Dockerfile (relative to the context); empty: the stack's
+
+    @property
+    def label(self) -> str:
+        return self.title or self.name
+
+    def build_args(self) -> dict[str, str]:
+        return dict(self.args)
 
 
 @dataclass(frozen=True)
@@ -59,8 +76,12 @@ class Stack:
     variants: tuple[Variant, ...]  # in order of preference
     provides: dict[str, str | bool] = field(default_factory=dict)
 
-    def variant(self, cuda: str) -> Variant | None:
-        return next((v for v in self.variants if v.cuda == cuda), None)
+    def variant(self, name: str, vendor: str | None = None) -> Variant | None:
+        return next((v for v in self.variants if v.name == name and vendor in (None, v.vendor)), None)
+
+    def of_vendor(self, vendor: str) -> list[Variant]:
+        """The variants for one vendor's devices, in order of preference."""
+        return [v for v in self.variants if v.vendor == vendor]
 
     def has(self, package: str) -> str | None:
         """The version of `package` this stack installs, or None when it does not."""
@@ -83,6 +104,7 @@ class Stacks:
     default: str
     stacks: dict[str, Stack]
     needs: tuple[Need, ...]
+    variant_labels: tuple[str, ...] = ("kit.build.variant",)  # image labels that name an image's variant, in order
 
     def get(self, name: str) -> Stack:
         if name not in self.stacks:
@@ -119,17 +141,29 @@ def _table(path: Path, where: str, raw: Any, types: dict[str, Any], required: tu
     return raw
 
 
+def _relative(p: Any) -> bool:
+    return isinstance(p, str) and bool(p) and not p.startswith("/") and ".." not in Path(p).parts
+
+
 def _variant(path: Path, where: str, raw: Any) -> Variant:
-    raw = _table(path, where, raw, _VARIANT, tuple(_VARIANT))
-    if not re.fullmatch(r"\d+\.\d+", raw["cuda"]):
-        raise _fail(path, f"{where}.cuda", f"{raw['cuda']!r} is not a CUDA version like '12.1'")
-    if not re.fullmatch(r"cu\d+", raw["short"]):
-        raise _fail(path, f"{where}.short", f"{raw['short']!r} is not like 'cu121'")
+    raw = _table(path, where, raw, _VARIANT, _VARIANT_REQUIRED)
+    if not re.fullmatch(r"[a-z][a-z0-9_-]*", raw["vendor"]):
+        raise _fail(path, f"{where}.vendor", f"{raw['vendor']!r} is not a vendor's name (lower case, like 'amd')")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]*", raw["name"]):
+        raise _fail(path, f"{where}.name", f"{raw['name']!r} is not a variant name (letters, digits, '.', like '12.1')")
+    if not re.fullmatch(r"[a-z0-9][a-z0-9.-]*", raw["short"]):
+        raise _fail(path, f"{where}.short", f"{raw['short']!r} is not a tag part (lower case, like 'cu121')")
     locks = raw["locks"]
-    if not locks or not all(isinstance(p, str) and p and not p.startswith("/") and ".." not in Path(p).parts
-                            for p in locks):  # fmt: skip
+    if not locks or not all(_relative(p) for p in locks):
         raise _fail(path, f"{where}.locks", "must be a non-empty list of paths relative to the build context")
-    return Variant(raw["cuda"], raw["short"], tuple(locks), raw["base"])
+    if "dockerfile" in raw and not _relative(raw["dockerfile"]):
+        raise _fail(path, f"{where}.dockerfile", "must be a path relative to the build context")
+    args = raw.get("args", {})
+    for key, value in args.items():
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key) or not isinstance(value, str):
+            raise _fail(path, f"{where}.args.{key}", f"must be a build arg NAME = \"string\", got {value!r}")
+    return Variant(raw["vendor"], raw["name"], raw["short"], tuple(locks), raw["base"], raw.get("title", ""),
+                   tuple(args.items()), raw.get("dockerfile", ""))  # fmt: skip
 
 
 def _stack(path: Path, name: str, raw: Any) -> Stack:
@@ -139,10 +173,10 @@ def _stack(path: Path, name: str, raw: Any) -> Stack:
     raw = _table(path, where, raw, _STACK, ("description", "dockerfile", "python", "variant", "provides"))
     variants = tuple(_variant(path, f"{where}.variant #{i + 1}", v) for i, v in enumerate(raw["variant"]))
     if not variants:
-        raise _fail(path, f"{where}.variant", "a stack needs at least one CUDA variant")
-    cudas = [v.cuda for v in variants]
-    if len(set(cudas)) != len(cudas):
-        raise _fail(path, f"{where}.variant", f"a CUDA variant is listed twice ({', '.join(cudas)})")
+        raise _fail(path, f"{where}.variant", "a stack needs at least one image variant")
+    keys = [(v.vendor, v.name) for v in variants]
+    if len(set(keys)) != len(keys):
+        raise _fail(path, f"{where}.variant", "a variant is listed twice (" + ", ".join(f"{a} {n}" for a, n in keys) + ")")
     provides: dict[str, str | bool] = {}
     for pkg, version in raw["provides"].items():
         if not (version is False or (isinstance(version, str) and version)):
@@ -170,7 +204,10 @@ def load(path: str | Path | None = None) -> Stacks:
     for i, raw in enumerate(data.get("need", [])):
         raw = _table(p, f"[[need]] #{i + 1}", raw, _NEED, ("key", "value", "package"))
         needs.append(Need(raw["key"], raw["value"], _norm(raw["package"]), raw.get("why", ""), raw.get("instead", "")))
-    return Stacks(p, data["default"], stacks, tuple(needs))
+    labels = data.get("image_variant_labels", [LABEL_VARIANT])
+    if not labels or not all(isinstance(x, str) and x for x in labels):
+        raise _fail(p, "image_variant_labels", "must be a non-empty list of label names")
+    return Stacks(p, data["default"], stacks, tuple(needs), tuple(labels))
 
 
 @functools.lru_cache(maxsize=4)
@@ -197,7 +234,7 @@ def image_stack(labels: dict[str, str] | None, path: str | Path | None = None) -
     labels = labels or {}
     lock = labels.get(LABEL_LOCK) or labels.get("kit.lock.sha256")
     lock = lock if lock and lock != "unknown" else None
-    variant = labels.get(LABEL_VARIANT) or labels.get("kit.cuda")
+    variant = next((labels[k] for k in stacks(path).variant_labels if labels.get(k)), None)
     name = labels.get(LABEL_STACK)
     if not name:
         ref = stacks(path).get("reference") if "reference" in stacks(path).stacks else None
@@ -250,8 +287,19 @@ def describe(stack: dict[str, Any] | None) -> str:
     lock = stack.get("lock_sha256")
     parts = [f"lock {lock[:12]}" if lock else "lock unknown"]
     if stack.get("variant"):
-        parts.append(f"CUDA {stack['variant']}" if re.fullmatch(r"\d+\.\d+", str(stack["variant"])) else str(stack["variant"]))
+        parts.append(variant_title(str(stack["name"]), str(stack["variant"]), stack.get("vendor")))
     return f"{stack['name']} ({', '.join(parts)})"
+
+
+def variant_title(stack: str, variant: str, vendor: str | None = None) -> str:
+    """A variant as reports name it ("CUDA 12.1", its row's title), or the variant as recorded when no row of
+    env/stacks.toml has it (an image the kit did not build, a stack since changed)."""
+    try:
+        st = stacks().stacks.get(stack)
+    except StacksError:
+        st = None
+    row = st.variant(variant, vendor) if st is not None else None
+    return row.label if row is not None else variant
 
 
 # ---- what a config needs ----

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 from kit.run.guard import HangWatch, StageHung, collect_stacks, hang_message
 from kit.run.monitor import start_stage_monitor
 from kit.run.progress import EventTail, StageProgress
+from kit.run.request import given
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_ENVIRONMENT, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
@@ -56,6 +57,10 @@ class Launcher(Protocol):
     hang_timeout: float
 
     def run_module(self, module: str, args: list[str], log: Path) -> subprocess.CompletedProcess: ...
+
+    def before_stage(self, run: Path, stage: str, display: StageProgress) -> None:
+        """What must be ready before the stage is launched (a one-time build the ranks load), shown on the display:
+        done before the launch is stamped in status.jsonl, so the stage's clocks start together."""
 
     def start(self, run: Path, stage: str, world: int, case_args: list[str], display: StageProgress) -> Any:
         """Start every rank of the stage; returns a handle, or raises StartFailed."""
@@ -96,11 +101,13 @@ class LauncherBase:
     """
 
     name = "base"
-    groups: tuple[str, ...] = ()  # the option groups of kit/run/request.py it accepts
+    groups: tuple[str, ...] = ()
+
+    def before_stage(self, run: Path, stage: str, display: StageProgress) -> None:
+        """Nothing to prepare (the native launcher builds the case's CPU op here)."""  # the option groups of kit/run/request.py it accepts
 
     @classmethod
     def request_problems(cls, req: Any) -> list[str]:
-        from kit.run.request import given
 
         out = []
         for group, owner in (("containers", "the container path; drop --native to use it"),

@@ -36,9 +36,13 @@ from typing import Any
 from rich.markup import escape
 
 from kit import case as cases
+from kit import vendors
 from kit.case import Case
 from kit.case import stage as stage_of
-from kit.errors import EnvironmentProblem
+from kit.checks import docker as dc
+from kit.checks.docker import DEFAULT_SOCKET
+from kit.checks.remote import ssh_command
+from kit.errors import EXIT_ENVIRONMENT, EXIT_USAGE, EnvironmentProblem, UsageError
 from kit.image import stacks
 from kit.launchers.base import (
     LauncherBase,
@@ -49,13 +53,28 @@ from kit.launchers.base import (
     tail_lines,
 )
 from kit.run.progress import StageProgress
+from kit.run.request import RunRequest, Stop
 
 LABEL_RUN = "kit.run"
 DEFAULT_MASTER_PORT = 29500
 # Settings of the collective libraries and launch that travel from the host's environment into every container
-# (and into run.json): NCCL's above all, since they decide the transport.
-FORWARD_PREFIXES = ("NCCL_", "GLOO_", "TORCH_NCCL_", "TORCH_DISTRIBUTED_", "KIT_INJECT_")
-FORWARD_NAMES = ("OMP_NUM_THREADS", "CUDA_DEVICE_MAX_CONNECTIONS", "CUDA_LAUNCH_BLOCKING", "DS_ACCELERATOR")
+# (and into run.json): the vendor's collectives' above all (each vendor's `forward_env`), since they decide the
+# transport.
+FORWARD_PREFIXES = ("GLOO_", "TORCH_DISTRIBUTED_", "KIT_INJECT_")
+FORWARD_NAMES = ("OMP_NUM_THREADS", "DS_ACCELERATOR")
+
+
+def _forwarded(key: str) -> bool:
+    if key.startswith(FORWARD_PREFIXES) or key in FORWARD_NAMES:
+        return True
+    for name in vendors.names():
+        try:
+            names = vendors.get(name).forward_env
+        except (vendors.UnknownVendor, AttributeError):
+            continue
+        if any(key.startswith(n) if n.endswith("_") else key == n for n in names):
+            return True
+    return False
 # Writable places for a uid the image does not know (the host user's).
 CONTAINER_ENV = {
     "HOME": "/tmp/kit-home",
@@ -68,7 +87,7 @@ ULIMITS = {"memlock": (-1, -1), "stack": (67108864, 67108864)}  # NCCL's pinned 
 RLIMIT_FIX = (
     "the engine cannot raise that limit (its own limit is lower): give dockerd a higher one (systemd: `sudo "
     "systemctl edit docker`, add `[Service]` and `LimitMEMLOCK=infinity`, then `sudo systemctl restart docker`), "
-    "or ask for what it allows with --ulimit memlock=BYTES (less pinned memory for NCCL and the DataLoader)"
+    "or ask for what it allows with --ulimit memlock=BYTES (less pinned memory for the collectives and the DataLoader)"
 )
 STOP_GRACE_S = 30
 SSH_STDERR = "ssh-stderr.log"  # in SshPolicy's directory
@@ -93,7 +112,6 @@ class ContainerError(EnvironmentProblem):
 def base_url_of(host: str) -> str:
     """`local` -> this host's engine; unix://, tcp://, ssh:// as given; `user@host[:port]` -> ssh://user@host[:port]."""
     if host == "local":
-        from kit.checks.docker import DEFAULT_SOCKET
 
         return os.environ.get("DOCKER_HOST") or DEFAULT_SOCKET
     if host.startswith(("unix://", "tcp://", "ssh://", "npipe://")):
@@ -227,7 +245,6 @@ def connect(node: Node, timeout: float = 60) -> None:
     """Attach an engine client to the node, or ContainerError with check-host's diagnosis of the engine."""
     import docker
 
-    from kit.checks import docker as dc
 
     ssh = node.base_url.startswith("ssh://")
     since = _ssh_log_size() if ssh else 0
@@ -259,7 +276,6 @@ def has_infiniband(node: Node, ssh_options: list[str]) -> bool:
     if node.base_url.startswith("unix://"):
         return Path("/dev/infiniband").is_dir()
     if node.base_url.startswith("ssh://"):
-        from kit.checks.remote import ssh_command
 
         dest, port = ssh_destination(node.base_url)
         host = f"{dest}:{port}" if port else dest
@@ -291,6 +307,10 @@ class ContainerPlan:
     env: dict[str, str]
     ssh_options: list[str] = field(default_factory=list)
     ulimits: dict[str, list[int]] = field(default_factory=lambda: {k: list(v) for k, v in ULIMITS.items()})
+    vendor: str = ""  # whose devices the containers get (kit/vendors); "" in older runs: this host's vendor
+
+    def device_vendor(self) -> Any:
+        return vendors.get(self.vendor) if self.vendor else vendors.detect()[0]
 
     @property
     def own_network(self) -> bool:
@@ -301,7 +321,8 @@ class ContainerPlan:
         d = json.loads(json.dumps({**d, "nodes": [n.to_dict() for n in self.nodes]}))
         d["ipc"] = "host"
         d["privileged"] = False
-        d["nccl"] = {k: v for k, v in self.env.items() if k.startswith(("NCCL_", "TORCH_NCCL_"))}
+        d["collectives"] = {k: v for k, v in self.env.items()  # the vendor's settings, as forwarded
+                            if _forwarded(k) and not k.startswith(FORWARD_PREFIXES) and k not in FORWARD_NAMES}
         return d
 
     def container_name(self, run_id: str, stage: str, node: Node) -> str:
@@ -345,19 +366,29 @@ class ContainerPlan:
             }
         else:
             kw["network_mode"] = "host"
-        if self.use_gpus:
-            kw["device_requests"] = [docker.types.DeviceRequest(count=self.gpus_per_node, capabilities=[["gpu"]])]
+        if self.use_gpus:  # the devices, as their vendor hands them to a container
+            access = self.device_vendor().container_access(self.gpus_per_node)
+            if access.device_requests:
+                kw["device_requests"] = [docker.types.DeviceRequest(**r) for r in access.device_requests]
+            kw["devices"] = list(access.devices)
+            kw["mounts"] += [docker.types.Mount(c, h, type="bind", read_only=True) for h, c in access.volumes.items()]
+            kw["environment"] = {**access.environment, **kw["environment"]}
+            if access.group_add:
+                kw["group_add"] = list(access.group_add)
         if node.infiniband:
-            kw["devices"] = ["/dev/infiniband:/dev/infiniband:rwm"]
+            kw["devices"] = [*kw.get("devices", []), "/dev/infiniband:/dev/infiniband:rwm"]
             kw["cap_add"] = ["IPC_LOCK"]
+        if not kw.get("devices"):
+            kw.pop("devices", None)
         return kw
 
 
 def forwarded_env(extra: list[str] | None = None, environ: dict[str, str] | None = None) -> dict[str, str]:
-    """NCCL/Gloo/launch settings from the host's environment plus `--env KEY=VALUE`, over kit's defaults."""
+    """The collectives' and launch settings from the host's environment plus `--env KEY=VALUE`, over kit's
+    defaults."""
     environ = os.environ if environ is None else environ
     env = dict(CONTAINER_ENV)
-    env.update({k: v for k, v in environ.items() if k.startswith(FORWARD_PREFIXES) or k in FORWARD_NAMES})
+    env.update({k: v for k, v in environ.items() if _forwarded(k)})
     for item in extra or []:
         key, sep, value = item.partition("=")
         if not sep or not key or not key.replace("_", "a").isalnum():
@@ -388,10 +419,9 @@ def start_error_fix(text: str, use_gpus: bool) -> str:
     """What to do about an engine's refusal to start a container."""
     if "rlimit" in text:
         return RLIMIT_FIX
-    if use_gpus and ("device driver" in text or "gpu" in text.lower() or "nvidia" in text.lower()):
-        from kit.checks.docker import TOOLKIT_FIX
-
-        return f"{TOOLKIT_FIX} (`kit check-host --deep` tries a GPU container)"
+    if use_gpus and ("device driver" in text or "gpu" in text.lower() or "device" in text.lower()):
+        return ("the engine could not hand the devices to the container: `kit check-host --deep` tries a container "
+                "with them and names the fix for this host's vendor")
     return "look at the engine's log (`journalctl -u docker`) and `kit check-host --deep`"
 
 
@@ -433,7 +463,7 @@ def mounts_for(results: Path, read_only: list[Path]) -> list[dict]:
 def plan(
     *, hosts: list[str], image: str | None, results: Path, read_only: list[Path], gpus_per_node: int, use_gpus: bool,
     env: dict[str, str], ssh_options: list[str], master_addr: str | None, master_port: int | None,
-    run_tag: str, connect_timeout: float = 60, ulimits: dict[str, list[int]] | None = None, create: bool = True,
+    run_tag: str, connect_timeout: float = 60, ulimits: dict[str, list[int]] | None = None, vendor: str = "", create: bool = True,
 ) -> ContainerPlan:
     """Reach every node's engine, pin the image by id, choose the network and the rendezvous; raises ContainerError.
 
@@ -484,7 +514,7 @@ def plan(
         node.infiniband = use_gpus and has_infiniband(node, ssh_options)
     mounts = mounts_for(results, read_only)
     return ContainerPlan(
-        image=image, image_id=first.image_id, nodes=nodes, gpus_per_node=gpus_per_node, use_gpus=use_gpus,
+        image=image, image_id=first.image_id, nodes=nodes, gpus_per_node=gpus_per_node, use_gpus=use_gpus, vendor=vendor,
         network=network, master_addr=addr, master_port=port, user=f"{os.getuid()}:{os.getgid()}", mounts=mounts,
         env=env, ssh_options=list(ssh_options), ulimits=ulimits or parse_ulimits(None),
     )  # fmt: skip
@@ -493,7 +523,7 @@ def plan(
 def unreached_plan(
     *, hosts: list[str], image: str | None, results: Path, read_only: list[Path], gpus_per_node: int, use_gpus: bool,
     env: dict[str, str], ssh_options: list[str], master_addr: str | None, master_port: int | None, run_tag: str,
-    ulimits: dict[str, list[int]] | None = None,
+    ulimits: dict[str, list[int]] | None = None, vendor: str = "",
 ) -> ContainerPlan:
     """The plan a dry run shows when an engine cannot be reached: what the request decides, with what only the
     engines answer left open (the image's id, engine names, InfiniBand; a one-engine rehearsal's network is taken
@@ -507,7 +537,8 @@ def unreached_plan(
         port = master_port or (0 if nodes[0].base_url.startswith("unix://") else DEFAULT_MASTER_PORT)
     return ContainerPlan(
         image=image or "the newest `kit build` under --results", image_id="", nodes=nodes,
-        gpus_per_node=gpus_per_node, use_gpus=use_gpus, network=network, master_addr=addr, master_port=port,
+        gpus_per_node=gpus_per_node, use_gpus=use_gpus, vendor=vendor, network=network, master_addr=addr,
+        master_port=port,
         user=f"{os.getuid()}:{os.getgid()}", mounts=mounts_for(results, read_only), env=env,
         ssh_options=list(ssh_options), ulimits=ulimits or parse_ulimits(None),
     )  # fmt: skip
@@ -616,7 +647,7 @@ def describe(plan_: ContainerPlan) -> list[str]:
     """The plan in words, for --dry-run and the run's start."""
     lines = [
         f"image {plan_.image} ({plan_.image_id[:19] or 'id not looked up'})",
-        f"{len(plan_.nodes)} node(s) x {plan_.gpus_per_node} {'GPU' if plan_.use_gpus else 'CPU rank'}(s); "
+        f"{len(plan_.nodes)} node(s) x {plan_.gpus_per_node} {plan_.device_vendor().device_word if plan_.use_gpus else 'CPU rank'}(s); "
         f"network {plan_.network}; rendezvous {plan_.master_addr}:{plan_.master_port or '<free port>'}",
         f"user {plan_.user}; ipc host; ulimits "
         + " ".join(f"{k}={'unlimited' if v[0] == -1 else v[0]}" for k, v in sorted(plan_.ulimits.items()))
@@ -627,6 +658,10 @@ def describe(plan_: ContainerPlan) -> list[str]:
         lines.append(f"node {n.index}: {n.host} -> {n.base_url} (engine {n.engine_name or '?'}){ib}")
     for m in plan_.mounts:
         lines.append(f"mount {m['source']} ({'ro' if m['read_only'] else 'rw'})")
+    if plan_.use_gpus:
+        access = plan_.device_vendor().container_access(plan_.gpus_per_node)
+        nodes_ = ", ".join(d.split(":")[0] for d in access.devices)
+        lines.append(f"devices: {access.note}" + (f" ({nodes_})" if nodes_ else ""))
     shown = {k: v for k, v in plan_.env.items() if k not in CONTAINER_ENV}
     lines.append("environment: " + (" ".join(f"{k}={v}" for k, v in sorted(shown.items())) or "(kit's defaults only)"))
     return lines
@@ -687,6 +722,7 @@ class ContainerLauncher(LauncherBase):
         read_only = [Path(p) for p in (req.data, req.models, req.eval_data, req.model_dir) if p]
         return dict(hosts=parse_hosts(req.hosts, req.nodes), image=req.image, results=Path(req.results).resolve(),
                     read_only=read_only, gpus_per_node=req.gpus, use_gpus=cfg.device != "cpu",
+                    vendor=(vendors.for_config(cfg.device)).name,
                     env=forwarded_env(req.env), ssh_options=req.ssh_options, master_addr=req.master_addr,
                     master_port=req.master_port, run_tag=tag, ulimits=parse_ulimits(req.ulimits))  # fmt: skip
 
@@ -695,8 +731,6 @@ class ContainerLauncher(LauncherBase):
         """Reach the nodes' engines and fix the containers' shape (ContainerError, exit 3). A dry run writes nothing,
         not even the results directory; an engine it cannot reach is a stop, and the plan is shown with what only
         the engines know left open."""
-        from kit.errors import EXIT_ENVIRONMENT
-        from kit.run.request import Stop
 
         tag = "<run id>" if dry else uuid.uuid4().hex[:8]
         kw = cls._plan_kwargs(req, cfg, tag)
@@ -712,8 +746,6 @@ class ContainerLauncher(LauncherBase):
     def describe(self, req: Any, cfg: Any, console: Any, commands: dict[str, list[str]], run: Path) -> list:
         from rich.text import Text
 
-        from kit.errors import EXIT_USAGE
-        from kit.run.request import Stop
 
         p = self.plan
         for node in p.nodes:
@@ -751,7 +783,6 @@ class ContainerLauncher(LauncherBase):
     def check_before_create(self, req: Any, cfg: Any, console: Any) -> None:
         """The image's stack must meet the config's needs, and several hosts must share --results and reach node 0:
         refused before anything starts."""
-        from kit.errors import UsageError
 
         if problem := stacks.config_problem(cfg.to_dict(), self.image_stack(), self.plan.image):
             raise UsageError(problem)
@@ -771,7 +802,6 @@ class ContainerLauncher(LauncherBase):
         """The plan of a run being continued: the same hosts, and the same image (by id), or ContainerError."""
         from dataclasses import replace as _replace
 
-        from kit.run.request import RunRequest
 
         stored = meta["containers"]
         req = RunRequest.from_dict(meta)

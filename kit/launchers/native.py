@@ -113,8 +113,10 @@ class NativeLauncher(LauncherBase):
                 stdout=subprocess.PIPE, stderr=out, env=self.env, check=False, preexec_fn=child_setup,
             )  # fmt: skip
 
-    def start(self, run: Path, stage: str, world: int, case_args: list[str], display: StageProgress) -> subprocess.Popen:
+    def before_stage(self, run: Path, stage: str, display: StageProgress) -> None:
         self.prepare_ops(run, stage, display)
+
+    def start(self, run: Path, stage: str, world: int, case_args: list[str], display: StageProgress) -> subprocess.Popen:
         stage_dir = run / stage
         cmd = self.command(
             stage_of(self.case, stage).module, world, free_port(), ["--stage", stage, "--run-dir", str(run), *case_args]
@@ -140,8 +142,8 @@ class NativeLauncher(LauncherBase):
         if stage not in getattr(ops, "STAGES", ()):
             return
         self.ops_checked = True
-        if _uses_cuda(run) and self.env.get("DS_ACCELERATOR", "cuda") != "cpu":
-            return  # DeepSpeed's CUDA accelerator does not use the op
+        if _accelerated(run) and self.env.get("DS_ACCELERATOR", "") != "cpu":
+            return  # DeepSpeed's accelerator for a device does not use the CPU's op
         log = run / "logs" / "ops.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "ab") as err:
@@ -184,12 +186,14 @@ class NativeLauncher(LauncherBase):
         pass
 
 
-def _uses_cuda(run: Path) -> bool:
-    """What the environment probe found (environment.json): torch sees a GPU, so DeepSpeed picks its CUDA accelerator."""
+def _accelerated(run: Path) -> bool:
+    """What the environment probe found (environment.json): the case's device layer chose a device other than the
+    CPU, so DeepSpeed picks that device's accelerator (runs from before the device layer: torch listed a device)."""
     try:
-        env = json.loads((run / "environment.json").read_text())
-        return bool(env["case"]["torch"]["cuda_available"])
-    except (OSError, ValueError, KeyError, TypeError):
+        torch = json.loads((run / "environment.json").read_text())["case"]["torch"]
+        kind = torch.get("device_type")
+        return kind != "cpu" if kind else bool(torch.get("devices"))  # older probes listed devices only on a GPU
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return False
 
 

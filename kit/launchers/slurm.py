@@ -33,11 +33,15 @@ from pathlib import Path
 from typing import Any
 
 from kit import case as cases
+from kit import vendors
 from kit.case import Case
 from kit.case import stage as stage_of
-from kit.errors import EnvironmentProblem
+from kit.errors import EnvironmentProblem, UsageError
 from kit.image import stacks
 from kit.launchers.base import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
     LauncherBase,
     StageResult,
     StartFailed,
@@ -48,8 +52,11 @@ from kit.launchers.base import (
     tail_lines,
 )
 from kit.launchers.native import extensions_dir
+from kit.run.dir import RunDir
 from kit.run.guard import child_setup
-from kit.run.progress import StageProgress
+from kit.run.inputs import same_inputs
+from kit.run.progress import EventTail, StageProgress
+from kit.run.request import RunRequest, given
 
 SCRIPT = "job.sbatch"
 STOP_GRACE_S = 20  # within Slurm's KillWait (30 s by default) after scancel's SIGTERM
@@ -160,7 +167,7 @@ def config_name(meta: dict) -> str:
     return c.get("name") if isinstance(c, dict) else str(c)
 
 
-def batch_script(run: Path, meta: dict, use_gpus: bool) -> str:
+def batch_script(run: Path, meta: dict, use_gpus: bool, gres: str | None = "gpu") -> str:
     """The run's batch script: the allocation, then kit's stage loop on the first node."""
     s = options(meta)
     python, root = kit_command()
@@ -176,8 +183,8 @@ def batch_script(run: Path, meta: dict, use_gpus: bool) -> str:
         "#SBATCH --open-mode=append",
         f"#SBATCH --chdir={run}",
     ]
-    if use_gpus:
-        lines.append(f"#SBATCH --gpus-per-node={meta['gpus']}")
+    if use_gpus and gres:  # the devices, under the GRES name their vendor gives Slurm (kit/vendors)
+        lines.append(f"#SBATCH --gres={gres}:{meta['gpus']}")
     for key, flag in (("partition", "--partition"), ("account", "--account"), ("time", "--time")):
         if s.get(key):
             lines.append(f"#SBATCH {flag}={s[key]}")
@@ -240,7 +247,6 @@ class SlurmLauncher(LauncherBase):
 
     @classmethod
     def request_problems(cls, req: Any) -> list[str]:
-        from kit.run.request import given
 
         docker_only = [f for f in given(req, "containers") if f != "--master-port"]
         if docker_only:
@@ -264,6 +270,7 @@ class SlurmLauncher(LauncherBase):
         meta = {**req.to_dict(), "config": cfg.name}
         launcher = cls(cases.get(req.case), meta, hang_timeout=req.hang_timeout)
         launcher.use_gpus = cfg.device != "cpu"
+        launcher.gres = vendors.for_config(cfg.device).slurm_gres
         launcher.follow = req.follow
         return launcher, []
 
@@ -271,7 +278,7 @@ class SlurmLauncher(LauncherBase):
         from rich.text import Text
 
         console.print(Text(f"{describe(self.meta)}; the batch script (RUN/slurm/{SCRIPT}):", style="bold"))
-        console.print(Text(batch_script(run, self.meta, self.use_gpus)), soft_wrap=True)
+        console.print(Text(batch_script(run, self.meta, self.use_gpus, self.gres)), soft_wrap=True)
         python = req.python if req.native else "python"
         for stage, args in commands.items():
             step = run / "slurm" / f"{stage}.sh"
@@ -289,13 +296,12 @@ class SlurmLauncher(LauncherBase):
         if in_allocation():
             nodes = hostnames(os.environ.get("SLURM_JOB_NODELIST", ""))
             if len(nodes) < req.nodes:
-                from kit.errors import UsageError
 
                 raise UsageError(f"--nodes {req.nodes}: this allocation (job {os.environ['SLURM_JOB_ID']}) has "
                                  f"{len(nodes)} node(s): {', '.join(nodes)}; ask for fewer, or allocate more")  # fmt: skip
             record = {"job_id": os.environ["SLURM_JOB_ID"], "in_allocation": True, "nodes": nodes, "script": None}
         else:
-            script = write_script(run.path, self.meta, self.use_gpus)
+            script = write_script(run.path, self.meta, self.use_gpus, self.gres)
             self.job = sbatch(script, hold=True)
             record = {"job_id": self.job, "in_allocation": False, "script": str(script.relative_to(run.path)),
                       "script_sha256": script_digest(script)}  # fmt: skip
@@ -370,6 +376,7 @@ class SlurmLauncher(LauncherBase):
         self.per_node = int(meta["gpus"])
         self._stage_dir: Path | None = None
         self.use_gpus, self.follow, self.job = True, True, None
+        self.gres: str | None = "gpu"  # the GRES Slurm counts the devices under (the config's vendor's)
 
     def allocation(self) -> dict[str, Any]:
         return {"job_id": os.environ.get("SLURM_JOB_ID"), "nodes": self.nodes,
@@ -461,7 +468,6 @@ class SlurmLauncher(LauncherBase):
 
 def job_ids(run: Path) -> list[str]:
     """Every job this run was submitted as, oldest first (run.json's, then each resubmission's status line)."""
-    from kit.run.dir import RunDir
 
     ids = []
     first = (RunDir(run).request().get("slurm") or {}).get("job_id")
@@ -519,9 +525,6 @@ def follow_job(run: Path, job: str, console, poll: float = 1.0) -> int:
     from rich.panel import Panel
     from rich.text import Text
 
-    from kit.launchers.base import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
-    from kit.run.dir import RunDir
-    from kit.run.progress import EventTail
 
     seen = len(RunDir(run).status_rows())
     said_state = None
@@ -586,15 +589,11 @@ def follow_job(run: Path, job: str, console, poll: float = 1.0) -> int:
 
 def resubmit(run: Path, meta: dict[str, Any], console: Any, overrides: dict | None, follow: bool = True) -> int:
     """`kit resume` of a Slurm run outside an allocation: the same batch script, submitted again and followed."""
-    from kit.errors import UsageError
-    from kit.run.dir import RunDir
 
     if live := live_job(run):
         raise UsageError(f"{run} is still slurm job {live[0]} ({live[1]}): wait for it, or `scancel {live[0]}`, then "
                          "resume")  # fmt: skip
     if overrides and {"data", "models"} & set(overrides) and RunDir(run).inputs() is not None:
-        from kit.run.request import RunRequest
-        from kit.run.stages import same_inputs
 
         req = RunRequest.from_dict(meta)
         cfg = cases.load_config(cases.get(meta["case"]), str(run / "config.toml"), [])
@@ -615,15 +614,14 @@ def resubmit(run: Path, meta: dict[str, Any], console: Any, overrides: dict | No
 
 
 def record_allocation(run: Path, launcher: SlurmLauncher) -> None:
-    from kit.run.dir import RunDir
 
     RunDir(run).append_status("allocated", detail=launcher.allocation())
 
 
-def write_script(run: Path, meta: dict, use_gpus: bool) -> Path:
+def write_script(run: Path, meta: dict, use_gpus: bool, gres: str | None = "gpu") -> Path:
     script = run / "slurm" / SCRIPT
     script.parent.mkdir(parents=True, exist_ok=True)
-    script.write_text(batch_script(run, meta, use_gpus))
+    script.write_text(batch_script(run, meta, use_gpus, gres))
     script.chmod(0o755)
     return script
 

@@ -68,6 +68,7 @@ def fill(entry: Entry, summaries: list[dict[str, Any]], note_states: bool = True
                                "its figures cover the part that ran")  # fmt: skip
     first = next((p for s in summaries for p in s.get("stages", {}).values()), {})
     entry.device_type = entry.device_type or first.get("device_type")
+    entry.runtime = entry.runtime or first.get("runtime")
     if not entry.peak_declared:
         entry.peak_flops = first.get("peak_flops")
         entry.peak_source = first.get("peak_source") or "unknown"

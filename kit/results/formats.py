@@ -88,3 +88,14 @@ def mem(used: Any, total: Any, published: bool = False) -> str:
     if not is_num(used):
         return NA
     return f"{used:.1f}/{gib(total)} GiB"
+
+
+def runtime_text(runtime: Any) -> str:
+    """A vendor runtime (kit_facts `runtime`) in one cell: "ascend: import torch_npu; DS_ACCELERATOR=npu", the vendor
+    alone when it declares nothing, NA for runs from before the device layer."""
+    if not isinstance(runtime, dict) or not runtime.get("vendor"):
+        return NA
+    parts = [f"import {', '.join(map(str, runtime['imports']))}"] if runtime.get("imports") else []
+    env = runtime.get("environment") if isinstance(runtime.get("environment"), dict) else {}
+    parts += [f"{k}={v}" for k, v in sorted(env.items())]
+    return f"{runtime['vendor']}: {'; '.join(parts)}" if parts else f"{runtime['vendor']} (nothing declared)"

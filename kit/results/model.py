@@ -161,6 +161,7 @@ class Entry:
     peak_source: str = ""
     peak_declared: bool = False
     software: dict[str, Any] = field(default_factory=dict)
+    runtime: dict[str, Any] | None = None  # the vendor's runtime the ranks applied (kit_facts `runtime`)
     shape: dict[str, Any] | None = None  # the case's shape() of its config: what makes two runs the same model
     standing: dict[str, Any] = field(default_factory=dict)  # comparability with the reference (summary.json's)
     runs: list[dict[str, Any]] = field(default_factory=list)

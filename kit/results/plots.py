@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from kit.results.samples import device_word, read_monitor, reading
 from kit.results.samples import samples as monitor_samples
 from kit.run.dir import RunDir
 from kit.run.monitor import GIB
@@ -87,7 +88,7 @@ def write_plots(run_dir: str | Path, summary: dict[str, Any], eval_stages: tuple
 
 
 def plot_monitor(stage_dir: Path, png: Path) -> bool:
-    """Utilization, memory, power and SM clock over the stage (a CPU host: CPU and memory), as a PNG written
+    """Utilization, memory, power and clock of each device over the stage (a CPU host: CPU and memory), as a PNG written
     atomically; False without matplotlib or without samples. An unwritable `png` raises OSError."""
     try:  # optional dependency (extra "plots")
         from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -97,6 +98,8 @@ def plot_monitor(stage_dir: Path, png: Path) -> bool:
     samples = monitor_samples(stage_dir)
     if not samples:
         return False
+    start = next((r for r in read_monitor(stage_dir)[0] if r.get("type") == "start"), {})
+    word = device_word(start)
     t0 = samples[0]["t"]
     xs = [s["t"] - t0 for s in samples]
     nan = float("nan")
@@ -111,15 +114,16 @@ def plot_monitor(stage_dir: Path, png: Path) -> bool:
         axes = fig.subplots(2, 2, sharex=True)
         indices = sorted({d["index"] for s in samples for d in s.get("devices") or [] if "index" in d})
         panels = [
-            (axes[0][0], "util_gpu_pct", 1.0, "GPU utilization (%)"),
+            (axes[0][0], "util_pct", 1.0, "utilization (%)"),
             (axes[0][1], "mem_used_bytes", GIB, "memory used (GiB)"),
             (axes[1][0], "power_w", 1.0, "power (W; dashed: limit)"),
-            (axes[1][1], "sm_clock_mhz", 1.0, "SM clock (MHz)"),
+            (axes[1][1], "clock_mhz", 1.0, "clock (MHz)"),
         ]
         for ax, key, scale, label in panels:
             for i in indices:
-                vals = [next((d.get(key) for d in s.get("devices") or [] if d.get("index") == i), None) for s in samples]
-                line = ax.plot(xs, series(vals, scale), lw=1, label=f"GPU {i}")[0]
+                vals = [next((reading(d, key) for d in s.get("devices") or [] if d.get("index") == i), None)
+                        for s in samples]  # fmt: skip
+                line = ax.plot(xs, series(vals, scale), lw=1, label=f"{word} {i}")[0]
                 if key == "power_w":  # the limit it may reach, dashed in the same colour
                     limits = [next((d.get("power_limit_w") for d in s.get("devices") or [] if d.get("index") == i),
                                    None) for s in samples]  # fmt: skip

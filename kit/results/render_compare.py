@@ -24,9 +24,10 @@ from kit.image.stacks import stack_key
 from kit.results import formats as f
 from kit.results.comparability import ratios, reasons
 from kit.results.entries import Comparison
+from kit.results.formats import runtime_text
 from kit.results.formulas import LOSS_RULE, STEADY_RULE
 from kit.results.model import Entry, accuracy_figure
-from kit.results.reference import case_of
+from kit.results.reference import case_of, load_reference
 from kit.tables import csv_text, md, plain, whole
 
 SCHEMA = "kit.compare/1"
@@ -70,7 +71,8 @@ RICH_HEADERS = {"tokens_per_s": "token/p/s\n(min-max)", "ref_method_tokens_per_s
 LEFT = ("label", "stage", "division", "category", "synthetic")
 SYSTEM_COLUMNS: list[tuple[str, str]] = [
     ("label", "system"), ("kind", "input"), ("accelerator", "accelerator"), ("scale", "nodes x GPUs"),
-    ("peak", "peak bf16"), ("software", "software"), ("inputs", "inputs (digests)"), ("run_ids", "runs"),
+    ("peak", "peak bf16"), ("software", "software"), ("runtime", "vendor runtime"), ("inputs", "inputs (digests)"),
+    ("run_ids", "runs"),
 ]  # fmt: skip
 
 
@@ -187,8 +189,9 @@ def notes(c: Comparison) -> list[str]:
         out.append(f"{c.seed.label} rows (--reference): the seed's published primary rows. Its token/p/s counts "
                    "padded tokens over the whole wall time (start-up and save included), so it stands in, and "
                    "compares with, the token/p/s (seed method) column; its MFU is its formula on that figure "
-                   "(MFU (seed method) column). It published no steady-state figure. Its memory is GB read by hand "
-                   "from nvidia-smi (81 = 81920 MiB = 80 GiB).")  # fmt: skip
+                   "(MFU (seed method) column). It published no steady-state figure."
+                   + "".join(f" Its {r.get('stage')} memory: {r['mem_method']}." for r in load_reference(c.seed.case)
+                             if r.get("primary") and r.get("mem_method")))  # fmt: skip
     for e in c.entries:
         out.append(f"[{e.label}] peak: {_peak_text(e)}.")
         if e.synthetic:
@@ -291,6 +294,7 @@ def system_cells(e: Entry) -> dict[str, str]:
     return {
         "label": e.marked_label(), "kind": e.kind, "accelerator": str(e.accelerator or NA), "scale": scale, "peak": peak,
         "software": "FlagPerf (published)" if e.kind == "seed" else software_text(e.software),
+        "runtime": runtime_text(e.runtime),
         "inputs": ", ".join(f"{k} {_short(v)}" for k, v in e.inputs.items()) if e.inputs else "-",
         "run_ids": ", ".join(ids) if ids else "-",
     }  # fmt: skip

@@ -11,7 +11,7 @@ import math
 import re
 from typing import Any
 
-from kit import __version__
+from kit import __version__, vendors
 from kit.results import formats as f
 from kit.results.comparability import reasons
 from kit.results.entries import Comparison
@@ -151,9 +151,8 @@ def _device_unit(e: Entry) -> str:
     name = str(e.accelerator or "").strip().lower()
     if name == "cpu" or name.startswith("cpu"):
         return "CPU rank"
-    if re.search(r"nvidia|geforce|tesla|quadro|radeon|instinct|\bamd\b|\bgpu\b|\b[abhl]\d{2,3}\b|\bmi\d{3}", name):
-        return "GPU"
-    return "device"
+    vendor = vendors.for_device(name)
+    return vendor.device_word if vendor is not None else "device"
 
 
 def _chart_sets(c: Comparison) -> list[list[Entry]]:

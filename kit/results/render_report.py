@@ -32,7 +32,7 @@ NA = f.NA
 MULTI_SCHEMA = "kit.multi-summary/1"
 
 MIB_PER_GIB = 1024  # the seed's "GB" are nvidia-smi MiB / 1000: GiB x 1024 / 1000 is the same unit
-MEM_DEVICE = "device memory in use (total - free, as nvidia-smi counts) / device total"
+MEM_DEVICE = "device memory in use (total - free, as the vendor's management tool counts) / device total"
 MEM_CPU = "one rank's peak RSS (ru_maxrss) / host RAM: host memory, not a device's"
 RATIO_LINE = (
     "ratio run/seed: token/p/s and MFU (seed method: padded tokens over the stage's whole wall time) over the "
@@ -139,13 +139,17 @@ def footnotes(summary: dict[str, Any], reference: list[dict[str, Any]] | None = 
         + ". steady MFU: the seed's formula on it. exact MFU: "
         + (m.EXACT_RULE if m else "model FLOPs as the graph runs") + " over the steady steps.",
         SPREAD_RULE + "; (n) = how many steady steps.",
-        f"mem: GiB (2^30 bytes), {MEM_DEVICE}. The seed's GB were read by hand from nvidia-smi, its MiB read as "
-        "thousands (81 = 81920 MiB = 80 GiB): compare the fractions used (ratio row), not the numbers.",
+        f"mem: GiB (2^30 bytes), {MEM_DEVICE}."
+        + "".join(f" The seed's {r.get('stage')} memory: {r['mem_method']}: compare the fractions used (ratio row), "
+                  "not the numbers." for r in ref_rows if r.get("primary") and r.get("mem_method")),
         LOSS_RULE + "; the seed does not say which loss it reports.",
     ]
     for name, st in summary.get("stages", {}).items():
         if st.get("device_type") == "cpu":
             notes.append(f"[{name}] mem on a CPU: {MEM_CPU}; no ratio against the seed's GPU memory.")
+    for name, st in summary.get("stages", {}).items():
+        if isinstance(st.get("runtime"), dict) and (st["runtime"].get("imports") or st["runtime"].get("environment")):
+            notes.append(f"[{name}] vendor runtime (a free change under the rules): {f.runtime_text(st['runtime'])}")
     for r in ref_rows:
         if r.get("primary") and r.get("note") and r.get("stage") in summary.get("stages", {}):
             notes.append(f"seed {r.get('stage')}: {r['note']}")
@@ -191,7 +195,7 @@ def reference_row(ref: dict[str, Any], kind: str, entry: Entry) -> dict[str, Any
     row: dict[str, Any] = {
         "kind": kind, "config": row_label(ref, entry.case), "stage": ref.get("stage"), "state": "published", "ref": ref,
         "mem_used_gb": ref.get("mem_used_gb"), "mem_total_gb": ref.get("mem_total_gb"),
-        "mem_meaning": "nvidia-smi read by hand, MiB as thousands (GB)" if ref.get("mem_used_gb") else None,
+        "mem_meaning": ref.get("mem_method") if ref.get("mem_used_gb") else None,
     }  # fmt: skip
     for fig in entry.figures:
         if fig.seed and fig.key != "mem_used_fraction":

@@ -12,16 +12,53 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from kit.checks.gpu import CLOCK_EVENTS
-from kit.run.monitor import EVENT_NAMES, GIB, MONITOR_NAME, event_names
+from kit import vendors
+from kit.run.monitor import GIB, MONITOR_NAME
 
 # Warning thresholds (docs/monitoring.md).
 OTHERS_CPU_WARN = 0.10  # other processes' mean share of the host's CPU capacity
 STEAL_WARN = 0.10  # the hypervisor's mean share (steal time)
-THROTTLE_WARN = 0.05  # fraction of samples with a "warn" clock event (a power cap, a clock setting)
-# "fail" clock events (HW slowdown, HW thermal, power brake) are flagged from a single sample.
+THROTTLE_WARN = 0.05  # fraction of samples with a "warn" throttle reason (a power cap, a clock setting)
+# "fail" reasons (the vendor's hardware slowdowns: thermal, power brake) are flagged from a single sample.
 BUSY_OTHER_PCT = 5.0  # an other process is "busy" when its mean CPU is at least this much of one core
-STATUS_BY_NAME = {EVENT_NAMES[bit]: status for bit, (_, status, _) in CLOCK_EVENTS.items()}
+# A device reading under the names of older runs' monitor.jsonl (written before the vendor seam): new -> old.
+OLD_KEYS = {"util_pct": "util_gpu_pct", "mem_util_pct": "util_mem_pct", "clock_mhz": "sm_clock_mhz",
+            "clock_max_mhz": "sm_clock_max_mhz", "throttle": "clock_event_names"}  # fmt: skip
+
+
+def reading(d: dict[str, Any], key: str) -> Any:
+    """One device reading of a sample, under its current name or the one older runs wrote."""
+    v = d.get(key)
+    return d.get(OLD_KEYS[key]) if v is None and key in OLD_KEYS else v
+
+
+def _vendor_of(start: dict[str, Any]) -> Any:
+    """The registered vendor whose samples carry the start line's `source` (None: the host alone, or not known)."""
+    source = start.get("source")
+    for name in vendors.names():
+        try:
+            v = vendors.get(name)
+        except vendors.UnknownVendor:
+            continue
+        if source in getattr(v, "sources", (v.name,)):
+            return v
+    return None
+
+
+def throttle_reasons(start: dict[str, Any]) -> dict[str, str]:
+    """The statuses of the throttle reasons the samples name: the start line's table, or (older runs, which
+    wrote none) the table of the vendor whose source the start line names."""
+    table = start.get("throttle_reasons")
+    if isinstance(table, dict):
+        return {str(k): str(v) for k, v in table.items()}
+    v = _vendor_of(start)
+    return dict(v.reasons()) if v is not None and callable(getattr(v, "reasons", None)) else {}
+
+
+def device_word(start: dict[str, Any]) -> str:
+    """What the samples' devices are called ("GPU", "NPU"): the start line's word, or its vendor's."""
+    v = None if start.get("device_word") else _vendor_of(start)
+    return str(start.get("device_word") or getattr(v, "device_word", None) or "device")
 
 
 def read_monitor(stage_dir: Path) -> tuple[list[dict[str, Any]], list[int]]:
@@ -96,7 +133,7 @@ def monitor_summary(stage_dir: Path) -> dict | None:
     gaps = [b - a for a, b in zip(ts, ts[1:], strict=False)]
     out: dict[str, Any] = {
         "samples": len(samples),
-        "source": start.get("source") or ("nvml" if any("devices" in s for s in samples) else "host"),
+        "source": start.get("source") or ("device" if any("devices" in s for s in samples) else "host"),
         "interval_s": round(statistics.median(gaps), 3) if gaps else start.get("interval_s"),
         "span_s": round(ts[-1] - ts[0], 3),
         "errors": [e.get("error") for e in errors],
@@ -106,13 +143,14 @@ def monitor_summary(stage_dir: Path) -> dict | None:
     if errors:
         warnings.append(f"the monitor stopped early after {errors[0].get('samples', '?')} samples: {errors[0].get('error')}")
     if any("devices" in s for s in samples):
-        _gpu_summary(samples, out, warnings)
+        _device_summary(samples, out, warnings, throttle_reasons(start), device_word(start))
     _host_summary(samples, out, warnings)
     out["warnings"] = warnings
     return out
 
 
-def _gpu_summary(samples: list[dict[str, Any]], out: dict[str, Any], warnings: list[str]) -> None:
+def _device_summary(samples: list[dict[str, Any]], out: dict[str, Any], warnings: list[str],
+                    reasons: dict[str, str], word: str = "device") -> None:
     per: dict[int, list[dict[str, Any]]] = {}
     for s in samples:
         for d in s.get("devices") or []:
@@ -123,40 +161,40 @@ def _gpu_summary(samples: list[dict[str, Any]], out: dict[str, Any], warnings: l
     devices: dict[str, Any] = {}
     foreign: list[dict[str, Any]] = []
     for i, ds in sorted(per.items()):
-        masks = [d.get("clock_events") for d in ds if isinstance(d.get("clock_events"), int)]
+        lists = [reading(d, "throttle") for d in ds if isinstance(reading(d, "throttle"), list)]
         counts: dict[str, int] = {}
-        for m in masks:
-            for name in event_names(m):
-                if name != "GPU_IDLE":
+        for names in lists:
+            for name in set(names):
+                if reasons.get(name, "warn") != "ok":  # "ok" reasons are by design (idle, a sync group): not throttling
                     counts[name] = counts.get(name, 0) + 1
-        throttle = {k: round(v / len(masks), 4) for k, v in sorted(counts.items())} if masks else {}
+        throttle = {k: round(v / len(lists), 4) for k, v in sorted(counts.items())} if lists else {}
         devices[str(i)] = {
             "samples": len(ds),
-            "util_gpu_pct_mean": _mean([d.get("util_gpu_pct") for d in ds]),
-            "util_gpu_pct_max": _max([d.get("util_gpu_pct") for d in ds]),
-            "util_mem_pct_mean": _mean([d.get("util_mem_pct") for d in ds]),
+            "util_pct_mean": _mean([reading(d, "util_pct") for d in ds]),
+            "util_pct_max": _max([reading(d, "util_pct") for d in ds]),
+            "mem_util_pct_mean": _mean([reading(d, "mem_util_pct") for d in ds]),
             "mem_used_bytes_max": _max([d.get("mem_used_bytes") for d in ds]),
             "mem_total_bytes": _max([d.get("mem_total_bytes") for d in ds]),
             "power_w_mean": _mean([d.get("power_w") for d in ds]),
             "power_w_max": _max([d.get("power_w") for d in ds]),
             "power_limit_w": _max([d.get("power_limit_w") for d in ds]),
-            "sm_clock_mhz_min": _min([d.get("sm_clock_mhz") for d in ds]),
-            "sm_clock_mhz_median": _median([d.get("sm_clock_mhz") for d in ds]),
-            "sm_clock_max_mhz": _max([d.get("sm_clock_max_mhz") for d in ds]),
+            "clock_mhz_min": _min([reading(d, "clock_mhz") for d in ds]),
+            "clock_mhz_median": _median([reading(d, "clock_mhz") for d in ds]),
+            "clock_max_mhz": _max([reading(d, "clock_max_mhz") for d in ds]),
             "temp_c_max": _max([d.get("temp_c") for d in ds]),
             "throttle": throttle,
             "used_by_run": i in run_devices,
         }
         for name, frac in throttle.items():
-            status = STATUS_BY_NAME.get(name, "warn")
+            status = reasons.get(name, "warn")
             if i in watched and status != "ok" and (status == "fail" or frac >= THROTTLE_WARN):
-                warnings.append(f"GPU {i} throttled ({name}) in {100 * frac:.0f}% of samples")
+                warnings.append(f"{word} {i} throttled ({name}) in {100 * frac:.0f}% of samples")
         seen: dict[int, dict[str, Any]] = {}
         for d in ds:
             for p in d.get("processes") or []:
                 if p.get("ours") or not isinstance(p.get("pid"), int):
                     continue
-                f = seen.setdefault(p["pid"], {"gpu": i, "pid": p["pid"], "name": p.get("name"),
+                f = seen.setdefault(p["pid"], {"device": i, "pid": p["pid"], "name": p.get("name"),
                                                "used_bytes_max": None, "samples": 0})  # fmt: skip
                 f["samples"] += 1
                 f["name"] = f["name"] or p.get("name")
@@ -168,7 +206,7 @@ def _gpu_summary(samples: list[dict[str, Any]], out: dict[str, Any], warnings: l
                 _who(f) + (f", up to {_gib(f['used_bytes_max'])})" if f["used_bytes_max"] is not None else ")")
                 for f in seen.values()
             )
-            warnings.append(f"other processes used GPU {i} during the stage: {who}")
+            warnings.append(f"other processes used {word} {i} during the stage: {who}")
     out["devices"] = devices
     out["run_devices"] = run_devices
     out["foreign_processes"] = foreign

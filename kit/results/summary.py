@@ -229,6 +229,7 @@ def summarize_stage(
         "world_size": world or None,
         "device_name": device_name,
         "device_type": facts.get("device_type"),
+        "runtime": facts.get("runtime"),  # the vendor's runtime the ranks applied (a free change, shown everywhere)
         "steps_done": steps_done,
         "steps_logged": len(steps),
         "steps_planned": facts.get("steps_planned"),

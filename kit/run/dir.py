@@ -18,6 +18,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from kit import case as cases
 from kit import io
 from kit.errors import KitError
 from kit.run.events import RunStatus, StageEvents, load_stage, read_status
@@ -106,7 +107,6 @@ class RunDir:
         if not isinstance(data, dict):
             return {}
         # Fields a case renamed since older runs were written (its `request_aliases`: old name -> new name).
-        from kit import case as cases
 
         try:
             aliases = getattr(cases.get(str(data.get("case"))), "request_aliases", {})

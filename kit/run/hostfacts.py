@@ -1,6 +1,6 @@
 """The host a run ran on, as `kit run` records it in environment.json and `kit submit` reads it back.
 
-The accelerators and the driver through NVML (absent on a host without it), the CPU, memory, OS and kernel from
+The accelerators, their driver and toolkit through the host's vendor (kit/vendors), the CPU, memory, OS and kernel from
 /proc, InfiniBand ports from /sys: the facts a system description is filled from, taken when the run ran rather
 than typed in later.
 """
@@ -14,52 +14,37 @@ import socket
 import sys
 from typing import Any
 
-from kit import __version__
-from kit.checks.gpu import NOT_REPORTED, read
+from kit import __version__, vendors
 from kit.checks.system import cpu_info, ib_ports, mem_total, os_info
 
 
-def gpu_facts(nvml: Any = None) -> dict[str, Any]:
-    """Driver, CUDA driver version and each GPU (name, memory, NVLink links up) through NVML, or why not."""
-    from kit.vendors.nvml import NVMLUnavailable, ReplayNVML, open_nvml
-
-    # KIT_NVML_RECORDING=PATH: answer from a recorded host (`python -m kit.vendors.nvml record`), for tests and rehearsals.
-    recording = os.environ.get("KIT_NVML_RECORDING") if nvml is None else None
-    try:
-        nvml = nvml or (ReplayNVML.load(recording) if recording else open_nvml())
-    except NVMLUnavailable as e:
-        return {"available": False, "reason": str(e), "devices": []}
-    except (OSError, ValueError) as e:
-        if not recording:
-            raise
-        return {"available": False, "reason": f"KIT_NVML_RECORDING={recording}: {e}", "devices": []}
-    count = read(nvml, "nvmlDeviceGetCount")
-    devices = []
-    max_links = getattr(nvml, "NVML_NVLINK_MAX_LINKS", 18)
-    for i in range(count if isinstance(count, int) else 0):
-        h = nvml.nvmlDeviceGetHandleByIndex(i)
-        mem = read(nvml, "nvmlDeviceGetMemoryInfo", h)
-        links = [read(nvml, "nvmlDeviceGetNvLinkState", h, k) for k in range(max_links)]
-        present = [s for s in links if s is not NOT_REPORTED]
-        devices.append({
-            "index": i,
-            "name": str(read(nvml, "nvmlDeviceGetName", h)),
-            "memory_bytes": getattr(mem, "total", None) if mem is not NOT_REPORTED else None,
-            "nvlink_links_up": sum(1 for s in present if s),
-            "nvlink_links": len(present),
-        })
-    cuda = read(nvml, "nvmlSystemGetCudaDriverVersion")
-    driver = read(nvml, "nvmlSystemGetDriverVersion")
-    return {
-        "available": True,
-        **({"replayed_from": recording} if recording else {}),  # never a real host's facts: kit submit refuses them
-        "driver": None if driver is NOT_REPORTED else str(driver),
-        "cuda_driver": f"{cuda // 1000}.{cuda % 1000 // 10}" if isinstance(cuda, int) else None,
-        "devices": devices,
-    }
+def device_facts(vendor: Any = None) -> dict[str, Any]:
+    """What the host's accelerator vendor found (kit/vendors: its Probe, as plain data): the vendor, driver and
+    toolkit, each device (name, memory, links up), or why none; `replayed_from` marks a recording, never a host."""
+    if vendor is None:
+        _, probe = vendors.detect()
+    else:
+        probe = vendor.probe()
+    return probe.to_dict()
 
 
-def host_facts(nvml: Any = None) -> dict[str, Any]:
+def accelerators(environment: dict[str, Any]) -> dict[str, Any]:
+    """environment.json's device facts (`host.accelerators`); of older runs' `host.gpus`, what every vendor's probe
+    has in common (each device's name and memory, the driver)."""
+    host = environment.get("host") if isinstance(environment.get("host"), dict) else {}
+    acc = host.get("accelerators")
+    if isinstance(acc, dict):
+        return acc
+    old = host.get("gpus")
+    if not isinstance(old, dict):
+        return {}
+    devices = [{"index": d.get("index"), "name": d.get("name"), "memory_bytes": d.get("memory_bytes")}
+               for d in old.get("devices") or [] if isinstance(d, dict)]  # fmt: skip
+    return {"vendor": None, "available": old.get("available"), "reason": old.get("reason"), "driver": old.get("driver"),
+            "devices": devices, **({"replayed_from": old["replayed_from"]} if old.get("replayed_from") else {})}
+
+
+def host_facts(vendor: Any = None) -> dict[str, Any]:
     cpu_model, cores = cpu_info()
     pretty, kernel = os_info()
     return {
@@ -74,7 +59,7 @@ def host_facts(nvml: Any = None) -> dict[str, Any]:
         "cpus": os.cpu_count(),
         "cpus_usable": cores,
         "memory_bytes": mem_total(),
-        "gpus": gpu_facts(nvml),
+        "accelerators": device_facts(vendor),
         "infiniband": ib_ports(),
         "kit_version": __version__,
     }

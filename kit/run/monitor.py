@@ -5,11 +5,12 @@ GPUs or cores, changes the step time without changing anything the run logs. `Mo
 kit process for the life of each stage (started and stopped by `launchers.base.supervise()`, so native and container
 stages get it alike) and appends one JSON line every `MONITOR_INTERVAL_S` seconds to `<stage>/monitor.jsonl`:
 
-- with NVML (a GPU host): per GPU utilization, memory, power and its limit, SM clock and its maximum,
-  temperature, clock-event ("throttle") reasons decoded to names, and the compute processes on it, each marked
-  as the run's or not; and the host's CPU, load and memory besides;
-- without NVML (a CPU host): the host's CPU overall and per core (from /proc/stat), load, memory, the run's
-  process tree (RSS, CPU) and the busiest other processes.
+- where the host's accelerator vendor gives a sampler (kit/vendors: the vendor's own management library or tool):
+  per device utilization, memory, power and its limit, clock and its maximum, temperature, throttle reasons by the
+  vendor's names (their statuses in the start line), and the processes on it, each marked as the run's or not;
+  and the host's CPU, load and memory besides;
+- without one (a CPU host, or a library that cannot start): the host's CPU overall and per core (from /proc/stat),
+  load, memory, the run's process tree (RSS, CPU) and the busiest other processes.
 
 Which processes are the run's: the kit process and its descendants (the native launcher and its ranks); any
 process whose environment holds the run's `KIT_HEARTBEAT` (every stage process gets it, in containers too, where
@@ -32,8 +33,9 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from kit.checks.gpu import NOT_REPORTED, read
+from kit import vendors
 from kit.run.guard import HEARTBEAT_NAME
+from kit.vendors.base import Sampler
 
 MONITOR_NAME = "monitor.jsonl"
 MONITOR_INTERVAL_S = 5.0
@@ -44,28 +46,7 @@ OTHER_MIN_CPU_PCT = 1.0  # ... those using at least this much of one core
 STOP_JOIN_S = 5.0
 GIB = 1024**3
 
-# NVML's clock-event bits under nvmlClocksEventReason* names (kit/checks/gpu.py holds their meanings).
-EVENT_NAMES = {
-    0x1: "GPU_IDLE",
-    0x2: "APPLICATIONS_CLOCKS_SETTING",
-    0x4: "SW_POWER_CAP",
-    0x8: "HW_SLOWDOWN",
-    0x10: "SYNC_BOOST",
-    0x20: "SW_THERMAL_SLOWDOWN",
-    0x40: "HW_THERMAL_SLOWDOWN",
-    0x80: "HW_POWER_BRAKE_SLOWDOWN",
-    0x100: "DISPLAY_CLOCK_SETTING",
-}
 CONTAINER_ID = re.compile(r"(?:docker[-/]|cri-containerd-|crio-|libpod-|containerd/)([0-9a-f]{64})")
-
-
-def event_names(mask: int) -> list[str]:
-    """The set bits of a clocks-event-reasons mask, by name (unknown bits as hex)."""
-    names = [EVENT_NAMES[bit] for bit in sorted(EVENT_NAMES) if mask & bit]
-    unknown = mask & ~sum(EVENT_NAMES)
-    if unknown:
-        names.append(f"UNKNOWN_{unknown:#x}")
-    return names
 
 
 def configured_interval() -> float:
@@ -274,77 +255,22 @@ class HostSampler:
         }
 
 
-def _value(nvml: Any, fn: str, *args: Any) -> Any:
-    """One reading, or None: NVML refused it, or (ReplayNVML's KeyError) an older recording does not hold it."""
-    try:
-        v = read(nvml, fn, *args)
-    except KeyError:
-        return None
-    return None if v is NOT_REPORTED else v
+AUTO = object()  # Monitor(sampler=AUTO): the sampler of this host's vendor, when it gives one; else the host alone
 
 
-class GpuSampler:
-    """One reading of every GPU through NVML (pynvml or a ReplayNVML); a reading NVML refuses is null."""
-
-    def __init__(self, nvml: Any) -> None:
-        self.nvml = nvml
-        self.count = nvml.nvmlDeviceGetCount()
-        self.handles = [nvml.nvmlDeviceGetHandleByIndex(i) for i in range(self.count)]
-        sm = getattr(nvml, "NVML_CLOCK_SM", 1)
-        self.fixed = [
-            {
-                "name": _value(nvml, "nvmlDeviceGetName", h),
-                "sm_clock_max_mhz": _value(nvml, "nvmlDeviceGetMaxClockInfo", h, sm),
-            }
-            for h in self.handles
-        ]
-
-    def sample(self, owner: Ownership, table: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
-        nvml = self.nvml
-        sm = getattr(nvml, "NVML_CLOCK_SM", 1)
-        temp = getattr(nvml, "NVML_TEMPERATURE_GPU", 0)
-        out = []
-        for i, h in enumerate(self.handles):
-            util = _value(nvml, "nvmlDeviceGetUtilizationRates", h)
-            mem = _value(nvml, "nvmlDeviceGetMemoryInfo", h)
-            power = _value(nvml, "nvmlDeviceGetPowerUsage", h)
-            limit = _value(nvml, "nvmlDeviceGetEnforcedPowerLimit", h)
-            mask = _value(nvml, "nvmlDeviceGetCurrentClocksEventReasons", h)
-            if mask is None:
-                mask = _value(nvml, "nvmlDeviceGetCurrentClocksThrottleReasons", h)  # the older name
-            procs, seen = [], set()
-            for fn in ("nvmlDeviceGetComputeRunningProcesses", "nvmlDeviceGetGraphicsRunningProcesses"):
-                for p in _value(nvml, fn, h) or []:
-                    if p.pid in seen:
-                        continue
-                    seen.add(p.pid)
-                    used = getattr(p, "usedGpuMemory", None)
-                    info = table.get(p.pid)
-                    procs.append({
-                        "pid": p.pid,
-                        "name": info["name"] if info else None,
-                        "used_bytes": used if isinstance(used, int) and used >= 0 else None,
-                        "ours": owner.ours(p.pid, table),
-                    })  # fmt: skip
-            out.append({
-                "index": i,
-                "util_gpu_pct": getattr(util, "gpu", None),
-                "util_mem_pct": getattr(util, "memory", None),
-                "mem_used_bytes": getattr(mem, "used", None),
-                "mem_total_bytes": getattr(mem, "total", None),
-                "power_w": power / 1000 if isinstance(power, (int, float)) else None,
-                "power_limit_w": limit / 1000 if isinstance(limit, (int, float)) else None,
-                "sm_clock_mhz": _value(nvml, "nvmlDeviceGetClockInfo", h, sm),
-                "sm_clock_max_mhz": self.fixed[i]["sm_clock_max_mhz"],
-                "temp_c": _value(nvml, "nvmlDeviceGetTemperature", h, temp),
-                "clock_events": mask,
-                "clock_event_names": event_names(mask) if isinstance(mask, int) else None,
-                "processes": procs,
-            })  # fmt: skip
-        return out
-
-
-AUTO = object()  # Monitor(nvml=AUTO): NVML when this host has it, else the host alone
+def device_records(readings: list[Any], owner: Ownership, table: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
+    """A vendor's readings as the sample's `devices`: each process named (from /proc) and marked as the run's."""
+    out = []
+    for r in readings:
+        d = r.to_dict() if hasattr(r, "to_dict") else dict(r)
+        procs = []
+        for p in d.get("processes") or []:
+            info = table.get(p.get("pid"))
+            procs.append({**p, "name": p.get("name") or (info["name"] if info else None),
+                          "ours": owner.ours(p["pid"], table) if isinstance(p.get("pid"), int) else None})  # fmt: skip
+        d["processes"] = procs
+        out.append(d)
+    return out
 
 
 class Monitor:
@@ -352,15 +278,16 @@ class Monitor:
 
     def __init__(
         self, stage_dir: Path, interval: float = MONITOR_INTERVAL_S, roots: set[int] | None = None,
-        marker: str | None = None, nvml: Any = AUTO, proc: str = "/proc",
+        marker: str | None = None, sampler: Any = AUTO, proc: str = "/proc",
     ) -> None:  # fmt: skip
         self.path = Path(stage_dir) / MONITOR_NAME
         self.interval = interval
         self.owner = Ownership(roots if roots is not None else {os.getpid()}, marker, proc)
-        self._nvml_arg = nvml
+        self._sampler_arg = sampler
         self.proc = proc
-        self.nvml: Any = None
-        self.gpus: GpuSampler | None = None
+        self.source = "host"
+        self.device_word = "device"
+        self.devices: Sampler | None = None
         self.host: HostSampler | None = None
         self.samples = 0
         self.failed: str | None = None
@@ -368,7 +295,6 @@ class Monitor:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
-        self._nvml_opened = False
 
     # -- writing --
     def _write(self, record: dict[str, Any]) -> None:
@@ -392,31 +318,38 @@ class Monitor:
 
     # -- sampling --
     def open(self) -> None:
-        """Choose the source (NVML or the host alone), take the baseline, write the start line."""
-        if self._nvml_arg is AUTO:
-            from kit.vendors.nvml import NVMLUnavailable, open_nvml
-
+        """Choose the source (the vendor's sampler, or the host alone), take the baseline, write the start line."""
+        error = None
+        if self._sampler_arg is AUTO:
             try:
-                self.nvml = open_nvml()
-                self._nvml_opened = True
-            except NVMLUnavailable:
-                self.nvml = None
-        else:
-            self.nvml = self._nvml_arg
+                vendor, _ = vendors.detect()
+                self.devices = vendor.sampler()
+                self.source = vendor.name if self.devices is not None else "host"
+                self.device_word = vendor.device_word
+            except Exception as e:  # noqa: BLE001 - the library started but cannot list its devices: the host still is
+                error = f"{type(e).__name__}: {e}"
+        elif self._sampler_arg is not None:
+            self.devices = self._sampler_arg
+            self.source = getattr(self._sampler_arg, "vendor", None) or "device"
+            self.device_word = getattr(self._sampler_arg, "device_word", None) or "device"
         self.host = HostSampler(self.owner, self.proc)
-        nvml_error = None
-        if self.nvml is not None:
+        fixed: list[dict[str, Any]] = []
+        reasons: dict[str, str] = {}
+        if self.devices is not None:
             try:
-                self.gpus = GpuSampler(self.nvml)
-            except Exception as e:  # noqa: BLE001 - NVML started but cannot list the GPUs: the host is still sampled
-                nvml_error = f"{type(e).__name__}: {e}"
+                fixed = self.devices.fixed()
+                reasons = dict(getattr(self.devices, "reasons", dict)())
+            except Exception as e:  # noqa: BLE001
+                error = f"{type(e).__name__}: {e}"
+                self.devices, self.source = None, "host"
         self._last = time.monotonic()
         self._write({
-            "type": "start", "t": round(self.host.wall, 3), "source": "nvml" if self.gpus else "host",
-            **({"nvml_error": nvml_error} if nvml_error else {}),
+            "type": "start", "t": round(self.host.wall, 3), "source": self.source,
+            **({"sampler_error": error} if error else {}),
             "interval_s": self.interval, "pid": os.getpid(), "roots": sorted(self.owner.roots),
             "marker": MARKER_ENV if self.owner.marker else None,
-            "devices": [{"index": i, **f} for i, f in enumerate(self.gpus.fixed)] if self.gpus else [],
+            "devices": fixed,
+            **({"device_word": self.device_word, "throttle_reasons": reasons} if self.devices is not None else {}),
         })  # fmt: skip
 
     def sample_once(self) -> dict[str, Any]:
@@ -425,8 +358,8 @@ class Monitor:
             assert self.host is not None, "open() first"
             host = self.host.sample()
             record: dict[str, Any] = {"type": "sample", "t": round(self.host.wall, 3), **host}
-            if self.gpus is not None:
-                record["devices"] = self.gpus.sample(self.owner, self.host.table)
+            if self.devices is not None:
+                record["devices"] = device_records(self.devices.sample(), self.owner, self.host.table)
             self._write(record)
             self.samples += 1
             self._last = time.monotonic()
@@ -463,12 +396,11 @@ class Monitor:
                 self._write({"type": "stop", "t": round(time.time(), 3), "samples": self.samples})
             except Exception as e:  # noqa: BLE001
                 self._fail("stop", e)
-        if self._nvml_opened:
+        if self.devices is not None:
             try:
-                self.nvml.nvmlShutdown()
-            except Exception:  # noqa: BLE001
+                self.devices.close()
+            except Exception:  # noqa: BLE001 - a library that fails to close is not the stage's business
                 pass
-            self._nvml_opened = False
 
     def __enter__(self) -> Monitor:
         return self.start()

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from kit import case as cases
-from kit.errors import UsageError
+from kit.case.choice import default_config
+from kit.errors import EXIT_USAGE, UsageError
 
 
 def opt(*flags: str, help: str, metavar: str | None = None, group: str = "run", cli: bool = True) -> dict[str, Any]:  # noqa: A002
@@ -108,7 +109,10 @@ class RunRequest:
 
     @property
     def launcher_name(self) -> str:
-        """The launcher that runs it: slurm, native or containers."""
+        """The launcher that runs it: slurm, native or containers; --launcher's own word when it names none of them
+        (kit/launchers refuses it by that word)."""
+        if self.launcher not in ("local", "slurm"):
+            return str(self.launcher)
         return "slurm" if self.launcher == "slurm" else "native" if self.native else "containers"
 
     @property
@@ -212,7 +216,6 @@ def resolve(req: RunRequest, launcher_cls: Any, stops: list[Stop] | None = None)
     """Check the request and fill what it implies; returns (request, config). Raises UsageError for a request wrong
     in itself. With `stops` (a dry run), what this host's paths lack (--data, --models, the eval set, --results,
     --python) is added there instead of raised, so the plan can still be shown."""
-    from kit.errors import EXIT_USAGE
 
     def refuse(message: str) -> None:
         if stops is None:
@@ -222,8 +225,8 @@ def resolve(req: RunRequest, launcher_cls: Any, stops: list[Stop] | None = None)
     case = cases.get(req.case)
     names = [s.name for s in case.stages]
     training = list(cases.training(case))
-    if req.config is None:
-        req.config = case.config.default_for(req.nodes, req.gpus)
+    if req.config is None:  # the shipped config for this host's devices, or the command that derives one
+        req.config = default_config(case, req.nodes, req.gpus, here=req.launcher == "local" and not req.hosts)
     cfg = cases.load_config(case, req.config, req.overrides)
     req.config = cfg.name
     if req.stage == "all":

@@ -22,11 +22,10 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.text import Text
 
-from kit import __version__
+from kit import __version__, vendors
 from kit import case as cases
 from kit.checks import system
 from kit.checks.system import human
-from kit.data import identity
 from kit.data import manifest as data_manifest
 from kit.errors import (
     EXIT_ENVIRONMENT,
@@ -38,13 +37,17 @@ from kit.errors import (
     UsageError,
 )
 from kit.image import stacks
+from kit.io import sha256_file
 from kit.launchers import launcher_class, run_stage
-from kit.launchers.base import StageResult, tail_lines
+from kit.launchers.base import StageResult, StartFailed, tail_lines
 from kit.run import guard
 from kit.run.dir import RunDir
-from kit.run.hostfacts import gpu_facts, host_facts
+from kit.run.hostfacts import host_facts
+from kit.run.inputs import collect_inputs, same_inputs
 from kit.run.progress import StageProgress
-from kit.run.request import RunRequest, Stop
+from kit.run.request import RunRequest, Stop, python_problem
+from kit.run.revision import source_revision
+from kit.vendors.base import RUNTIME_ENV
 
 DISK_LOW_BYTES = 64 << 20
 NO_SPACE = "No space left on device"
@@ -53,25 +56,28 @@ NO_SPACE = "No space left on device"
 # ---- what this host must offer before anything is created ----
 
 
-def gpu_problem(req: RunRequest, cfg: Any) -> str | None:
-    """A GPU config on this host's GPUs (the launcher runs the ranks here): the probe must see --gpus of them, or the
-    run would start building the model in host memory. None when it does (or does not apply)."""
+def device_problem(req: RunRequest, cfg: Any) -> str | None:
+    """An accelerator config on this host's devices (the launcher runs the ranks here): the vendor that owns the
+    config's device must see --gpus of them, or the run would start building the model in host memory. None when
+    it does (or does not apply)."""
     if cfg.device == "cpu" or not launcher_class(req).ranks_here(req):
-        return None  # other hosts' GPUs: `kit check-host --hosts` (or --launcher slurm) counts them
-    facts = gpu_facts()
-    found = len(facts["devices"])
+        return None  # other hosts' devices: `kit check-host --hosts` (or --launcher slurm) counts them
+    vendor = vendors.for_config(cfg.device)
+    probe = vendor.probe()
+    found = len(probe.devices)
     if found >= req.gpus:
         return None
-    per = f"{req.gpus} GPU{'s' if req.gpus != 1 else ''} per node ({cfg.device})"
+    word = vendor.device_word
+    per = f"{req.gpus} {word}{'s' if req.gpus != 1 else ''} per node ({cfg.device})"
     scale = "" if req.gpus == cfg.gpus_per_node else f" at --gpus {req.gpus}"
-    if not facts["available"]:
-        has = f"none: {facts['reason']}"
+    if not probe.available:
+        has = f"none: {probe.reason}"
     elif not found:
-        has = "none (NVML sees no GPU)"
+        has = f"none ({vendor.title}'s library lists no {word})"
     else:
-        names = ", ".join(sorted({d["name"] for d in facts["devices"]}))
+        names = ", ".join(sorted({d.name for d in probe.devices}))
         has = f"{found} ({names})"
-    fix = ("run on a GPU host, or use --config tiny on a CPU" if not found
+    fix = (f"run on a host with {vendor.title} {word}s, or use --config tiny on a CPU" if not found
            else f"run on a host with {req.gpus}, or pass --gpus {found} (or a config for {found}: kit configs)")  # fmt: skip
     return f"config {cfg.name}{scale} needs {per}; this host has {has} — {fix}"
 
@@ -176,7 +182,7 @@ def preflight(req: RunRequest, cfg: Any, console: Console, dry_run: bool = False
     records, usable images. Raises EnvironmentProblem (exit 3) or UsageError (exit 2); a dry run gets every check
     that would stop a launch back instead, in the order a launch meets them."""
     stops = []
-    if problem := gpu_problem(req, cfg):
+    if problem := device_problem(req, cfg):
         stops.append(problem)
     if need := disk_need(req, cfg):
         full, minimum, how = need
@@ -271,8 +277,6 @@ def report_stops(stops: list[Stop], console: Console) -> int:
 def run_record(run: RunDir, req: RunRequest, cfg: Any, **more: Any) -> dict[str, Any]:
     """run.json: written once, when the run is created. The resolved config lives in config.toml alone; run.json
     names it and holds its sha256."""
-    from kit.commands.env import source_revision
-    from kit.io import sha256_file
 
     return {
         "run_id": run.path.name,
@@ -343,7 +347,6 @@ def resume_overrides(run: Path, python: str | None, data: Path | None, models: P
     They go into the "resumed" line of status.jsonl (run.json is never changed; RunDir.effective_request)."""
     import os
 
-    from kit.run.request import python_problem
 
     meta = RunDir(run).effective_request()
     out: dict[str, str] = {}
@@ -364,29 +367,6 @@ def resume_overrides(run: Path, python: str | None, data: Path | None, models: P
             raise UsageError(f"--{name} {p}: no such directory")
         out[name] = str(p.resolve())
     return out
-
-
-def same_inputs(run: Path, req: RunRequest, cfg: Any, console: Console) -> str | None:
-    """A corrected --data or --models may move the inputs, never change them: their digests must equal inputs.json's."""
-    with console.status("hashing the corrected inputs: a resumed run must read the same bytes"):
-        now = collect_inputs(req, cfg, None)
-    before = RunDir(run).inputs() or {}
-    for part, flag in (("data", "--data"), ("weights", "--models")):
-        a, b = identity.digests(before).get(part), identity.digests(now).get(part)
-        if a != b:
-            return (f"{flag} {req.data if part == 'data' else req.models} holds other {part} than the run started with "
-                    f"(digest {str(b)[:16]} vs {str(a)[:16]} in {run / 'inputs.json'}): a resumed run must read the same "
-                    "inputs; point it at the same files, or start a new run")  # fmt: skip
-    return None
-
-
-def collect_inputs(req: RunRequest, cfg: Any, synthetic_dir: Path | None) -> dict[str, Any]:
-    """inputs.json's facts: the sha256 of what the run reads, as the case declares it (kit/data/identity.py)."""
-    return identity.collect(
-        case=req.case, data=Path(req.data) if req.data else None, models=Path(req.models) if req.models else None,
-        eval_data=Path(req.eval_data) if req.eval_data else None, synthetic_dir=synthetic_dir, stages=req.stages,
-        config=cfg.to_dict(), cache_path=Path(req.results) / identity.CACHE_NAME,
-    )  # fmt: skip
 
 
 # ---- the stages ----
@@ -428,7 +408,9 @@ def disk_full_note(run: Path, req: RunRequest, cfg: Any, logs: list[Path]) -> st
     if free >= DISK_LOW_BYTES and not said:
         return None
     need = disk_need(req, cfg)
-    need_text = f"; the whole run needs about {human(need[0])} ({need[2]})" if need else ""
+    if need is None:  # a run that writes nothing large still filled the disk: say what a whole run of the case needs
+        need = system.results_need(cfg, req.synthetic, cases.get(req.case))
+    need_text = f"; the whole run needs about {human(need[0])} ({need[2]})"
     return (f"no space left under {where}: {human(free)} free{need_text}. Free space there (or move --results), then "
             f"`kit resume {run}` continues the run")
 
@@ -456,6 +438,10 @@ def _execute(rd: RunDir, console: Console, resumed: bool, launcher: Any, req: Ru
     run = rd.path
     case = cases.get(req.case)
     cfg = cases.load_config(case, str(rd.config_file), [])
+    # The vendor's runtime (what the case imports and sets before its first rank touches a device), handed to the
+    # probe and every rank; the case applies it and records it in kit_facts (docs/vendors.md).
+    vendor = vendors.for_config(cfg.device)
+    launcher.env.setdefault(RUNTIME_ENV, json.dumps({"vendor": vendor.name, **vendor.runtime.to_dict()}))
     states = rd.stage_states()
     if resumed and overrides and {"data", "models"} & set(overrides) and rd.inputs() is not None:
         if problem := same_inputs(run, req, cfg, console):
@@ -503,9 +489,14 @@ def _execute(rd: RunDir, console: Console, resumed: bool, launcher: Any, req: Ru
             if states.get(stage) == "finished":
                 continue
             display.start(stage)
-            rd.append_status("launched", stage, {"gpus": req.gpus, "nodes": req.nodes})
-            args = case.stage_args(stage, request)
-            result = run_stage(launcher, run, stage, req.nodes * req.gpus, args, display)
+            try:  # a one-time build first, so the launch stamp is the ranks' and the stage's clocks start together
+                launcher.before_stage(run, stage, display)
+            except StartFailed as e:
+                result = e.result
+            else:
+                rd.append_status("launched", stage, {"gpus": req.gpus, "nodes": req.nodes})
+                args = case.stage_args(stage, request)
+                result = run_stage(launcher, run, stage, req.nodes * req.gpus, args, display)
             if result.state == "finished" and stage in evals and case.scorer and (problem := score(run, case)):
                 result = StageResult(stage, "failed", EXIT_FAILED, message=problem)
             rd.append_status(result.state, stage, result.message or None)

@@ -29,6 +29,7 @@ from kit.submission.layout import (
     config_difference,
     data_manifest_digest,
     data_of,
+    read_run,
     unfinished,
 )
 from kit.submission.system import derived_keys, describe, peak_problem, person_problems
@@ -380,7 +381,6 @@ def _system(c: Candidate, out: Findings) -> None:
 
 def candidate_from_runs(run_dirs: list[Path], person: dict[str, Any], rules: Rules, system_where: str) -> Candidate:
     """What `kit submit` is asked to pack, as the checks see it (the description is derived when written)."""
-    from kit.submission.layout import read_run
 
     runs = [(str(p), read_run(Path(p))) for p in run_dirs]
     first = runs[0][1] if runs else None

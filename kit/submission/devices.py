@@ -1,7 +1,7 @@
 """The devices a run claims, against every other record of them.
 
 kit_facts (rank 0's torch) names the device, its count and memory. environment.json holds what the host's
-management library listed (`host.gpus`, NVML) and what torch saw where the ranks ran (`case.torch.devices`); the
+vendor probe listed (`host.accelerators`: NVML, amdsmi, npu-smi, ...; older runs `host.gpus`) and what torch saw where the ranks ran (`case.torch.devices`); the
 monitor's start line lists the devices it sampled, and every sample reads them again; run.json says how many
 devices per node were asked for. A device claimed in one place and absent from the others was never there.
 """
@@ -12,6 +12,8 @@ import json
 import math
 from typing import Any
 
+from kit import vendors
+from kit.run.hostfacts import accelerators
 from kit.submission.findings import Findings
 from kit.submission.layout import RunFacts
 
@@ -29,10 +31,8 @@ def same_device(a: Any, b: Any) -> bool:
     return bool(na) and (na == nb or na in nb or nb in na)
 
 
-def _gpus(rf: RunFacts) -> dict[str, Any]:
-    host = rf.environment.get("host") if isinstance(rf.environment.get("host"), dict) else {}
-    g = host.get("gpus")
-    return g if isinstance(g, dict) else {}
+def _probed(rf: RunFacts) -> dict[str, Any]:
+    return accelerators(rf.environment)
 
 
 def _torch_devices(rf: RunFacts) -> list[dict[str, Any]] | None:
@@ -69,11 +69,17 @@ def check_run(rf: RunFacts, out: Findings, where: str) -> None:
     if not facts:
         return
     per_node = rf.run.get("gpus")
-    gpus = _gpus(rf)
+    gpus = _probed(rf)
     if gpus.get("replayed_from"):
-        out.fail(CHECK, f"environment.json: the GPU facts were replayed from the recording {gpus['replayed_from']} "
-                        "(KIT_NVML_RECORDING), not read from the host the run ran on", where)  # fmt: skip
+        out.fail(CHECK, f"environment.json: the device facts were replayed from the recording {gpus['replayed_from']}, "
+                        "not read from the host the run ran on", where)  # fmt: skip
     probed = [d for d in gpus.get("devices") or [] if isinstance(d, dict)]
+    runtimes = {str(f["runtime"]["vendor"]) for f in facts.values()
+                if isinstance(f.get("runtime"), dict) and f["runtime"].get("vendor")} - {vendors.FALLBACK}  # fmt: skip
+    # (the CPU's empty runtime applies on any host: a CPU config on a GPU host is honest)
+    if gpus.get("vendor") and runtimes - {gpus["vendor"]}:
+        out.fail(CHECK, f"kit_facts: the ranks applied the runtime of vendor {sorted(runtimes)[0]!r}, but the host's "
+                        f"device probe was vendor {gpus['vendor']!r}", where)  # fmt: skip
     torch_devices = _torch_devices(rf)
     for stage, f in facts.items():
         sw = f"{where}/{stage}/events.log"

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from kit import case as cases
+from kit.case.rules import flatten
 from kit.errors import KitError
 from kit.image.stacks import run_stack
 from kit.run.dir import RunDir
@@ -243,7 +244,6 @@ def unfinished(rf: RunFacts) -> str | None:
 
 
 def config_difference(a: dict[str, Any], b: dict[str, Any]) -> str | None:
-    from kit.case.rules import flatten
 
     fa, fb = flatten(a), flatten(b)
     for k in sorted(set(fa) | set(fb)):

@@ -13,6 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from kit.image.stacks import describe as describe_stack
+from kit.results.formats import runtime_text
+from kit.results.peak import lookup_peak
+from kit.run.hostfacts import accelerators
 from kit.submission.layout import SYSTEM_SCHEMA, RunFacts, SubmissionError
 
 if sys.version_info >= (3, 11):
@@ -92,19 +95,19 @@ def read_system_toml(path: Path) -> dict[str, Any]:
 
 
 def interconnect(rf: RunFacts) -> str:
-    """The accelerator interconnect as the run's probes saw it (NVML's NVLink links up per device)."""
-    host = rf.environment.get("host") if isinstance(rf.environment.get("host"), dict) else {}
-    gpus = host.get("gpus") if isinstance(host.get("gpus"), dict) else {}
-    devices = [d for d in gpus.get("devices") or [] if isinstance(d, dict)]
-    links = [d.get("nvlink_links_up", 0) for d in devices]
-    links = [x for x in links if isinstance(x, int)]
+    """The accelerator interconnect as the run's probe saw it (the vendor's device-to-device links up per device:
+    NVLink, xGMI, HCCS, as the vendor names them)."""
+    acc = accelerators(rf.environment)
+    devices = [d for d in acc.get("devices") or [] if isinstance(d, dict)]
+    links = [x for x in (d.get("links_up") for d in devices) if isinstance(x, int)]
+    kind = acc.get("link_kind") or "device-to-device"
     if rf.accelerator()["type"] == "cpu":
         return "none (CPU ranks, gloo)"
     if links and max(links) > 0:
-        return f"NVLink, {min(links)}-{max(links)} links up per GPU"
+        return f"{kind}, {min(links)}-{max(links)} links up per device"
     if devices:
-        return "PCIe (no NVLink links up)"
-    return "unknown (NVML not available when the run ran)"
+        return f"PCIe (no {kind} links up)"
+    return f"unknown (the device probe did not answer when the run ran: {acc.get('reason') or 'no facts'})"
 
 
 def describe(person: dict[str, Any], rf: RunFacts) -> dict[str, Any]:
@@ -112,7 +115,7 @@ def describe(person: dict[str, Any], rf: RunFacts) -> dict[str, Any]:
     host = rf.environment.get("host") if isinstance(rf.environment.get("host"), dict) else {}
     case = rf.environment.get("case") if isinstance(rf.environment.get("case"), dict) else {}
     versions = case.get("versions") if isinstance(case.get("versions"), dict) else {}
-    gpus = host.get("gpus") if isinstance(host.get("gpus"), dict) else {}
+    probed = accelerators(rf.environment)
     acc = rf.accelerator()
     ib = [p for p in host.get("infiniband") or [] if isinstance(p, dict)]
     active = [p for p in ib if "ACTIVE" in str(p.get("state", "")).upper()]
@@ -132,16 +135,19 @@ def describe(person: dict[str, Any], rf: RunFacts) -> dict[str, Any]:
         "host_memory_capacity_bytes": host.get("memory_bytes"),
         "operating_system": host.get("os_name") or host.get("os"),
         "kernel": host.get("kernel"),
-        "driver": gpus.get("driver"),
-        "cuda_driver": gpus.get("cuda_driver"),
-        "cuda_runtime": torch_info.get("cuda_version"),
+        "accelerator_vendor": probed.get("vendor"),
+        "driver": probed.get("driver"),
+        "accelerator_toolkit": probed.get("toolkit"),  # what the driver supports (CUDA driver API, ROCm, CANN)
+        "accelerator_runtime": torch_info.get("device_runtime"),  # what the framework was built against
+        "vendor_runtime": runtime_text(next((f.get("runtime") for f in rf.stage_facts.values() if f), None)),
         "framework": f"PyTorch {versions.get('torch')}, DeepSpeed {versions.get('deepspeed')}",
         "other_software_stack": ", ".join(f"{k} {v}" for k, v in sorted(versions.items())
                                           if v and k not in ("torch", "deepspeed")),  # fmt: skip
         "python": case.get("python"),
         "software": rf.software(),
         "software_stack": describe_stack(rf.stack()),
-        "facts_from": f"run {rf.run_id}: environment.json (host, NVML, /proc, /sys) and events.log kit_facts",
+        "facts_from": f"run {rf.run_id}: environment.json (host, the device probe, /proc, /sys) and events.log "
+                      "kit_facts",
     }
     for k in SYSTEM_OPTIONAL:
         if k in person:
@@ -153,14 +159,14 @@ def derived_keys() -> set[str]:
     """The keys of a description that come from the runs (verify derives them again)."""
     return {"number_of_nodes", "accelerators_per_node", "accelerator_model_name", "accelerator_memory_capacity_bytes",
             "accelerator_interconnect", "host_networking", "host_processor_model_name", "host_processor_core_count",
-            "host_memory_capacity_bytes", "operating_system", "kernel", "driver", "cuda_driver", "cuda_runtime",
+            "host_memory_capacity_bytes", "operating_system", "kernel", "accelerator_vendor", "driver",
+            "accelerator_toolkit", "accelerator_runtime", "vendor_runtime",
             "framework", "other_software_stack", "python", "software", "software_stack", "facts_from"}  # fmt: skip
 
 
 def peak_problem(accelerator: dict[str, Any], person: dict[str, Any]) -> str | None:
     """An accelerator env/accelerators.toml does not know needs its peak declared, or no MFU can be shown; one it
     knows may not be given another peak (a lower one would raise every MFU)."""
-    from kit.results.peak import lookup_peak
 
     if accelerator.get("type") == "cpu":
         return None

@@ -310,6 +310,7 @@ class AmdVendor:
     torch_device = "cuda"  # ROCm's PyTorch keeps torch.cuda; DeepSpeed's accelerator there is its CUDA_Accelerator
     dist_backend = "nccl"  # RCCL, under NCCL's name
     slurm_gres = "gpu"
+    forward_env = ("NCCL_", "RCCL_", "HSA_", "HIP_LAUNCH_BLOCKING", "AMD_LOG_LEVEL")  # travels into containers
     runtime = Runtime()  # nothing to import or set: torch.cuda is ROCm's device
 
     def __init__(self, recording: Path | str | None = None, root: Path | str = "/") -> None:
@@ -517,6 +518,50 @@ class AmdVendor:
     def owns(self, device_name: str) -> bool:
         n = device_name.upper()
         return "AMD" in n or "INSTINCT" in n or re.search(r"(?<![A-Z0-9])MI\d{3}[A-Z]?(?![0-9])", n) is not None
+
+    # -- images and containers (kit/vendors/images.py) --
+    variant_label = "ROCm"
+    variant_option = ""  # `kit build --variant`
+    toolkit_label = "ROCm"  # Probe.toolkit: the host's /opt/rocm version
+    libraries = ("amdsmi",)
+
+    def image_variants(self, stack: str) -> list[Any]:
+        """env/stacks.toml's rows with vendor = "amd": none yet (a ROCm variant needs its lock of ROCm wheels)."""
+        from .images import variants_of
+
+        return variants_of(self.name, stack)
+
+    def choose_variant(self, probe: Probe, stack: str) -> Any:
+        """The stack's first AMD variant: the kit has no table of which ROCm user space an amdgpu driver runs."""
+        from .images import first_variant
+
+        return first_variant(self, probe, stack)
+
+    def base_variant(self, image: str) -> str | None:
+        """ROCm's images name their ROCm version: rocm/pytorch:rocm6.2.3_ubuntu22.04_py3.10_pytorch_release_2.3.0,
+        rocm/dev-ubuntu-22.04:6.2.4 -> '6.2'."""
+        m = re.search(r"(?:^|/)rocm/pytorch[\w.-]*:rocm(\d+\.\d+)", image or "") or re.search(
+            r"(?:^|/)rocm/dev-[\w.-]+:(\d+\.\d+)", image or "")
+        return m.group(1) if m else None
+
+    def docker_checks(self, info: dict[str, Any], count: int | None, root: str | Path | None = None) -> list[Check]:
+        """No runtime: the engine passes /dev/kfd and /dev/dri (or the render nodes) as devices, which must be here."""
+        from .images import device_paths_check
+
+        base = Path(root) if root is not None else self.root
+        access = self.container_access(count or 0)
+        fix = ("load the amdgpu kernel driver (`sudo modprobe amdgpu`; install it with `sudo amdgpu-install "
+               "--usecase=dkms`): /dev/kfd and /dev/dri/renderD* must exist on the host")  # fmt: skip
+        return [device_paths_check(self, access, count, base, fix, "gpu devices")]
+
+    def smoke(self) -> Any:
+        """`amd-smi list` prints a "GPU: N" block per GPU with its PCI address (ROCm's images carry amd-smi)."""
+        from .base import Smoke
+
+        return Smoke(["amd-smi", "list"], r"^GPU: \d+\s*\n\s+BDF: (\S+)",
+                     "the container must get /dev/kfd and /dev/dri and the groups owning them (`--device /dev/kfd "
+                     "--device /dev/dri --group-add video`, which kit passes); load the amdgpu driver on the host "
+                     "(`sudo modprobe amdgpu`); the image must carry amd-smi (ROCm's images do)")  # fmt: skip
 
 
 class AmdSampler:

@@ -236,6 +236,7 @@ class AscendVendor:
     # case may touch torch before it imports DeepSpeed: declared so it comes first, and is recorded); DS_ACCELERATOR
     # makes DeepSpeed take its NPU accelerator even where another extension (IPEX, XPU) is installed, and fail
     # with its own message where torch_npu is missing.
+    forward_env = ("HCCL_", "ASCEND_", "ACL_")  # travels into containers
     runtime = Runtime(imports=["torch_npu"], environment={"DS_ACCELERATOR": "npu"})
 
     def __init__(self, tool: str | None = None, root: Path | str = "/", fallbacks: tuple[str, ...] = FALLBACKS) -> None:
@@ -417,6 +418,53 @@ class AscendVendor:
     def owns(self, device_name: str) -> bool:
         n = device_name.upper()
         return "ASCEND" in n or "ATLAS" in n or re.search(r"(?<![A-Z0-9])910[A-C]?\d?(?![0-9])", n) is not None
+
+    # -- images and containers (kit/vendors/images.py) --
+    variant_label = "CANN"
+    variant_option = ""  # `kit build --variant`
+    toolkit_label = "CANN"  # Probe.toolkit: the host's CANN toolkit version
+    libraries = ("torch-npu",)
+
+    def image_variants(self, stack: str) -> list[Any]:
+        """env/stacks.toml's rows with vendor = "ascend": none yet (a CANN variant needs its lock of torch_npu)."""
+        from .images import variants_of
+
+        return variants_of(self.name, stack)
+
+    def choose_variant(self, probe: Probe, stack: str) -> Any:
+        """The stack's first Ascend variant: the kit has no table of which CANN an NPU driver runs."""
+        from .images import first_variant
+
+        return first_variant(self, probe, stack)
+
+    def base_variant(self, image: str) -> str | None:
+        """Ascend's CANN images are tagged <cann-version>-<chip>-<os><os-version>-<py-version>
+        (Ascend/cann-container-image: ascendai/cann:8.1.rc1-910b-openeuler22.03-py3.11, quay.io/ascend/cann) ->
+        '8.1.rc1'."""
+        m = re.search(r"(?:^|/)ascend(?:ai)?/cann:(\d+\.\d+\.[0-9a-z]+(?:\.alpha\d+)?)(?:-|$)", image or "")
+        return m.group(1) if m else None
+
+    def docker_checks(self, info: dict[str, Any], count: int | None, root: str | Path | None = None) -> list[Check]:
+        """No runtime needed: /dev/davinciN, the manager devices and the driver mounts, which must be on the host.
+        Ascend Docker Runtime, where the engine has it, is named (the kit's containers do not need it)."""
+        from .images import device_paths_check
+
+        base = Path(root) if root is not None else self.root
+        access = self.container_access(count or 0)
+        row = device_paths_check(self, access, count, base, INSTALL_FIX, "npu devices")
+        runtimes = sorted(info.get("Runtimes") or {})
+        row.data["runtimes"] = runtimes
+        if "ascend" in runtimes:
+            row.detail += "; Ascend Docker Runtime is configured (not needed: ASCEND_VISIBLE_DEVICES is not set)"
+        return [row]
+
+    def smoke(self) -> Any:
+        """`npu-smi info` (mounted from the host) prints a table row per NPU: "| 0     910B3     | OK  | ..."."""
+        from .base import Smoke
+
+        return Smoke(["npu-smi", "info"], r"^\|\s*\d+\s+(\S+)\s+\|\s*(?:OK|Warning|Alarm|Critical)\s+\|",
+                     "the container must get /dev/davinciN, /dev/davinci_manager, /dev/devmm_svm, /dev/hisi_hdc and "
+                     "the driver mounts (kit passes them); " + INSTALL_FIX)  # fmt: skip
 
 
 class AscendSampler:

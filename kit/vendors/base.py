@@ -10,6 +10,9 @@ then on talks to that one only:
   processes on each device);
 - `host_checks()` and `driver_checks()`: `kit check-host`'s rows, each fix in the vendor's own words;
 - `container_access()`: how a container gets the devices (device requests, device nodes, driver mounts, env);
+- `image_variants()`, `choose_variant()`, `base_variant()`: its image variants of each software stack and which one
+  this host's driver runs (`kit build`); `docker_checks()`, `smoke()`: check-host's Docker rows and the `--deep`
+  container's listing of the devices;
 - `slurm_gres`, `torch_device`, `dist_backend`, `runtime`: how Slurm counts them, what the case's device layer
   calls them, and what the case must import or set before its first rank touches a device;
 - `peak()`: the dense bf16 FLOP/s of a device model, from env/accelerators.toml (rows carry a `vendor`).
@@ -20,10 +23,16 @@ environment.json and monitor.jsonl as it is, and replayed in tests from recordin
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 from kit.checks import Check
+
+# The environment variable that carries a vendor's Runtime to the case's processes, as JSON {"vendor": NAME,
+# "imports": [...], "environment": {...}} (the case's device layer applies it before torch touches a device).
+RUNTIME_ENV = "KIT_DEVICE_RUNTIME"
 
 
 @dataclass
@@ -131,6 +140,9 @@ class Vendor(Protocol):
     dist_backend: str  # "nccl", "hccl", "gloo"
     slurm_gres: str | None  # the GRES name Slurm counts these devices under ("gpu", "npu"); None: not scheduled
     runtime: Runtime
+    # Settings of the vendor's runtime and collectives that travel from the host's environment into every container
+    # (and into run.json), names or prefixes ending in "_": ("NCCL_", "CUDA_LAUNCH_BLOCKING", ...).
+    forward_env: tuple[str, ...]
 
     def probe(self) -> Probe:
         """The devices here, or `available=False` with the reason. Never raises for a missing driver."""
@@ -151,3 +163,62 @@ class Vendor(Protocol):
 
     def owns(self, device_name: str) -> bool:
         """Whether a device name (kit_facts `device_name`, a config's `device`) is one of this vendor's."""
+
+    # ---- images and containers: `kit build`, check-host's Docker rows, `kit env` (kit/image, kit/checks/docker.py)
+
+    # What the vendor's image variants are named by in reports ("CUDA", "ROCm", "CANN") and the option `kit build`
+    # takes a variant by besides --variant ("--cuda"; "" for none); what Probe.toolkit is, for `kit env` ("CUDA
+    # (driver)", "ROCm"); the Python distributions it reads its devices through, whose versions `kit env` prints.
+    variant_label: str
+    variant_option: str
+    toolkit_label: str
+    libraries: tuple[str, ...]
+
+    def image_variants(self, stack: str) -> list[Any]:
+        """The image variants (kit.image.stacks.Variant) of the software stack `stack` that run on this vendor's
+        devices, in order of preference: env/stacks.toml's rows with this vendor's name, or a vendor package's own.
+        Empty: the stack has no image for these devices yet (`kit build` says so, naming docs/vendors.md)."""
+
+    def choose_variant(self, probe: Probe, stack: str) -> VariantChoice:
+        """`kit build --variant auto`: which of `image_variants(stack)` this host's driver runs (NVIDIA: the CUDA
+        variants of env/cuda-drivers.toml against the driver), or why none, with the fix."""
+
+    def base_variant(self, image: str) -> str | None:
+        """The variant a base image reference is built for, when its name says (NVIDIA: nvidia/cuda:12.1.1-... is
+        12.1), so that `kit build --base-image` is refused for the wrong variant; None when the name does not say."""
+
+    def docker_checks(self, info: dict[str, Any], count: int | None, root: str | Path | None = None) -> list[Check]:
+        """check-host's Docker rows about these devices, from the engine's `docker info` (`info`): whether a
+        container can be given `count` of them (None: the probe could not count them) as `container_access`
+        would (a runtime, CDI specs, device nodes, driver mounts present on this host), each fix in the vendor's
+        words. `root`: where /dev, /etc and the driver's paths are looked up (None: the vendor's own, "/")."""
+
+    def smoke(self) -> Smoke | None:
+        """What `kit check-host --deep` runs in a throwaway container given the devices, and how to read its
+        output; None: no devices to hand in (the CPU)."""
+
+
+@dataclass
+class VariantChoice:
+    """A vendor's answer to `kit build --variant auto`: the variant, or None with the reason and the fix."""
+
+    variant: str | None  # a Variant's `name`
+    reason: str  # why this one ("driver 580.159.04 fully supports CUDA 12.1"), or why none
+    warnings: list[str] = field(default_factory=list)  # printed with the plan (a variant run with limits)
+    fix: str = ""  # with variant None: what to do
+
+
+@dataclass
+class Smoke:
+    """A command that lists the devices a container sees, and how to count them in what it prints."""
+
+    command: list[str]  # ["nvidia-smi", "-L"]: it must be in the --deep image (or mounted by container_access)
+    device_line: str  # a regular expression (multi-line) matching once per device; group 1, if any, names it
+    fix: str  # what to do when a container does not get the devices (the runtime, the device nodes)
+
+    def seen(self, output: str) -> list[str]:
+        """One entry per device the output lists: its name (group 1), else the matched text."""
+        out = []
+        for m in re.finditer(self.device_line, output, re.M):
+            out.append((m.group(1) if m.re.groups else m.group(0)).strip())
+        return out

@@ -176,11 +176,13 @@ def test_refusal_names_the_config_and_the_micro_batch_that_work():
     # No shipped config for 32 ranks: the micro batch alone.
     with pytest.raises(c.ConfigError, match=r"32 ranks: use --set pretrain\.micro_batch=8$"):
         ref.grad_accum("pretrain", 32)
-    # A config never suggests itself: on 8 ranks with micro 64, only the micro batch is named.
-    with pytest.raises(c.ConfigError, match=r"64 x 8 ranks: use --set pretrain\.micro_batch=32$"):
+    # A config never suggests itself: on 8 ranks with micro 64, the other 1 x 8 config and the micro batch are named.
+    with pytest.raises(c.ConfigError, match=r"64 x 8 ranks: use --config H100x1x8 \(made for 1 x 8\), or --set "
+                                            r"pretrain\.micro_batch=32$"):
         c.load("A800x1x8", ["pretrain.micro_batch=64"]).grad_accum("pretrain", 8)
-    # 1 x 1 has two configs made for it.
-    with pytest.raises(c.ConfigError, match=r"use --config A800x1x1 \(made for 1 x 1\) or --config H200x1x1 "):
+    # 1 x 1 has three configs made for it.
+    with pytest.raises(c.ConfigError, match=r"use --config A800x1x1 \(made for 1 x 1\) or --config H100x1x1 \(made "
+                                            r"for 1 x 1\) or --config H200x1x1 "):
         c.load("A800x1x8", ["pretrain.micro_batch=512"]).grad_accum("pretrain", 1)
 
 

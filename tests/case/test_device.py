@@ -344,6 +344,8 @@ def test_the_cuda_path_on_deepspeeds_cuda_accelerator_gives_what_it_gave_on_a_gp
             want_stack = dict(moment["layer"]["stack_facts"])
             want_stack.pop("cpu_threads")
             want_stack["hip_version"] = getattr(torch.version, "hip", None)  # not replayed: both builds have none
+            # device_runtime came after the recording: it is the recorded CUDA version in words
+            assert stack.pop("device_runtime") == f"CUDA {want_stack['cuda_version']}"
             assert stack == want_stack, moment["action"]
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before

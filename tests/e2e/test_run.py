@@ -23,6 +23,13 @@ def test_run_directory_layout(tiny_run):
     assert run["stages"] == ["pretrain", "finetune", "eval"]
     env = json.loads((tiny_run / "environment.json").read_text())
     assert env["case"]["versions"]["deepspeed"] and env["host"]["kit_version"]
+    # the CPU is a vendor like any other: its probe in environment.json, its (empty) runtime applied by every rank
+    # through the case's device layer and recorded, the host sampled alone
+    assert env["host"]["accelerators"]["vendor"] == "cpu" and env["host"]["accelerators"]["devices"] == []
+    assert env["case"]["torch"]["device_type"] == "cpu" and env["case"]["torch"]["dist_backend"] == "gloo"
+    for stage in ("pretrain", "finetune"):
+        facts = next(e["value"] for e in events(tiny_run / stage / "events.log") if e["key"] == "kit_facts")
+        assert facts["runtime"] == {"vendor": "cpu", "imports": [], "environment": {}}, facts.get("runtime")
     for stage in ("pretrain", "finetune"):
         assert (tiny_run / stage / "events.log").is_file()
         assert (tiny_run / stage / "logs" / "rank0.log").is_file()

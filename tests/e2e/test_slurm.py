@@ -187,7 +187,7 @@ def test_hostnames_and_node_addresses_come_from_slurm(cluster):
 
 META = {
     "case": "llava1_5_7b", "config": {"name": "A800x2x8"}, "nodes": 2, "gpus": 8, "results": "/shared/runs",
-    "data": "/shared/llava", "models": "/shared/models", "mmmu": "/shared/llava/MMMU", "model_dir": None,
+    "data": "/shared/llava", "models": "/shared/models", "eval_data": "/shared/llava/MMMU", "model_dir": None,
     "slurm": {"partition": "gpu", "account": "bench", "time": "04:00:00", "sbatch_args": ["--qos=high"],
               "container_image": "/shared/kit-llava.sqsh"},
 }  # fmt: skip
@@ -196,12 +196,15 @@ META = {
 def test_the_batch_script_asks_for_whole_nodes_and_their_gpus(tmp_path):
     run = tmp_path / "runs" / "r1"
     text = sl.batch_script(run, META, use_gpus=True)
-    for line in ("#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=1", "#SBATCH --exclusive", "#SBATCH --gpus-per-node=8",
+    for line in ("#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=1", "#SBATCH --exclusive", "#SBATCH --gres=gpu:8",
                  "#SBATCH --partition=gpu", "#SBATCH --account=bench", "#SBATCH --time=04:00:00", "#SBATCH --qos=high",
                  f"#SBATCH --output={run}/slurm/job-%j.out"):  # fmt: skip
         assert line in text.splitlines(), line
     assert text.splitlines()[-1].endswith(f"-m kit.cli slurm-job {run}")
-    assert "--gpus-per-node" not in sl.batch_script(run, META, use_gpus=False)
+    assert "--gres" not in sl.batch_script(run, META, use_gpus=False)
+    # the GRES is the vendor's (kit/vendors): Ascend's NPUs are counted as npu; the CPU is scheduled by CPUs alone
+    assert "#SBATCH --gres=npu:8" in sl.batch_script(run, META, use_gpus=True, gres="npu").splitlines()
+    assert "--gres" not in sl.batch_script(run, META, use_gpus=True, gres=None)
     r = subprocess.run(["bash", "-n"], input=text, text=True, capture_output=True)
     assert r.returncode == 0, r.stderr
 

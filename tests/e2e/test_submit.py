@@ -255,9 +255,10 @@ def test_submit_refusals(tiny_runs, tmp_path, system_toml):
     r = kit_cli("submit", str(tiny_runs[0]), str(other), "--system", str(system_toml), "--out", out,
                 "--allow-synthetic")  # fmt: skip
     assert r.returncode == 2 and "[same system]" in r.stderr and "one submission per system" in r.stderr
-    # Nor one whose GPU facts were replayed from a recording instead of read from its host.
+    # Nor one whose device facts were replayed from a recording instead of read from its host.
     env = json.loads((tiny_runs[1] / "environment.json").read_text())
-    env["host"]["gpus"] = {"available": True, "replayed_from": "nvml-h200x2.json", "devices": []}
+    env["host"]["accelerators"] = {"vendor": "nvidia", "available": True, "replayed_from": "nvml-h200x2.json",
+                                   "devices": []}  # fmt: skip
     (other / "environment.json").write_text(json.dumps(env))
     r = kit_cli("submit", str(other), "--system", str(system_toml), "--out", out, "--allow-synthetic")
     assert r.returncode == 2 and "replayed from the recording nvml-h200x2.json" in r.stderr

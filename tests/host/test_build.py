@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from kit import __version__
 from kit.commands.build import build as build_command
 from kit.image import builder as b
-from kit.vendors.nvml import open_nvml
+from kit.vendors.nvidia.nvml import open_nvml
 
 from .services import docker_engine_env
 
@@ -30,10 +30,10 @@ FAKE_TORCH_HASH = "torch==2.1.2+cu118 --hash=sha256:" + "ab" * 32
 PEM = "-----BEGIN CERTIFICATE-----\nMIIBfake\n-----END CERTIFICATE-----\n"
 
 
-def cli(*args: str) -> typer.testing.Result:
+def cli(*args: str, env: dict[str, str] | None = None) -> typer.testing.Result:
     app = typer.Typer()
     app.command()(build_command)
-    return CliRunner().invoke(app, list(args))
+    return CliRunner().invoke(app, list(args), env=env)
 
 
 @pytest.fixture
@@ -159,7 +159,7 @@ def test_build_args_labels_and_the_sdk_call(project):
 @pytest.mark.parametrize(
     ("kwargs", "message", "fix"),
     [
-        ({"cuda": "12.4"}, "--cuda '12.4' is not a variant", "--cuda auto, 12.1 or 11.8"),
+        ({"variant": "12.4"}, "--cuda '12.4' is not a variant", "--cuda auto, 12.1 or 11.8"),
         ({"build_args": ["CUDA_VARIANT=11.8"]}, "CUDA_VARIANT is set by kit build", "--cuda"),
         ({"build_args": ["PIP_INDEX_URL=x"]}, "PIP_INDEX_URL is set by kit build", "--pip-index-url"),
         ({"build_args": ["NOVALUE"]}, "is not KEY=VALUE", "--build-arg MAX_JOBS=8"),
@@ -171,7 +171,7 @@ def test_build_args_labels_and_the_sdk_call(project):
 )
 def test_bad_requests_are_refused_with_the_fix(project, kwargs, message, fix):
     with pytest.raises(b.BuildRequestError) as e:
-        b.plan_build(project, **{"cuda": "12.1", **kwargs})
+        b.plan_build(project, **{"variant": "12.1", **kwargs})
     assert message in e.value.message and fix in e.value.fix
 
 
@@ -197,7 +197,7 @@ def test_dry_run_prints_the_plan_and_builds_nothing(project, tmp_path):
                  str(plan.record_path)):
         assert text in r.output, text
     assert not (tmp_path / "runs").exists()
-    r = cli("--cuda", "auto", "--nvml-recording", str(RECORDING), "--context", str(project), "--dry-run", "--json")
+    r = cli("--cuda", "auto", "--context", str(project), "--dry-run", "--json", env={"KIT_NVML_RECORDING": str(RECORDING)})
     assert r.exit_code == 0, r.output
     data = json.loads(r.output)
     assert data["variant"] == "12.1" and data["tag"] == plan.tag and data["sdk_call"].startswith("client.api.build(")

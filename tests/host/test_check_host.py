@@ -1,6 +1,6 @@
 """`kit check-host` and `kit env`: GPU, driver, system and data verdicts, each with its fix.
 
-NVML is faked only at the binding's boundary: `kit.vendors.nvml.ReplayNVML` answers from
+NVML is faked only at the binding's boundary: `kit.vendors.nvidia.nvml.ReplayNVML` answers from
 tests/fixtures/hosts/nvml-h200x2.json, recorded on a real machine with 2 NVIDIA H200 (driver 580.159.04,
 NVLink). The variants below are that recording with single readings changed (an ECC count, a clock event bit,
 a foreign process, an old driver string), each documented where it is made. /proc and /sys are real files in
@@ -23,12 +23,14 @@ from typer.testing import CliRunner
 
 from kit import case as cases
 from kit.case import data as case_data
-from kit.checks import Check, driver, gpu, system
+from kit.checks import Check, system
 from kit.checks import data as data_mod
 from kit.commands import check_host as ch
 from kit.commands.env import env, env_block
 from kit.data.sources import Reference
-from kit.vendors.nvml import NVMLUnavailable, ReplayNVML, open_nvml
+from kit.vendors.nvidia import NvidiaVendor, driver, nvml
+from kit.vendors.nvidia import checks as gpu
+from kit.vendors.nvidia.nvml import NVMLUnavailable, ReplayNVML, open_nvml
 
 RECORDING = Path(__file__).resolve().parents[1] / "fixtures" / "hosts" / "nvml-h200x2.json"
 CASE = cases.get("llava1_5_7b")
@@ -127,8 +129,8 @@ def test_driver_older_than_cuda_13_runs_the_reference_stack_only():
 
 
 def test_recorded_host_from_the_command(tmp_path):
-    r = runner.invoke(app(), ["check-host", "--config", "H200x1x1", "--nvml-recording", str(RECORDING),
-                              "--results", str(tmp_path), "--json"])  # fmt: skip
+    r = runner.invoke(app(), ["check-host", "--config", "H200x1x1", "--results", str(tmp_path), "--json"],
+                      env={"KIT_NVML_RECORDING": str(RECORDING)})  # fmt: skip
     doc = json.loads(r.output)
     [host] = doc["hosts"]
     rows = {c["name"]: c for c in doc["hosts"][host]}
@@ -140,7 +142,7 @@ def test_recorded_host_from_the_command(tmp_path):
 
 
 def test_count_against_the_reference_configs_eight_gpus_fails_with_fix(tmp_path):
-    checks = ch.run_checks("llava1_5_7b", "A800x1x8", None, None, tmp_path, 1, nvml_recording=RECORDING)
+    checks = ch.run_checks("llava1_5_7b", "A800x1x8", None, None, tmp_path, 1, vendor=NvidiaVendor(RECORDING))
     count = by_name(checks)["GPU count"]
     assert count.status == "fail" and "2 GPUs found, the config needs 8" in count.detail
     assert "--gpus 2" in count.fix and "kit configs" in count.fix
@@ -326,16 +328,17 @@ def test_driver_read_from_proc_when_nvml_is_missing(tmp_path):
     (tmp_path / "proc/driver/nvidia/version").write_text(
         "NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  580.159.04  Release Build  (nixbld@)\n"
     )
-    assert ch._driver_from_proc(str(tmp_path)) == "580.159.04"
+    assert driver.driver_from_proc(str(tmp_path)) == "580.159.04"
 
 
-def test_cpu_config_skips_gpus_without_nvml(tmp_path, monkeypatch):
+def test_cpu_config_asks_the_cpu_vendor_and_no_driver(tmp_path, monkeypatch):
     def unavailable(recording=None):
         raise NVMLUnavailable("no driver")
 
-    monkeypatch.setattr(ch, "open_nvml", unavailable)
-    c = by_name(ch.gpu_and_driver(cfg("tiny")))
-    assert c["GPUs"].status == "skip" and "driver" not in c
+    monkeypatch.setattr(nvml, "open_nvml", unavailable)
+    rows, vendor, _ = ch.device_checks(cfg("tiny"))
+    c = by_name(rows)
+    assert vendor.name == "cpu" and c["Accelerators"].status == "ok" and "driver" not in c
 
 
 def test_every_failing_check_of_a_bad_host_has_a_fix(tmp_path):
@@ -348,7 +351,7 @@ def test_every_failing_check_of_a_bad_host_has_a_fix(tmp_path):
 
     root = fake_root(tmp_path / "root", shm="65536k", ib_state="1: DOWN", memlock="65536")
     checks = ch.run_checks("llava1_5_7b", "A800x1x8", tmp_path / "nodata", tmp_path / "nomodels", tmp_path, 2,
-                           nvml_recording=variant(tmp_path, edit), root=str(root))  # fmt: skip
+                           vendor=NvidiaVendor(variant(tmp_path, edit), root=str(root)), root=str(root))  # fmt: skip
     failing = [c for c in checks if c.status == "fail"]
     assert {c.name for c in failing} >= {"GPU count", "ECC", "clock events", "image CUDA 11.8", "/dev/shm", "data", "weights"}
     assert all(c.fix for c in failing)
@@ -561,9 +564,8 @@ def bad_tree(root: Path) -> Path:
 
 def test_deep_names_undecodable_images_and_records_kit_run_rejects(tmp_path):
     root = bad_tree(tmp_path / "data")
-    argv = ["check-host", "--config", "H200x1x1", "--nvml-recording", str(RECORDING), "--results", str(tmp_path),
-            "--data", str(root), "--deep"]  # fmt: skip
-    r = runner.invoke(app(), [*argv, "--json"])
+    argv = ["check-host", "--config", "H200x1x1", "--results", str(tmp_path), "--data", str(root), "--deep"]
+    r = runner.invoke(app(), [*argv, "--json"], env={"KIT_NVML_RECORDING": str(RECORDING)})
     assert r.exit_code == 1 and not isinstance(r.exception, TypeError)
     rows = {c["name"]: c for c in next(iter(json.loads(r.stdout)["hosts"].values()))}
     assert not any("the check itself failed" in c["detail"] for c in rows.values())
@@ -641,8 +643,8 @@ def test_model_dirs(tmp_path):
 
 
 def test_json_shape(tmp_path):
-    r = runner.invoke(app(), ["check-host", "--config", "A800x1x8", "--nvml-recording", str(RECORDING),
-                              "--results", str(tmp_path), "--json"])  # fmt: skip
+    r = runner.invoke(app(), ["check-host", "--config", "A800x1x8", "--results", str(tmp_path), "--json"],
+                      env={"KIT_NVML_RECORDING": str(RECORDING)})  # fmt: skip
     assert r.exit_code == 1  # 2 GPUs of the 8 the config needs
     doc = json.loads(r.output)
     assert set(doc) == {"case", "config", "ready", "status", "hosts"} and doc["ready"] is False
@@ -677,7 +679,7 @@ def test_extra_checks_hook_sees_earlier_checks(tmp_path, monkeypatch):
         return [Check("docker", "engine", "ok", "fake")]
 
     monkeypatch.setattr(ch, "extra_checks", [mine])
-    checks = ch.run_checks("llava1_5_7b", "H200x1x1", None, None, tmp_path, 1, nvml_recording=RECORDING)
+    checks = ch.run_checks("llava1_5_7b", "H200x1x1", None, None, tmp_path, 1, vendor=NvidiaVendor(RECORDING))
     assert seen == {"found": 2} and by_name(checks)["engine"].detail == "fake"
 
 
@@ -686,7 +688,7 @@ def test_a_crashing_check_becomes_a_failing_row(tmp_path, monkeypatch):
         raise RuntimeError("boom")
 
     monkeypatch.setattr(ch, "extra_checks", [broken])
-    c = by_name(ch.run_checks("llava1_5_7b", "H200x1x1", None, None, tmp_path, 1, nvml_recording=RECORDING))["broken"]
+    c = by_name(ch.run_checks("llava1_5_7b", "H200x1x1", None, None, tmp_path, 1, vendor=NvidiaVendor(RECORDING)))["broken"]
     assert c.status == "fail" and "boom" in c.detail and c.fix
 
 
@@ -702,8 +704,8 @@ def test_remote_host_without_the_remote_module(tmp_path, monkeypatch):
 
 def test_local_host_names_are_checked_here(tmp_path):
     assert ch.is_local("localhost") and ch.is_local(socket.gethostname())
-    r = runner.invoke(app(), ["check-host", "--config", "H200x1x1", "--hosts", "localhost", "--nvml-recording",
-                              str(RECORDING), "--results", str(tmp_path), "--json"])  # fmt: skip
+    r = runner.invoke(app(), ["check-host", "--config", "H200x1x1", "--hosts", "localhost", "--results",
+                              str(tmp_path), "--json"], env={"KIT_NVML_RECORDING": str(RECORDING)})  # fmt: skip
     doc = json.loads(r.output)
     assert list(doc["hosts"]) == ["localhost"] and any(c["name"] == "GPU count" for c in doc["hosts"]["localhost"])
 
@@ -714,7 +716,9 @@ def test_unknown_config_is_exit_2():
 
 
 def test_env_block_contents():
-    block = env_block(str(RECORDING))
+    from kit.vendors.nvidia import NvidiaVendor
+
+    block = env_block(NvidiaVendor(recording=RECORDING))
     assert block.startswith("```text\n") and block.endswith("\n```")
     for label in ("kit:", "Python:", "OS:", "CPU:", "Memory:", "torch:", "deepspeed:", "transformers:", "flash-attn:",
                   "nvidia-ml-py:", "docker:", "Docker engine:"):  # fmt: skip
@@ -729,7 +733,8 @@ def test_env_and_check_host_never_import_the_training_stack():
 
     code = (
         "import sys, kit.commands.env as e, kit.commands.check_host as c\n"
-        f"e.env_block({str(RECORDING)!r})\n"
+        "from kit.vendors.nvidia import NvidiaVendor\n"
+        f"e.env_block(NvidiaVendor(recording={str(RECORDING)!r}))\n"
         "bad = sorted(m for m in ('torch', 'deepspeed', 'transformers') if m in sys.modules)\n"
         "assert not bad, bad"
     )
@@ -737,5 +742,5 @@ def test_env_and_check_host_never_import_the_training_stack():
 
 
 def test_env_command_prints_the_block():
-    r = runner.invoke(app(), ["env", "--nvml-recording", str(RECORDING)])
+    r = runner.invoke(app(), ["env"], env={"KIT_NVML_RECORDING": str(RECORDING)})  # NVIDIA's vendor replays it
     assert r.exit_code == 0 and "```text" in r.output and "NVIDIA driver: 580.159.04" in r.output

@@ -65,7 +65,9 @@ def test_help_paragraphs_wrap_at_the_terminal_not_at_the_source_line(command):
     group, _, name = command.rpartition(" ")
     apps = {g.name: g.typer_instance for g in cli.app.registered_groups}
     infos = (apps[group] if group else cli.app).registered_commands
-    info = next(i for i in infos if (i.name or i.callback.__name__.replace("_", "-")) == name)
+    info = next((i for i in infos if (i.name or i.callback.__name__.replace("_", "-")) == name), None)
+    if info is None:  # a group whose bare invocation is the command (`kit configs`): its callback's help
+        info = apps[name].registered_callback
     doc = inspect.cleandoc(info.help or info.callback.__doc__)
     prose = [p for p in doc.split("\n\n")[1:] if not p.startswith((" ", "Example"))]
     for paragraph in prose:
@@ -182,8 +184,8 @@ def test_the_refusal_reaches_the_user_as_one_line_with_exit_2(tmp_path, monkeypa
         "or --set pretrain.micro_batch=16 --set finetune.micro_batch=8"
     )
     assert not any(tmp_path.iterdir())
-    # Without --config the scale picks the config; --native's dry run reaches no engine, so it runs through here
-    # (on a recorded GPU host with room on disk: a dry run exits as the launch would, 0 here).
+    # Without --config the host's devices and the scale pick the config (the recorded H200 host: H200x1x1); --native's
+    # dry run reaches no engine, so it runs through here (with room on disk: a dry run exits as the launch would, 0).
     from kit.checks import system
 
     monkeypatch.setattr(system, "free_bytes", lambda p: (Path(p), 10**15))
@@ -191,4 +193,4 @@ def test_the_refusal_reaches_the_user_as_one_line_with_exit_2(tmp_path, monkeypa
     r = runner.invoke(app, ["run", "llava1_5_7b", "--nodes", "1", "--gpus", "1", "--synthetic", "--native", "--dry-run",
                             "--results", str(tmp_path)], env={"KIT_NVML_RECORDING": str(recording)})  # fmt: skip
     assert r.exit_code == 0, r.output
-    assert "config A800x1x1" in " ".join(r.output.split())
+    assert "config H200x1x1" in " ".join(r.output.split())

@@ -317,10 +317,11 @@ def test_the_unit_follows_the_device(tmp_path: Path) -> None:
                    "finetune")], run_id="npu-run")  # fmt: skip
     c = build([npu, _factory_runs(tmp_path / "f")["h200"]])
     units = {e.label: page_of._device_unit(e) for e in c.shown}
-    assert units == {"npu-run": "device", "20261103-090000-llava1_5_7b-H200x1x1-2345": "GPU"}
+    # the vendor that owns the device name says what one is called (kit/vendors): Ascend's NPU, NVIDIA's GPU
+    assert units == {"npu-run": "NPU", "20261103-090000-llava1_5_7b-H200x1x1-2345": "GPU"}
     page = page_of.render_html(c)
-    assert "tokens / s / device" in page and "tokens / s / GPU" in page
-    assert "not on one axis with 20261103-090000-llava1_5_7b-H200x1x1-2345: per device vs per GPU" in page
+    assert "tokens / s / NPU" in page and "tokens / s / GPU" in page
+    assert "not on one axis with 20261103-090000-llava1_5_7b-H200x1x1-2345: per NPU vs per GPU" in page
 
 
 def test_the_page_breaks_no_header_or_name_mid_word_in_a_real_browser(tmp_path: Path) -> None:

@@ -86,6 +86,7 @@ def _plan(**kw) -> containers.ContainerPlan:
         nodes=[containers.Node(0, "gpu1", "ssh://gpu1", infiniband=True), containers.Node(1, "gpu2", "ssh://gpu2")],
         gpus_per_node=8, use_gpus=True, network="host", master_addr="gpu1", master_port=29500, user="1000:1000",
         mounts=[{"source": "/runs", "target": "/runs", "read_only": False}], env={"NCCL_IB_HCA": "mlx5"},
+        vendor="nvidia",
     )  # fmt: skip
     args.update(kw)
     return containers.ContainerPlan(**args)
@@ -99,6 +100,7 @@ def test_container_arguments_for_gpu_nodes():
     assert "--master-addr=gpu1" in cmd and "--master-port=29500" in cmd
     kw = p.create_kwargs("RUN", "pretrain", p.nodes[0], cmd)
     assert kw["device_requests"][0]["Count"] == 8 and kw["device_requests"][0]["Capabilities"] == [["gpu"]]
+    assert kw["devices"] == ["/dev/infiniband:/dev/infiniband:rwm"]  # node 0 has InfiniBand
     assert kw["ipc_mode"] == "host" and kw["network_mode"] == "host" and kw["init"] is True
     assert kw["user"] == "1000:1000"
     assert {u["Name"]: (u["Soft"], u["Hard"]) for u in kw["ulimits"]} == {
@@ -112,9 +114,27 @@ def test_container_arguments_for_gpu_nodes():
     no_ib = p.create_kwargs("RUN", "pretrain", p.nodes[1], cmd)
     assert "devices" not in no_ib and "cap_add" not in no_ib
     d = p.to_dict()
-    assert d["nccl"] == {"NCCL_IB_HCA": "mlx5"} and d["privileged"] is False
+    assert d["collectives"] == {"NCCL_IB_HCA": "mlx5"} and d["privileged"] is False and d["vendor"] == "nvidia"
     json.dumps(d)  # goes into run.json as is
 
+
+
+def test_container_arguments_follow_the_devices_vendor():
+    """The devices reach a container as their vendor says (kit/vendors): AMD's device nodes and groups, Ascend's
+    NPUs, manager devices and read-only driver mounts; no NVIDIA device request for either."""
+    amd = _plan(vendor="amd", gpus_per_node=2)
+    kw = amd.create_kwargs("RUN", "pretrain", amd.nodes[1], ["true"])
+    assert "device_requests" not in kw and kw["devices"] == ["/dev/kfd:/dev/kfd:rwm", "/dev/dri:/dev/dri:rwm"]
+    assert sorted(kw["group_add"]) == ["render", "video"]
+    ascend = _plan(vendor="ascend", gpus_per_node=2)
+    kw = ascend.create_kwargs("RUN", "pretrain", ascend.nodes[0], ["true"])
+    assert "device_requests" not in kw
+    assert kw["devices"][:3] == ["/dev/davinci0:/dev/davinci0:rwm", "/dev/davinci1:/dev/davinci1:rwm",
+                                 "/dev/davinci_manager:/dev/davinci_manager:rwm"]  # fmt: skip
+    assert kw["devices"][-1] == "/dev/infiniband:/dev/infiniband:rwm"  # node 0's InfiniBand after the NPUs
+    driver = next(m for m in kw["mounts"] if m["Target"] == "/usr/local/Ascend/driver")
+    assert driver["Source"] == "/usr/local/Ascend/driver" and driver["ReadOnly"] is True
+    assert "2 NPU(s)" in containers.describe(ascend)[1]
 
 def test_ulimits():
     assert containers.parse_ulimits(None) == {"memlock": [-1, -1], "stack": [67108864, 67108864]}

@@ -1,4 +1,7 @@
-"""Docker checks against the real engine that .ci/services.sh starts (no mocks), on this GPU-less host."""
+"""Docker checks against the real engine that .ci/services.sh starts (no mocks), on this GPU-less host.
+
+The device rows are the vendor's: these tests ask NVIDIA's (the container toolkit's runtime or CDI specs, `nvidia-smi
+-L` in the --deep container); tests/host/test_vendor_images.py asks AMD's, Ascend's and the CPU's."""
 
 from __future__ import annotations
 
@@ -8,11 +11,13 @@ import pytest
 
 from kit.checks import docker as dc
 from kit.checks import worst
+from kit.vendors.nvidia import NvidiaVendor
 
 from .services import docker_engine_env
 
 docker = pytest.importorskip("docker")
 LABEL = "=".join(dc.DEEP_LABEL)
+NV = NvidiaVendor()
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +39,7 @@ def leftovers(url: str) -> list:
 
 def test_engine_reachable_version_and_drivers(engine, tmp_path):
     url = engine["KIT_TEST_DOCKER_HOST"]
-    checks = by_name(dc.docker_checks(base_url=url, gpus=0, cdi_root=tmp_path))
+    checks = by_name(dc.docker_checks(base_url=url, gpus=0, cdi_root=tmp_path, vendor=NV))
     assert checks["engine"].status == "ok" and url in checks["engine"].detail
     data = checks["engine"].data
     assert data["storage_driver"] in ("overlay2", "vfs")  # services.sh: overlay2 where overlayfs mounts, else vfs
@@ -48,12 +53,12 @@ def test_engine_reachable_version_and_drivers(engine, tmp_path):
 
 def test_no_gpu_runtime_is_a_warn_without_gpus_and_a_fail_with_them(engine, tmp_path):
     url = engine["KIT_TEST_DOCKER_HOST"]
-    runtime = by_name(dc.docker_checks(base_url=url, gpus=0, cdi_root=tmp_path))["gpu runtime"]
+    runtime = by_name(dc.docker_checks(base_url=url, gpus=0, cdi_root=tmp_path, vendor=NV))["gpu runtime"]
     assert runtime.status == "warn", runtime
     assert "no nvidia runtime" in runtime.detail and "no GPUs" in runtime.detail
     assert "nvidia-container-toolkit" in runtime.fix
     assert "nvidia-ctk runtime configure --runtime=docker" in runtime.fix
-    with_gpus = by_name(dc.docker_checks(base_url=url, gpus=8, cdi_root=tmp_path))["gpu runtime"]
+    with_gpus = by_name(dc.docker_checks(base_url=url, gpus=8, cdi_root=tmp_path, vendor=NV))["gpu runtime"]
     assert with_gpus.status == "fail" and "8 GPU" in with_gpus.detail and with_gpus.fix == runtime.fix
 
 
@@ -62,7 +67,7 @@ def test_cdi_spec_counts_as_configured(engine, tmp_path, where):
     spec = tmp_path / where
     spec.parent.mkdir(parents=True)
     spec.write_text('cdiVersion: "0.5.0"\nkind: nvidia.com/gpu\ndevices: []\n')
-    runtime = by_name(dc.docker_checks(base_url=engine["KIT_TEST_DOCKER_HOST"], gpus=8, cdi_root=tmp_path))[
+    runtime = by_name(dc.docker_checks(base_url=engine["KIT_TEST_DOCKER_HOST"], gpus=8, cdi_root=tmp_path, vendor=NV))[
         "gpu runtime"
     ]
     assert runtime.status == "ok" and str(spec) in runtime.detail
@@ -71,7 +76,7 @@ def test_cdi_spec_counts_as_configured(engine, tmp_path, where):
 
 def test_deep_runs_a_throwaway_container_and_removes_it(engine, tmp_path):
     url, image = engine["KIT_TEST_DOCKER_HOST"], engine["KIT_TEST_DOCKER_IMAGE"]
-    checks = dc.docker_checks(deep=True, image=image, base_url=url, gpus=0, cdi_root=tmp_path)
+    checks = dc.docker_checks(deep=True, image=image, base_url=url, gpus=0, cdi_root=tmp_path, vendor=NV)
     container = by_name(checks)["container"]
     assert container.status == "ok", container
     assert "kit-deep-check-ok" in container.detail and container.data["exit_code"] == 0
@@ -82,23 +87,23 @@ def test_deep_runs_a_throwaway_container_and_removes_it(engine, tmp_path):
 def test_deep_removes_the_container_on_timeout_and_on_failure(engine, tmp_path):
     url, image = engine["KIT_TEST_DOCKER_HOST"], engine["KIT_TEST_DOCKER_IMAGE"]
     hung = by_name(dc.docker_checks(deep=True, image=image, base_url=url, gpus=0, cdi_root=tmp_path,
-                                    deep_command=["sleep", "60"], deep_timeout=1))["container"]
+                                    deep_command=["sleep", "60"], deep_timeout=1, vendor=NV))["container"]
     assert hung.status == "fail" and "did not finish within 1 s" in hung.detail and image in hung.fix
     failed = by_name(dc.docker_checks(deep=True, image=image, base_url=url, gpus=0, cdi_root=tmp_path,
-                                      deep_command=["sh", "-c", "echo broken >&2; exit 3"]))["container"]
+                                      deep_command=["sh", "-c", "echo broken >&2; exit 3"], vendor=NV))["container"]
     assert failed.status == "fail" and "exited 3" in failed.detail and "broken" in failed.detail
     # A GPU request on an engine without the NVIDIA runtime: refused, with the toolkit fix.
-    gpu = by_name(dc.docker_checks(deep=True, image=image, base_url=url, gpus=1, cdi_root=tmp_path))["container"]
+    gpu = by_name(dc.docker_checks(deep=True, image=image, base_url=url, gpus=1, cdi_root=tmp_path, vendor=NV))["container"]
     assert gpu.status == "fail" and "nvidia-ctk" in gpu.fix
     assert leftovers(url) == []
 
 
 def test_deep_without_a_usable_image_says_which(engine, tmp_path):
     url = engine["KIT_TEST_DOCKER_HOST"]
-    none = by_name(dc.docker_checks(deep=True, base_url=url, gpus=0, cdi_root=tmp_path))["container"]
+    none = by_name(dc.docker_checks(deep=True, base_url=url, gpus=0, cdi_root=tmp_path, vendor=NV))["container"]
     assert none.status == "fail" and "--deep-image" in none.fix
     missing = by_name(dc.docker_checks(deep=True, image="kit-test/absent:0", base_url=url, gpus=0,
-                                       cdi_root=tmp_path))["container"]
+                                       cdi_root=tmp_path, vendor=NV))["container"]
     assert missing.status == "fail" and "kit-test/absent:0 is not on host" in missing.detail
     assert "docker pull kit-test/absent:0" in missing.fix
 

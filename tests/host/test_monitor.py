@@ -1,6 +1,6 @@
 """kit.run.monitor: the sampler beside every stage, its summary, warnings and plot.
 
-NVML is faked only at the binding's boundary: `kit.vendors.nvml.ReplayNVML` answers from
+NVML is faked only at the binding's boundary: `kit.vendors.nvidia.nvml.ReplayNVML` answers from
 tests/fixtures/hosts/nvml-h200x2.json (2 idle NVIDIA H200, recorded on a real machine); the variants below change
 single readings of it (a clock-event bit, the compute processes), each said where it is made. The processes a
 GPU reading names are real processes of this host (a "run" subprocess and a spinning "foreign" one), so telling
@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
+from kit import vendors
 from kit.launchers import base as launch
 from kit.results import samples as readback
 from kit.results.plots import plot_monitor
@@ -30,7 +31,8 @@ from kit.run import monitor
 from kit.run.guard import HEARTBEAT_NAME
 from kit.run.monitor import GIB, MONITOR_NAME, Monitor
 from kit.run.progress import StageProgress
-from kit.vendors.nvml import ReplayNVML
+from kit.vendors.nvidia.nvml import ReplayNVML
+from kit.vendors.nvidia.sampler import NvmlSampler, event_names, reasons
 
 RECORDING = Path(__file__).resolve().parents[1] / "fixtures" / "hosts" / "nvml-h200x2.json"
 SPIN = "import time\nwhile True: pass"
@@ -47,6 +49,11 @@ def key(fn: str, *args) -> str:
 def proc_struct(pid: int, used: int) -> dict:
     return {"__struct__": {"pid": pid, "usedGpuMemory": used, "gpuInstanceId": 4294967295,
                            "computeInstanceId": 4294967295}}  # fmt: skip
+
+
+def sampler(nvml: ReplayNVML) -> NvmlSampler:
+    """NVIDIA's sampler on a replay (the vendor's own, as the monitor gets it from kit/vendors)."""
+    return NvmlSampler(nvml, owns_nvml=False)
 
 
 def variant(procs: dict[int, list[dict]], masks: dict[int, int] | None = None) -> ReplayNVML:
@@ -103,20 +110,21 @@ def lines(stage: Path) -> list[dict]:
 
 def test_replay_sample_reads_every_device(tmp_path, run_tree):
     run, _ = run_tree
-    m = Monitor(tmp_path, roots={run.pid}, nvml=variant({0: [proc_struct(run.pid, 5 * GIB)]}))
+    m = Monitor(tmp_path, roots={run.pid}, sampler=sampler(variant({0: [proc_struct(run.pid, 5 * GIB)]})))
     m.open()
     s = m.sample_once()
     d0, d1 = s["devices"]
     assert d0 == {
-        "index": 0, "util_gpu_pct": 0, "util_mem_pct": 0, "mem_used_bytes": 644939776,
-        "mem_total_bytes": 150754820096, "power_w": 81.597, "power_limit_w": 700.0, "sm_clock_mhz": 345,
-        "sm_clock_max_mhz": 1980, "temp_c": 34, "clock_events": 1, "clock_event_names": ["GPU_IDLE"],
-        "processes": [{"pid": run.pid, "name": "python", "used_bytes": 5 * GIB, "ours": True}],
+        "index": 0, "util_pct": 0, "mem_util_pct": 0, "mem_used_bytes": 644939776,
+        "mem_total_bytes": 150754820096, "power_w": 81.597, "power_limit_w": 700.0, "clock_mhz": 345,
+        "clock_max_mhz": 1980, "temp_c": 34, "throttle": [], "throttle_status": "ok",  # the idle bit is by design
+        "processes": [{"pid": run.pid, "used_bytes": 5 * GIB, "name": "python", "ours": True}],
     }  # fmt: skip
     assert d1["processes"] == [] and d1["index"] == 1
     start = lines(tmp_path)[0]
-    assert start["type"] == "start" and start["source"] == "nvml"
-    assert start["devices"][1] == {"index": 1, "name": "NVIDIA H200", "sm_clock_max_mhz": 1980}
+    assert start["type"] == "start" and start["source"] == "nvidia" and start["device_word"] == "GPU"
+    assert start["devices"][1] == {"index": 1, "name": "NVIDIA H200", "clock_max_mhz": 1980}
+    assert start["throttle_reasons"]["HW_SLOWDOWN"] == "fail" and start["throttle_reasons"]["GPU_IDLE"] == "ok"
 
 
 def test_replay_throttle_and_foreign_process(tmp_path, run_tree, spinner):
@@ -132,19 +140,19 @@ def test_replay_throttle_and_foreign_process(tmp_path, run_tree, spinner):
         variant({0: ours, 1: ours + [foreign]}),
         plain,
     ]
-    m = Monitor(tmp_path, roots={run.pid}, nvml=plain)
+    m = Monitor(tmp_path, roots={run.pid}, sampler=sampler(plain))
     m.open()
     for nv in seq:
-        m.gpus.nvml = nv
+        m.devices.nvml = nv
         m.sample_once()
     got = [p for p in lines(tmp_path)[2]["devices"][1]["processes"]]
     assert got[1] == {"pid": spinner.pid, "name": "python", "used_bytes": 3 * GIB, "ours": False}
     s = monitor_summary(tmp_path)
-    assert s["source"] == "nvml" and s["samples"] == 4 and s["run_devices"] == [0, 1]
+    assert s["source"] == "nvidia" and s["samples"] == 4 and s["run_devices"] == [0, 1]
     assert s["devices"]["1"]["throttle"] == {"HW_SLOWDOWN": 0.25, "SW_POWER_CAP": 0.25}
     assert s["devices"]["0"]["throttle"] == {}  # the idle bit is not throttling
     assert s["foreign_processes"] == [
-        {"gpu": 1, "pid": spinner.pid, "name": "python", "used_bytes_max": 3 * GIB, "samples": 2}
+        {"device": 1, "pid": spinner.pid, "name": "python", "used_bytes_max": 3 * GIB, "samples": 2}
     ]
     # (the host's CPU is judged too: this shared host may be busy, so only the GPU warnings are compared)
     assert [w for w in s["warnings"] if "GPU" in w] == [
@@ -158,7 +166,7 @@ def test_gpu_the_run_does_not_use_is_not_flagged(tmp_path, run_tree, spinner):
     """The run on GPU 0 only: a foreign process and a HW slowdown on GPU 1 are recorded, not warned about."""
     run, _ = run_tree
     nv = variant({0: [proc_struct(run.pid, GIB)], 1: [proc_struct(spinner.pid, GIB)]}, masks={1: 0x8})
-    m = Monitor(tmp_path, roots={run.pid}, nvml=nv)
+    m = Monitor(tmp_path, roots={run.pid}, sampler=sampler(nv))
     m.open()
     m.sample_once()
     s = monitor_summary(tmp_path)
@@ -172,21 +180,29 @@ def test_recording_without_a_reading_still_replays(tmp_path):
     rec = recording()
     for gpu in (0, 1):
         del rec["calls"][key("nvmlDeviceGetPowerUsage", {"device": gpu})]
-    m = Monitor(tmp_path, nvml=ReplayNVML(rec))
+    m = Monitor(tmp_path, sampler=sampler(ReplayNVML(rec)))
     m.open()
     d0 = m.sample_once()["devices"][0]
-    assert d0["power_w"] is None and d0["sm_clock_mhz"] == 345
+    assert d0["power_w"] is None and d0["clock_mhz"] == 345
 
 
-def test_nvml_that_cannot_list_the_gpus_leaves_the_host_sampled(tmp_path):
-    """NVML starts but its device count fails (here: a recording without it): host samples, the error noted."""
+def test_nvml_that_cannot_list_the_gpus_leaves_the_host_sampled(tmp_path, monkeypatch):
+    """NVML starts but its device count fails (here: a recording without it, the vendor chosen as on a host):
+    host samples, the error noted."""
     rec = recording()
     del rec["calls"][key("nvmlDeviceGetCount")]
-    m = Monitor(tmp_path, nvml=ReplayNVML(rec))
-    m.open()
-    assert "devices" not in m.sample_once()
+    (tmp_path / "rec.json").write_text(json.dumps(rec))
+    monkeypatch.setenv("KIT_NVML_RECORDING", str(tmp_path / "rec.json"))
+    monkeypatch.setenv("KIT_VENDOR", "nvidia")
+    vendors.reset()
+    try:
+        m = Monitor(tmp_path)
+        m.open()
+        assert "devices" not in m.sample_once()
+    finally:
+        vendors.reset()
     start = lines(tmp_path)[0]
-    assert start["source"] == "host" and "nvmlDeviceGetCount" in start["nvml_error"]
+    assert start["source"] == "host" and "nvmlDeviceGetCount" in start["sampler_error"]
 
 
 # ---- the host, for real ----
@@ -196,7 +212,7 @@ def test_host_sampler_tells_the_run_from_a_busy_foreign_process(tmp_path, run_tr
     monkeypatch.setattr(monitor, "TOP_OTHERS", 100)  # other tests on this host may be busier than the spinner
     run, child = run_tree
     run_before, spin_before = cpu_seconds(run.pid) + cpu_seconds(child), cpu_seconds(spinner.pid)
-    m = Monitor(tmp_path, interval=0.5, roots={run.pid}, nvml=None).start()
+    m = Monitor(tmp_path, interval=0.5, roots={run.pid}, sampler=None).start()
     time.sleep(2.2)
     m.stop()
     recs = lines(tmp_path)
@@ -281,11 +297,23 @@ def test_marker_makes_a_real_non_descendant_ours(tmp_path, spinner):
 
 
 def gpu_sample(t: float, util: int, power: float, clock: int, mask: int, procs: list[dict]) -> dict:
+    dev = {"index": 0, "util_pct": util, "mem_util_pct": util // 2, "mem_used_bytes": (util // 10) * GIB,
+           "mem_total_bytes": 80 * GIB, "power_w": power, "power_limit_w": 700.0, "clock_mhz": clock,
+           "clock_max_mhz": 1980, "temp_c": 40 + util // 10, "throttle": event_names(mask), "processes": procs}  # fmt: skip
+    return {"type": "sample", "t": t, "dt": 5.0, "devices": [dev]}
+
+
+def old_gpu_sample(t: float, util: int, power: float, clock: int, mask: int, procs: list[dict]) -> dict:
+    """A sample as runs before the vendor seam wrote it (NVML's names; the start line without a reasons table)."""
     dev = {"index": 0, "util_gpu_pct": util, "util_mem_pct": util // 2, "mem_used_bytes": (util // 10) * GIB,
            "mem_total_bytes": 80 * GIB, "power_w": power, "power_limit_w": 700.0, "sm_clock_mhz": clock,
            "sm_clock_max_mhz": 1980, "temp_c": 40 + util // 10, "clock_events": mask,
-           "clock_event_names": monitor.event_names(mask), "processes": procs}  # fmt: skip
+           "clock_event_names": event_names(mask), "processes": procs}  # fmt: skip
     return {"type": "sample", "t": t, "dt": 5.0, "devices": [dev]}
+
+
+NVIDIA_START = {"type": "start", "t": 995.0, "source": "nvidia", "interval_s": 5.0, "device_word": "GPU",
+                "throttle_reasons": reasons()}  # fmt: skip
 
 
 def write(stage: Path, records: list[dict], tail: str = "") -> None:
@@ -293,12 +321,15 @@ def write(stage: Path, records: list[dict], tail: str = "") -> None:
     (stage / MONITOR_NAME).write_text("".join(json.dumps(r) + "\n" for r in records) + tail)
 
 
-def test_gpu_summary_numbers_hand_computed(tmp_path):
+@pytest.mark.parametrize("layout", ["current", "older runs"])
+def test_gpu_summary_numbers_hand_computed(tmp_path, layout):
+    gpu_sample = globals()["gpu_sample"] if layout == "current" else old_gpu_sample
+    start = NVIDIA_START if layout == "current" else {"type": "start", "t": 995.0, "source": "nvml", "interval_s": 5.0}
     ours = {"pid": 100, "name": "python", "used_bytes": 30 * GIB, "ours": True}
     foreign = {"pid": 4242, "name": "python", "used_bytes": int(3.1 * GIB), "ours": False}
     small = {"pid": 4242, "name": "python", "used_bytes": GIB, "ours": False}
     write(tmp_path, [
-        {"type": "start", "t": 995.0, "source": "nvml", "interval_s": 5.0},
+        start,
         gpu_sample(1000.0, 50, 300.0, 1980, 0x0, [ours]),
         gpu_sample(1005.0, 70, 400.0, 1980, 0x8, [ours, small]),
         gpu_sample(1010.0, 90, 500.0, 1500, 0x4, [ours, foreign]),
@@ -306,16 +337,16 @@ def test_gpu_summary_numbers_hand_computed(tmp_path):
         {"type": "stop", "t": 1016.5, "samples": 4},
     ])  # fmt: skip
     s = monitor_summary(tmp_path)
-    assert (s["samples"], s["source"], s["interval_s"], s["span_s"]) == (4, "nvml", 5.0, 16.0)  # gaps 5, 5, 6
+    assert (s["samples"], s["source"], s["interval_s"], s["span_s"]) == (4, start["source"], 5.0, 16.0)  # gaps 5, 5, 6
     d = s["devices"]["0"]
-    assert d["util_gpu_pct_mean"] == 77.5 and d["util_gpu_pct_max"] == 100  # (50+70+90+100)/4
-    assert d["util_mem_pct_mean"] == 38.75  # (25+35+45+50)/4
+    assert d["util_pct_mean"] == 77.5 and d["util_pct_max"] == 100  # (50+70+90+100)/4
+    assert d["mem_util_pct_mean"] == 38.75  # (25+35+45+50)/4
     assert d["mem_used_bytes_max"] == 10 * GIB and d["mem_total_bytes"] == 80 * GIB
     assert (d["power_w_mean"], d["power_w_max"], d["power_limit_w"]) == (450.0, 600.0, 700.0)
-    assert (d["sm_clock_mhz_min"], d["sm_clock_mhz_median"], d["sm_clock_max_mhz"]) == (1200, 1740.0, 1980)
+    assert (d["clock_mhz_min"], d["clock_mhz_median"], d["clock_max_mhz"]) == (1200, 1740.0, 1980)
     assert d["temp_c_max"] == 50
     assert d["throttle"] == {"HW_SLOWDOWN": 0.25, "SW_POWER_CAP": 0.5}
-    assert s["foreign_processes"] == [{"gpu": 0, "pid": 4242, "name": "python", "used_bytes_max": int(3.1 * GIB),
+    assert s["foreign_processes"] == [{"device": 0, "pid": 4242, "name": "python", "used_bytes_max": int(3.1 * GIB),
                                        "samples": 2}]  # fmt: skip
     assert s["warnings"] == [
         "GPU 0 throttled (HW_SLOWDOWN) in 25% of samples",
@@ -328,11 +359,11 @@ def test_power_cap_in_few_samples_is_not_a_warning(tmp_path):
     """A "warn" clock event (SW power cap) below THROTTLE_WARN of the samples is counted, not flagged; a "fail"
     one (HW slowdown) is flagged from one sample."""
     samples = [gpu_sample(1000.0 + 5 * i, 90, 650.0, 1980, 0x4 if i == 0 else 0, []) for i in range(25)]
-    write(tmp_path, samples)
+    write(tmp_path, [NVIDIA_START, *samples])
     s = monitor_summary(tmp_path)
     assert s["devices"]["0"]["throttle"] == {"SW_POWER_CAP": 0.04} and s["warnings"] == []
     samples[3] = gpu_sample(1015.0, 90, 650.0, 1000, 0x8, [])
-    write(tmp_path, samples)
+    write(tmp_path, [NVIDIA_START, *samples])
     assert monitor_summary(tmp_path)["warnings"] == ["GPU 0 throttled (HW_SLOWDOWN) in 4% of samples"]
 
 
@@ -454,7 +485,7 @@ def test_sampler_failure_is_recorded_and_the_stage_goes_on(tmp_path, monkeypatch
     stage = tmp_path / "pretrain"
     stage.mkdir()
     monkeypatch.setattr(launch, "start_stage_monitor",
-                        lambda d: Monitor(d, interval=0.2, nvml=None, proc=str(fake)).start())  # fmt: skip
+                        lambda d: Monitor(d, interval=0.2, sampler=None, proc=str(fake)).start())  # fmt: skip
 
     def wait(watch):
         time.sleep(0.5)
@@ -483,7 +514,7 @@ def test_unwritable_stage_dir_does_not_fail_the_stage(tmp_path, monkeypatch):
 
 def test_plot_written_for_gpu_and_host_samples(tmp_path):
     gpu, host = tmp_path / "gpu", tmp_path / "host"
-    write(gpu, [gpu_sample(1000.0 + 5 * i, 10 * i, 100.0 * i, 1980, 0, []) for i in range(5)])
+    write(gpu, [NVIDIA_START, *[gpu_sample(1000.0 + 5 * i, 10 * i, 100.0 * i, 1980, 0, []) for i in range(5)]])
     write(host, [host_sample(5.0 * i, 50.0, 100.0, 10.0, []) for i in range(5)])
     for stage in (gpu, host):
         png = tmp_path / f"{stage.name}.png"

@@ -23,10 +23,11 @@ from kit.checks import Check
 from kit.cli import app
 from kit.commands import check_host as ch
 from kit.commands import ls as ls_cmd
-from kit.commands.env import env_block, revision_text, source_revision
+from kit.commands.env import env_block
 from kit.launchers.base import follow
 from kit.results.summary import run_summary
 from kit.run.progress import EventTail, StageProgress
+from kit.run.revision import revision_text, source_revision
 
 from .rundir_factory import StageSpec, make_run, mllog
 
@@ -439,11 +440,11 @@ def test_kit_configs_to_a_pipe_cuts_no_header_and_folds_nothing():
 
 
 def test_the_table_is_narrowed_on_a_terminal_by_wrapping_prose_never_by_cutting_a_header(monkeypatch):
-    from kit import cli
+    from kit.commands import configs
 
     out = io.StringIO()
-    monkeypatch.setattr(cli, "console", Console(file=out, width=80, force_terminal=True, color_system=None))
-    cli.configs("llava1_5_7b")
+    monkeypatch.setattr(configs, "console", Console(file=out, width=80, force_terminal=True, color_system=None))
+    configs.list_configs("llava1_5_7b")
     text = out.getvalue()
     print(text)
     assert "…" not in text and "micro/GAS/global" in text and max(len(ln) for ln in text.splitlines()) <= 80

@@ -23,7 +23,7 @@ from kit.launchers import launcher_class
 from kit.run import stages
 from kit.run.dir import RunDir
 from kit.run.request import RunRequest, resolve
-from kit.vendors import nvml
+from kit.vendors.nvidia import nvml
 
 
 def _plan(case: str, config: str, stage: str, **kw):
@@ -33,7 +33,7 @@ def _plan(case: str, config: str, stage: str, **kw):
 
 
 # The pieces of `kit run` these tests call, by the names they had when they lived in one module.
-run_cmd = SimpleNamespace(plan=_plan, gpu_problem=stages.gpu_problem, disk_need=stages.disk_need,
+run_cmd = SimpleNamespace(plan=_plan, device_problem=stages.device_problem, disk_need=stages.disk_need,
                           preflight=stages.preflight, record_check=stages.record_check,
                           resume_overrides=stages.resume_overrides, start=stages.start,
                           UsageError=UsageError)  # fmt: skip
@@ -87,7 +87,7 @@ def test_a_gpu_config_on_a_host_without_gpus_exits_3_and_creates_nothing(tmp_pat
     assert r.exit_code == 3, r.output
     assert text(r) == (
         "error: config H200x1x1 needs 1 GPU per node (H200); this host has none: NVML cannot start: NVML Shared "
-        "Library Not Found (no NVIDIA driver loaded on this host?) — run on a GPU host, or use --config tiny on a CPU"
+        "Library Not Found (no NVIDIA driver loaded on this host?) — run on a host with NVIDIA GPUs, or use --config tiny on a CPU"
     )
     assert empty(tmp_path / "runs")
     # The default config (A800x1x8) on the container path with this host's engine is counted the same way.
@@ -108,14 +108,14 @@ def test_a_dry_run_says_the_gpu_check_would_stop_the_launch(tmp_path, no_nvml, r
 def test_a_recorded_h200x2_host_passes_the_gpu_check(tmp_path, monkeypatch, roomy):
     monkeypatch.setenv("KIT_NVML_RECORDING", str(RECORDING))
     req, cfg = run_cmd.plan("llava1_5_7b", "H200x1x1", "all", synthetic=True, native=True, results=tmp_path)
-    assert run_cmd.gpu_problem(req, cfg) is None
+    assert run_cmd.device_problem(req, cfg) is None
     r = invoke("run", "llava1_5_7b", "--config", "H200x1x1", "--synthetic", "--native", "--dry-run",
                "--results", str(tmp_path), KIT_NVML_RECORDING=str(RECORDING))  # fmt: skip
     assert r.exit_code == 0 and "would stop" not in r.output, r.output
     assert r.output.splitlines()[-1] == "dry run: the checks pass; a launch would go (exit 0)"
     req, cfg = run_cmd.plan("llava1_5_7b", "H200x1x1", "pretrain", gpus=4, synthetic=True, native=True,
                             results=tmp_path, overrides=["pretrain.micro_batch=8"])  # fmt: skip
-    assert run_cmd.gpu_problem(req, cfg) == (
+    assert run_cmd.device_problem(req, cfg) == (
         "config H200x1x1 at --gpus 4 needs 4 GPUs per node (H200); this host has 2 (NVIDIA H200) — run on a host "
         "with 4, or pass --gpus 2 (or a config for 2: kit configs)"
     )
@@ -123,13 +123,13 @@ def test_a_recorded_h200x2_host_passes_the_gpu_check(tmp_path, monkeypatch, room
 
 def test_the_gpu_check_counts_only_this_hosts_gpus(no_nvml, monkeypatch):
     tiny, _ = run_cmd.plan("llava1_5_7b", "tiny", "all", synthetic=True, native=True)
-    assert run_cmd.gpu_problem(tiny, _) is None  # a CPU config
+    assert run_cmd.device_problem(tiny, _) is None  # a CPU config
     local, cfg = run_cmd.plan("llava1_5_7b", "H200x1x1", "all", synthetic=True)  # containers on the local engine
-    assert "needs 1 GPU per node" in run_cmd.gpu_problem(local, cfg)
+    assert "needs 1 GPU per node" in run_cmd.device_problem(local, cfg)
     remote, cfg = run_cmd.plan("llava1_5_7b", "H200x1x1", "all", synthetic=True, hosts="gpu1")
-    assert run_cmd.gpu_problem(remote, cfg) is None  # another host's GPUs: kit check-host --hosts counts them
+    assert run_cmd.device_problem(remote, cfg) is None  # another host's GPUs: kit check-host --hosts counts them
     monkeypatch.setenv("DOCKER_HOST", "ssh://gpu1")
-    assert run_cmd.gpu_problem(local, cfg) is None
+    assert run_cmd.device_problem(local, cfg) is None
 
 
 # ---------------------------------------------------------------- dry runs: the whole plan, then every stop

@@ -11,8 +11,8 @@ import pytest
 from cases.llava1_5_7b import config as case_config
 from kit.case import rules
 from kit.data import identity
-from kit.run.hostfacts import gpu_facts
-from kit.vendors.nvml import ReplayNVML
+from kit.run.hostfacts import device_facts
+from kit.vendors.nvidia import NvidiaVendor
 
 RULES = Path(rules.cases.get("llava1_5_7b").root / "rules.toml")
 RECORDING = Path(__file__).resolve().parents[1] / "fixtures" / "hosts" / "nvml-h200x2.json"
@@ -104,10 +104,11 @@ def test_inputs_identity_of_a_real_layout(tmp_path):
     assert changed["weights"]["digest"] != out["weights"]["digest"]
 
 
-def test_gpu_facts_from_a_recorded_h200x2():
-    facts = gpu_facts(ReplayNVML.load(RECORDING))
-    assert facts["available"] and facts["driver"] == "580.159.04" and facts["cuda_driver"] == "13.0"
-    assert [(d["name"], d["nvlink_links_up"]) for d in facts["devices"]] == [("NVIDIA H200", 18)] * 2
+def test_device_facts_from_a_recorded_h200x2():
+    facts = device_facts(NvidiaVendor(RECORDING))
+    assert facts["available"] and facts["driver"] == "580.159.04" and facts["toolkit"] == "13.0"
+    assert facts["vendor"] == "nvidia" and facts["link_kind"] == "NVLink" and facts["replayed_from"] == str(RECORDING)
+    assert [(d["name"], d["links_up"]) for d in facts["devices"]] == [("NVIDIA H200", 18)] * 2
     assert facts["devices"][0]["memory_bytes"] == 150754820096
 
 
@@ -125,8 +126,8 @@ def test_an_unknown_accelerator_needs_a_declared_peak():
 def test_a_resume_may_move_the_inputs_but_not_change_them(tmp_path):
     from rich.console import Console
 
+    from kit.run.inputs import same_inputs
     from kit.run.request import RunRequest
-    from kit.run.stages import same_inputs
 
     cfg_obj = case_config.load("A800x1x8")
     cfg = cfg_obj.to_dict()

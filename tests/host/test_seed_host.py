@@ -28,7 +28,7 @@ from kit.commands import check_host as ch
 from kit.commands.build import build as build_command
 from kit.commands.env import env
 from kit.image import builder as b
-from kit.vendors.nvml import open_nvml
+from kit.vendors.nvidia.nvml import open_nvml
 
 ROOT = Path(__file__).resolve().parents[2]
 HOSTS = ROOT / "tests" / "fixtures" / "hosts"
@@ -60,8 +60,9 @@ def test_check_host_on_the_seed_driver_names_the_reference_stacks_11_8_variant(t
     app = typer.Typer()
     app.command("check-host")(ch.check_host)
     app.command("env")(env)  # two commands: the app takes the command's name, as kit's does
-    argv = ["check-host", "--config", "A800x1x1", "--nvml-recording", str(SEED_DRIVER), "--results", str(tmp_path)]
-    r = runner.invoke(app, [*argv, "--json"])
+    argv = ["check-host", "--config", "A800x1x1", "--results", str(tmp_path)]
+    seed = {"KIT_NVML_RECORDING": str(SEED_DRIVER)}  # NVIDIA's vendor answers from the recording
+    r = runner.invoke(app, [*argv, "--json"], env=seed)
     rows = {c["name"]: c for c in next(iter(json.loads(r.stdout)["hosts"].values()))}
     driver = rows["driver"]
     assert driver["status"] == "ok" and driver["detail"].startswith("470.141.10: full support up to CUDA 11.4")
@@ -71,7 +72,7 @@ def test_check_host_on_the_seed_driver_names_the_reference_stacks_11_8_variant(t
     assert reference["status"] == "warn"
     assert "with its CUDA 11.8 variant (`kit build --cuda auto` takes it)" in reference["detail"]
     assert "no variant runs on driver 470.141.10" in rows["stack current"]["detail"]
-    shown = runner.invoke(app, argv, env={"COLUMNS": "200"}).stdout  # what a user reads
+    shown = runner.invoke(app, argv, env={"COLUMNS": "200", **seed}).stdout  # what a user reads
     assert "kit build --cuda 11.8" in shown and "stack reference" in shown
 
 
@@ -86,8 +87,8 @@ def test_build_auto_on_the_seed_driver_plans_11_8_from_the_repository_without_re
 
     app = typer.Typer()
     app.command()(build_command)
-    r = runner.invoke(app, ["--cuda", "auto", "--dry-run", "--nvml-recording", str(SEED_DRIVER), "--results",
-                            str(tmp_path)], env={"COLUMNS": "250"})  # fmt: skip
+    r = runner.invoke(app, ["--cuda", "auto", "--dry-run", "--results", str(tmp_path)],
+                      env={"COLUMNS": "250", "KIT_NVML_RECORDING": str(SEED_DRIVER)})  # fmt: skip
     assert r.exit_code == 0, r.output
     assert "nothing is sent to the engine" in r.output and plan.tag in r.output
     assert "CUDA 11.8 (driver 470.141.10 cannot run CUDA 12.1 fully" in r.output

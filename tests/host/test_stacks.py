@@ -31,9 +31,9 @@ import pytest
 from typer.testing import CliRunner
 
 from kit import __version__
-from kit.checks import driver
 from kit.image import builder as b
 from kit.image import stacks as st
+from kit.vendors.nvidia import driver
 
 from .test_image import _lock, _missing
 
@@ -50,9 +50,12 @@ def test_the_stacks_file_names_both_stacks():
     s = st.load()
     assert s.default == "reference" and s.names() == ["reference", "current"]
     ref, cur = s.get("reference"), s.get("current")
-    assert [v.cuda for v in ref.variants] == ["12.1", "11.8"] and ref.dockerfile == "Dockerfile"
+    assert [v.name for v in ref.variants] == ["12.1", "11.8"] and ref.dockerfile == "Dockerfile"
+    assert {v.vendor for st_ in s.stacks.values() for v in st_.variants} == {"nvidia"}  # the only variants so far
+    assert [v.label for v in ref.variants] == ["CUDA 12.1", "CUDA 11.8"]
+    assert [v.build_args() for v in ref.variants] == [{"CUDA_VARIANT": "12.1"}, {"CUDA_VARIANT": "11.8"}]
     assert ref.has("torch") == "2.1.2" and ref.has("flash-attn") == "2.4.2" and ref.has("liger-kernel") is None
-    assert [v.cuda for v in cur.variants] == ["13.0"] and cur.dockerfile == "Dockerfile.current"
+    assert [v.name for v in cur.variants] == ["13.0"] and cur.dockerfile == "Dockerfile.current"
     assert cur.has("liger-kernel") == "0.8.5" and cur.has("flash-attn") is None
     # The build's reference variants are the ones it always had.
     assert b.VARIANTS == {
@@ -60,13 +63,13 @@ def test_the_stacks_file_names_both_stacks():
         "11.8": {"short": "cu118", "locks": ["env/lock-cu118.txt", "env/lock-cu118-torch.txt"],
                  "base": "nvidia/cuda:11.8.0-cudnn8-devel-ubuntu20.04"},
     }  # fmt: skip
-    # Every stack variant is in the driver table, with its stack, and has a toolkit row.
+    # Every NVIDIA stack variant is in the driver table, with its stack, and has a toolkit row.
     table = driver.load_table()
     rows = {(v["cuda"], v["stack"]) for v in table["variants"]}
     cudas = {t["cuda"] for t in table["toolkits"]}
     for stack in s.stacks.values():
-        for v in stack.variants:
-            assert (v.cuda, stack.name) in rows and v.cuda in cudas
+        for v in stack.of_vendor("nvidia"):
+            assert (v.name, stack.name) in rows and v.name in cudas
 
 
 @pytest.mark.parametrize(
@@ -74,13 +77,21 @@ def test_the_stacks_file_names_both_stacks():
     [
         (lambda t: t.replace('python = "3.12"', 'python = "3.12"\npyton = "3.11"'), "[stack.current]", "pyton"),
         (lambda t: t.replace('short = "cu130"', 'short = "cu130"\nbasee = "x"'), "[stack.current].variant #1", "basee"),
-        (lambda t: t.replace('schema = "kit.stacks/1"', 'schema = "kit.stacks/1"\nstackz = 1'), "top level", "stackz"),
+        (lambda t: t.replace('schema = "kit.stacks/2"', 'schema = "kit.stacks/2"\nstackz = 1'), "top level", "stackz"),
         (lambda t: t.replace('package = "liger-kernel"', 'package = "liger-kernel"\npkg = "x"'), "[[need]] #1", "pkg"),
         (lambda t: t.replace('liger-kernel = "0.8.5"', "liger-kernel = 0.85"), "[stack.current].provides.liger-kernel",
          "version string or false"),
         (lambda t: t.replace('default = "reference"', 'default = "newest"'), "default", "'newest' is not a stack"),
         (lambda t: t.replace('locks = ["env/lock-current-cu130.txt"]', 'locks = ["/abs/lock.txt"]'),
          "[stack.current].variant #1.locks", "relative"),
+        (lambda t: t.replace('vendor = "nvidia"\nname = "13.0"', 'name = "13.0"'), "[stack.current].variant #1",
+         "missing 'vendor'"),
+        (lambda t: t.replace('vendor = "nvidia"\nname = "13.0"', 'vendor = "Nvidia Corp"\nname = "13.0"'),
+         "[stack.current].variant #1.vendor", "not a vendor's name"),
+        (lambda t: t.replace('args = { CUDA_VARIANT = "13.0" }', 'args = { CUDA_VARIANT = 13 }'),
+         "[stack.current].variant #1.args.CUDA_VARIANT", "build arg"),
+        (lambda t: t.replace('image_variant_labels = ["kit.build.variant", "kit.cuda"]', 'image_variant_labels = []'),
+         "image_variant_labels", "non-empty list"),
     ],
 )
 def test_a_bad_stacks_file_names_the_file_and_the_key(tmp_path, edit, where, what):
@@ -93,8 +104,8 @@ def test_a_bad_stacks_file_names_the_file_and_the_key(tmp_path, edit, where, wha
 
 def test_a_wrong_schema_is_refused(tmp_path):
     p = tmp_path / "stacks.toml"
-    p.write_text((ROOT / "env/stacks.toml").read_text().replace("kit.stacks/1", "kit.stacks/0"))
-    with pytest.raises(st.StacksError, match=r"schema = 'kit.stacks/0', expected 'kit.stacks/1'"):
+    p.write_text((ROOT / "env/stacks.toml").read_text().replace("kit.stacks/2", "kit.stacks/0"))
+    with pytest.raises(st.StacksError, match=r"schema = 'kit.stacks/0', expected 'kit.stacks/2'"):
         st.load(p)
 
 

@@ -2,8 +2,8 @@
 
 Everything kit/ needs of this case is here or one import away, in the standard library only: the stages and their
 entry modules, the config schema (../config.py), the rules, reference rows and data sources (../*.toml), the
-formulas of the results (metrics.py), the data layout and record validator (data.py, ../records.py), and the
-MMMU scorer (scoring.py). kit/ never names this case; it asks `CASE`.
+formulas of the results (metrics.py), the data layout and record validator (data.py, ../records.py), the MMMU
+scorer (scoring.py), and the fit of a config to another device (fit.py). kit/ never names this case; it asks `CASE`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 from kit.case import EVAL, TRAIN, Stage
 
 from .. import config as config_schema
-from . import data, metrics, scoring
+from . import data, fit, metrics, scoring
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -185,6 +185,12 @@ class Llava:
             return None
         return ("--stage eval alone needs a finetuned model: --model-dir DIR holding pytorch_model.bin (a run's "
                 f"finetune/model){'' if model_dir is None else f'; {model_dir} has none'}")  # fmt: skip
+
+    def fit(self, reference: str, target: dict[str, Any]) -> dict[str, Any]:
+        """A config for another device from `reference`, changing only free keys (fit.py; `kit configs new`)."""
+        t = fit.Target(device=target["device"], memory_gib=float(target["memory_gib"]), nodes=int(target["nodes"]),
+                       gpus_per_node=int(target["gpus_per_node"]), host_memory_gib=target.get("host_memory_gib"))  # fmt: skip
+        return fit.fit(reference, t, name=target.get("name"))
 
     def eval_data_problem(self, path: Path | None) -> str:
         return (f"the eval stage needs MMMU validation data: {path or '--eval-data DIR'} is not a directory; pass "

@@ -7,7 +7,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 
 class Events:
@@ -40,6 +40,18 @@ def rank_log(stage_dir: Path, rank: int, world: int) -> None:
 
 def ended(rank: int) -> None:
     print(f"rank {rank} done (ended at {time.time():.3f})", flush=True)
+
+
+def leave(code: int) -> NoReturn:
+    """End the rank once its work is written, without the interpreter's teardown. Under torch 2.13 (CPU) a rank that
+    ran backward passes and gloo collectives now and then aborts while the interpreter shuts down, after
+    destroy_process_group ("terminate called without an active exception", SIGABRT), and torchrun then reports the
+    stage failed although every file was written. Reproduced without the kit or this case (two ranks under torchrun,
+    twelve backward + all_reduce steps, destroy_process_group, a normal exit): 2 aborts in 36 runs; none in 24 that
+    ended with os._exit. The toy is here to test the kit, not torch's teardown."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def device_facts(world: int) -> dict[str, Any]:

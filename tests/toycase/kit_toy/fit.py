@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 
 PROCESS_START = time.time()
+
+from kit_toy import runtime as vendor_runtime  # noqa: E402
+
+RUNTIME = vendor_runtime.apply()  # before torch is imported (the LLaVA case's device layer does the same)
 
 from pathlib import Path  # noqa: E402
 
@@ -15,7 +18,7 @@ import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
 from kit_toy import config as schema  # noqa: E402
-from kit_toy.contract import Events, device_facts, ended, rank_log  # noqa: E402
+from kit_toy.contract import Events, device_facts, ended, leave, rank_log  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     stage_dir = args.run_dir / args.stage
     rank_log(stage_dir, rank, world)
+    print(vendor_runtime.line(RUNTIME), flush=True)
     dist.init_process_group("gloo")
     torch.set_num_threads(1)
     cfg = schema.load(args.config)
@@ -46,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     log("kit_facts", {"stage": args.stage, "world_size": world, "nodes": 1, "micro_batch": s.micro_batch,
                       "grad_accum": gas, "global_batch": s.global_batch, "records": s.steps * s.global_batch,
                       "steps_total": s.steps, "steps_planned": steps, "warmup_steps": 0, "zero_stage": s.zero_stage,
-                      "dtype": "float32", **device_facts(world), "versions": {"torch": torch.__version__},
+                      "dtype": "float32", **device_facts(world), "runtime": RUNTIME,
+                      "versions": {"torch": torch.__version__},
                       "synthetic": args.synthetic,
                       "model": {"params": params, "trainable_params": params, "width": cfg.model.width}})  # fmt: skip
     log("init_stop", None, "INTERVAL_END")
@@ -87,4 +92,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    leave(main())  # contract.leave: why not sys.exit

@@ -5,10 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 
 PROCESS_START = time.time()
+
+from kit_toy import runtime as vendor_runtime  # noqa: E402
+
+RUNTIME = vendor_runtime.apply()  # before torch is imported (the LLaVA case's device layer does the same)
 
 from pathlib import Path  # noqa: E402
 
@@ -16,7 +19,7 @@ import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
 from kit_toy import config as schema  # noqa: E402
-from kit_toy.contract import Events, ended, rank_log  # noqa: E402
+from kit_toy.contract import Events, ended, leave, rank_log  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     stage_dir = args.run_dir / args.stage
     rank_log(stage_dir, rank, world)
+    print(vendor_runtime.line(RUNTIME), flush=True)
     dist.init_process_group("gloo")
     cfg = schema.load(args.config)
     n = min(cfg.quiz.questions, args.limit) if args.limit else cfg.quiz.questions
@@ -37,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     log("init_start", {"stage": args.stage}, "INTERVAL_START", time_ms=PROCESS_START * 1000)
     saved = torch.load(args.run_dir / "fit" / "model.pt")
     log("kit_facts", {"stage": args.stage, "questions": n, "decoding": "greedy", "world_size": world,
-                      "batch_size": n})  # fmt: skip
+                      "batch_size": n, "runtime": RUNTIME})  # fmt: skip
     log("init_stop", None, "INTERVAL_END")
     log("run_start", {"questions": n}, "INTERVAL_START")
     t0 = time.time()
@@ -61,4 +65,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    leave(main())  # contract.leave: why not sys.exit

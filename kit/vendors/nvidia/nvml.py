@@ -4,7 +4,7 @@ Host checks call NVML through `open_nvml()`. On a machine with GPUs that is `pyn
 package). For tests (and for checking a host from a recording someone sent), `ReplayNVML` answers the
 same calls from a recording made with
 
-    python -m kit.vendors.nvml record OUT.json
+    python -m kit.vendors.nvidia.nvml record OUT.json
 
 which calls a fixed list of NVML functions on every GPU and stores each answer or error verbatim.
 """
@@ -180,7 +180,7 @@ class ReplayNVML:
         def replay(*args: Any) -> Any:
             entry = self._rec["calls"].get(_key(fn, list(args)))
             if entry is None:
-                raise KeyError(f"{fn}{args} is not in this NVML recording; record it with `python -m kit.vendors.nvml record`")
+                raise KeyError(f"{fn}{args} is not in this NVML recording; record it with `python -m kit.vendors.nvidia.nvml record`")
             if "error" in entry:
                 raise NVMLError(entry["code"], entry["error"])
             return _revive(entry["result"])
@@ -205,7 +205,7 @@ def open_nvml(recording: Path | str | None = None) -> Any:
 
 def main(argv: list[str]) -> int:
     if len(argv) != 2 or argv[0] != "record":
-        print("usage: python -m kit.vendors.nvml record OUT.json", file=sys.stderr)
+        print("usage: python -m kit.vendors.nvidia.nvml record OUT.json", file=sys.stderr)
         return 2
     import pynvml
 

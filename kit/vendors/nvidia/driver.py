@@ -18,6 +18,7 @@ per stack, whether this driver runs it and which variant `kit build --stack NAME
 from __future__ import annotations
 
 import functools
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -29,7 +30,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
-CUDA_DRIVERS_TOML = Path(__file__).resolve().parents[2] / "env" / "cuda-drivers.toml"
+CUDA_DRIVERS_TOML = Path(__file__).resolve().parents[3] / "env" / "cuda-drivers.toml"
 COMPAT_LIMITS = "no PTX JIT: every kernel must ship SASS for this GPU; APIs newer than the driver fail"
 
 Support = Literal["full", "compat", "none"]
@@ -215,3 +216,25 @@ def nvml_driver_checks(nvml: Any) -> list[Check]:
     except nvml.NVMLError:
         cuda = None
     return driver_checks(driver, cuda)
+
+
+def driver_from_proc(root: str | Path = "/") -> str | None:
+    """The loaded kernel module's version (root/proc/driver/nvidia/version), for hosts where NVML is missing."""
+    try:
+        text = (Path(root) / "proc/driver/nvidia/version").read_text()
+    except OSError:
+        return None
+    m = re.search(r"Kernel Module(?: for \S+)?\s+(\d+\.\d+(?:\.\d+)?)", text)
+    return m.group(1) if m else None
+
+
+def no_driver_check() -> Check:
+    """The driver row of a host with no NVIDIA kernel module loaded: the lowest driver the kit's images need."""
+    table = load_table()
+    need = table["variants"]
+    floor = min((r["min_driver"] for r in table["toolkits"] if r["cuda"] in {v["cuda"] for v in need}), key=parse_version)
+    return Check(
+        "driver", "driver", "fail", "no NVIDIA driver loaded (/proc/driver/nvidia/version is missing)",
+        f"install an NVIDIA driver >= {floor} (the kit's images need CUDA {' or '.join(v['cuda'] for v in need)}) "
+        "and reboot",
+    )

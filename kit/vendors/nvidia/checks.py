@@ -1,6 +1,6 @@
 """GPU checks from NVML: the GPUs a run will use, read the way the driver sees them (no nvidia-smi parsing).
 
-Every reading goes through the binding (`pynvml`, or `kit.vendors.nvml.ReplayNVML` of a recording), so the same code
+Every reading goes through the binding (`pynvml`, or `kit.vendors.nvidia.nvml.ReplayNVML` of a recording), so the same code
 runs on a GPU host and in tests. An NVML error on one reading (NOT_SUPPORTED on a consumer GPU, say) means
 "not reported": the check says so instead of failing the host.
 """
