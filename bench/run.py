@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 from kit import __version__  # noqa: E402
 from kit.launchers.base import rank_failures  # noqa: E402
 from kit.results.summary import write_summary  # noqa: E402
+from kit.run.dir import RunDir  # noqa: E402
 from kit.run.events import load_stage  # noqa: E402
 
 FIELDS = ("tokens_per_s_per_gpu", "padded_tokens_per_s_per_gpu", "reference_method_tokens_per_s_per_gpu",
@@ -77,7 +78,7 @@ def run_one(spec: dict, results: Path, phase_times: bool = False) -> dict:
             "micro_batch": facts.get("micro_batch"),
             "grad_accum": facts.get("grad_accum"),
             "global_batch": facts.get("global_batch"),
-            "stage_config": (resolved := json.loads((run / "run.json").read_text())["config"]).get(stage),
+            "stage_config": (resolved := RunDir(run).config()).get(stage),
             "levers": {
                 "gradient_checkpointing": resolved[stage]["gradient_checkpointing"],
                 "uncheckpointed_layers": resolved[stage].get("uncheckpointed_layers", 0),
