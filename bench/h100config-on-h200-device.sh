@@ -33,7 +33,7 @@ echo "== check-host at $(( $(date +%s) - t0 )) s"
 timeout 230 python3 bench/run.py bench/plans/h100-config-on-h200.toml --only h200x1-pretrain-H100x1x1 --out "$OUT" \
   --results /tmp/runs; echo "pretrain rc=$?"
 echo "== pretrain at $(( $(date +%s) - t0 )) s"
-timeout $(( 535 - ($(date +%s) - t0) )) python3 bench/run.py bench/plans/h100-config-on-h200.toml \
+timeout $(( ${DEADLINE:-535} - ($(date +%s) - t0) )) python3 bench/run.py bench/plans/h100-config-on-h200.toml \
   --only h200x1-finetune-H100x1x1 --out "$OUT" --results /tmp/runs; echo "finetune rc=$?"
 echo "== finetune at $(( $(date +%s) - t0 )) s"
 kill $sampler

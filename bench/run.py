@@ -29,12 +29,17 @@ sys.path.insert(0, str(ROOT))
 
 from kit import __version__  # noqa: E402
 from kit.launchers.base import rank_failures  # noqa: E402
+from kit.results.samples import monitor_summary  # noqa: E402
 from kit.results.summary import write_summary  # noqa: E402
 from kit.run.dir import RunDir  # noqa: E402
 from kit.run.events import load_stage  # noqa: E402
 
 FIELDS = ("tokens_per_s_per_gpu", "padded_tokens_per_s_per_gpu", "reference_method_tokens_per_s_per_gpu",
           "mfu_reference", "mfu_exact", "padding_waste", "startup_s", "loss_tail_mean", "steady_steps")  # fmt: skip
+
+
+def _gib(n: float | None) -> float | None:
+    return None if n is None else round(n / 2**30, 2)
 
 
 def run_one(spec: dict, results: Path, phase_times: bool = False) -> dict:
@@ -98,6 +103,11 @@ def run_one(spec: dict, results: Path, phase_times: bool = False) -> dict:
             "peak_mem_gib": st.get("mem_used_peak_gib"),
             "mem_total_gib": st.get("mem_total_gib"),
             "mem_reserved_peak_gib": st.get("mem_reserved_peak_gib"),
+            # the whole host's memory in use at its peak (the monitor's /proc/meminfo samples): the optimizer offload
+            # and everything else the run and the machine held, set against the fit's host estimate
+            "host_mem_used_peak_gib": _gib((host := (monitor_summary(run / stage) or {}).get("host") or {})
+                                           .get("mem_used_bytes_max")),  # fmt: skip
+            "host_mem_total_gib": _gib(host.get("mem_total_bytes")),
             **{k: st.get(k) for k in FIELDS},
         }
     )

@@ -115,3 +115,23 @@ def test_the_estimate_stands_against_every_measured_peak(name, result):
         pytest.skip("ratio 0.1 peaked above no offload (see OFFLOAD_STEPS): the fit never chooses it")
     assert est >= 0.98 * result["peak_mem_gib"], (est, result["peak_mem_gib"])
     assert est <= 1.2 * result["peak_mem_gib"]  # and not so far above that the fit would waste the device
+
+
+def _host_measured() -> list[tuple[str, dict]]:
+    return [(n, r) for n, r in _measured() if r.get("host_mem_used_peak_gib") and r["stage_config"].get("offload_optimizer")]
+
+
+@pytest.mark.parametrize("name,result", _host_measured(), ids=[n for n, _ in _host_measured()])
+def test_the_host_estimate_stands_against_every_measured_host_peak(name, result):
+    """Each GPU run of bench/results that offloaded optimizer state and recorded its host's peak: the host estimate is
+    at least the whole host's memory in use at its peak, and under what the fit leaves usable of that host."""
+    ref = case_config.load("A800x1x8").to_dict()[result["stage"]]
+    stage_cfg = {**ref, **result["stage_config"]}
+    sz = F.sizes(case_config.load(result["config"]).to_dict())
+    est = F.host_gib(result["stage"], F._setting_of(stage_cfg, sz.layers), sz, result["gpus"], result["gpus"])
+    assert est >= result["host_mem_used_peak_gib"], (est, result["host_mem_used_peak_gib"])
+    assert est <= 1.2 * result["host_mem_used_peak_gib"]
+
+
+def test_some_host_peak_is_measured():
+    assert _host_measured(), "no result file of bench/results records an offloading run's host peak"

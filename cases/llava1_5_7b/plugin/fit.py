@@ -83,12 +83,16 @@ OFFLOAD03_SAMPLED_TPS, OFFLOAD05_SAMPLED_TPS = 4_837.7, 4_538.9  # h200x1-finetu
 # estimated at its bound of 14,000 positions (docs/performance.md), 92% of the H200's 140.4 GiB; 12 kept layers ran at
 # 137.4 GiB (98%) and were judged too close to be a default.
 USABLE = 0.93
-# Usable share of a node's memory: the rest is the OS, the page cache of the data, the loader workers.
+# Usable share of a node's memory: a margin over host_gib (which counts the machine and the loader workers, measured
+# on synthetic data) for the page cache of real data and what one run does not show.
 HOST_USABLE = 0.90
-# Host memory per rank beside the offloaded optimizer state, in GiB. Lower bound from a failure: whole offload (about
-# 113 GiB of optimizer state and gradients for 6.8B parameters) ran the 125 GiB host of one H200 out of memory
-# (h200x1-finetune-offload-full.json), so the rest of the process needed more than 12 GiB; twice that is reserved.
-HOST_BASE_GIB = 24.0
+# Host memory per rank beside the offloaded optimizer state, in GiB, measured: H100x1x1's finetune (offload 0.6, 73.0
+# GiB of offloaded state and gradient buffer by host_gib's formula) held 114.2 GiB of one H100 machine's 125 GiB at
+# its peak (the whole host's memory in use, from 0 before: h100x1-finetune-H100x1x1.json), so the rest of the rank,
+# its loader workers and the machine needed 41.2 GiB. The estimate of 2026-12-06 reserved 24 GiB (twice a lower bound
+# from whole offload failing on an H200's 125 GiB host, h200x1-finetune-offload-full.json) and said 97 GiB where 114.2
+# was used. Taken per rank (one rank measured), so a node of several offloading ranks is over-estimated, not under.
+HOST_BASE_GIB = 42.0
 # Offload fractions tried under ZeRO-3. 0.1 (and so 0.2) is left out: h200x1-finetune-offload-0.1.json peaked at
 # 122.1 GiB, above no offload's 115.2 (-offload-0.json); from 0.3 on, each tenth moved 12 bytes per parameter to the
 # host as expected (0.3 -> 0.5: 94.0 -> 78.9 GiB, h200x1-finetune-offload-0.3.json and -0.5.json).
