@@ -437,6 +437,18 @@ def test_cpu_memory_os_from_proc(tmp_path):
     assert small["memory"].status == "warn"
 
 
+def test_host_memory_against_the_offload_estimate(tmp_path):
+    """H100x1x1's finetune keeps 0.6 of its optimizer state on the host: the fit's host estimate (115 GiB, measured
+    114.2 GiB on one H100 machine, bench/results/h100x1-finetune-H100x1x1.json) is what check-host asks of the host."""
+    big = by_name(system.host_checks(cfg("H100x1x1"), fake_root(tmp_path, mem_kb=100 * 1024**2)))["memory"]
+    assert big.status == "warn" and "finetune keeps 0.6 of its fp32 optimizer state on the host" in big.detail
+    assert "about 115 GiB per node" in big.detail and "at least 115 GiB" in big.fix and "kit configs new" in big.fix
+    ok = by_name(system.host_checks(cfg("H100x1x1"), fake_root(tmp_path / "b", mem_kb=125 * 1024**2)))["memory"]
+    assert ok.status == "ok" and round(ok.data["need_bytes"] / 2**30) == 115  # the machine it ran on
+    plain = by_name(system.host_checks(cfg("H100x1x8"), fake_root(tmp_path / "c", mem_kb=32 * 1024**2)))["memory"]
+    assert plain.status == "ok" and "16-bit LLM" in plain.detail  # no offload: the model's load alone
+
+
 def test_model_sizes_and_results_need():
     sz = CASE.data.model_sizes(cfg())  # the case counts its parameters; the host asks it (results_need)
     assert sz.llm == 6_738_415_616  # LLaMA-2 7B

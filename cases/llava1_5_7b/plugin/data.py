@@ -17,6 +17,7 @@ from kit.case.data import Checkpoint, EvalSet, Need, StageData
 
 from .. import config as config_schema
 from ..records import CATEGORIES, ESCAPES, image_path_problem, record_issue, record_problem
+from . import fit
 from .scoring import SUBJECTS
 
 if sys.version_info >= (3, 11):
@@ -217,15 +218,21 @@ def disk_need(cfg: Any, request: dict[str, Any]) -> tuple[int, int, str] | None:
 
 
 def memory_need(cfg: Any) -> Need:
-    """The 16-bit LLM is held in host memory while it loads, plus the optimizer state offloaded to the CPU."""
+    """The 16-bit LLM is held in host memory while it loads; a stage that offloads optimizer state needs the fit's
+    host estimate instead (fit.host_gib: the offloaded state plus what a rank and the machine hold beside it, measured
+    on one H100 with H100x1x1), the larger of the two."""
     sz = model_sizes(cfg)
-    offload = max(cfg.pretrain.offload_optimizer, cfg.finetune.offload_optimizer)
-    how = f"the 16-bit LLM ({_human(2 * sz.llm)}) while loading" + (
-        f" + {offload:.0%} of the optimizer on the CPU (16 B per param: fp32 weights, gradients, 2 Adam moments)"
-        if offload else ""
-    )  # fmt: skip
-    return Need(2 * sz.llm + int(offload * 16 * sz.trainable_finetune), how,
-                fix="use a host with more memory or lower finetune.offload_optimizer")  # fmt: skip
+    load = 2 * sz.llm
+    stage, gib = max(fit.host_need_gib(cfg.to_dict()).items(), key=lambda kv: kv[1])
+    if gib * 2**30 <= load:
+        return Need(load, f"the 16-bit LLM ({_human(load)}) while loading",
+                    fix="use a host with more memory")  # fmt: skip
+    offload = getattr(cfg, stage).offload_optimizer
+    how = (f"{stage} keeps {offload:g} of its fp32 optimizer state on the host: about {gib:.0f} GiB per node with "
+           "what the ranks hold beside it")
+    return Need(int(gib * 2**30), how, fix=f"use a host with at least {gib:.0f} GiB, or more devices, which shard the "
+                "offloaded state: `kit configs new --from REFERENCE --device NAME --gpus G --host-memory-gib N` "
+                "derives a config that fits this host (docs/vendors.md)")
 
 
 def shm_need(cfg: Any) -> Need:

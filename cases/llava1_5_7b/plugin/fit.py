@@ -267,6 +267,14 @@ def host_gib(stage: str, s: Setting, sz: Sizes, world: int, gpus_per_node: int) 
     return gpus_per_node * per_rank
 
 
+def host_need_gib(cfg: dict[str, Any]) -> dict[str, float]:
+    """Each training stage's host_gib for a whole config, per node: what `kit check-host` sets against the host."""
+    sz = sizes(cfg)
+    world = cfg["nodes"] * cfg["gpus_per_node"]
+    return {stage: host_gib(stage, _setting_of(cfg[stage], sz.layers), sz, world, cfg["gpus_per_node"])
+            for stage in TRAINS}  # fmt: skip
+
+
 def relative_time(stage: str, s: Setting, sz: Sizes) -> float:
     """Time per token against the same stage with no recomputation, a very large micro-batch and no offload.
 
