@@ -144,12 +144,8 @@ def plot_monitor(stage_dir: Path, png: Path) -> bool:
         ax1.set(ylabel=f"CPU (% of {cores} cores)")
         ax1.legend(loc="best", fontsize="small")
         ax1.grid(alpha=0.3)
-        if any((s.get("run") or {}).get("pss_bytes") is not None for s in samples):  # shared pages counted once
-            ax2.plot(xs, series([(s.get("run") or {}).get("pss_bytes") for s in samples], GIB), lw=1,
-                     label="the run's PSS")  # fmt: skip
-        else:  # runs sampled before pss_bytes: summed RSS, shared pages once per process
-            ax2.plot(xs, series([(s.get("run") or {}).get("rss_bytes") for s in samples], GIB), lw=1,
-                     label="the run's RSS (summed)")  # fmt: skip
+        ax2.plot(xs, series([(s.get("run") or {}).get("rss_bytes") for s in samples], GIB), lw=1,
+                 label="the run's RSS (summed)")  # fmt: skip
         ax2.plot(xs, series([(s.get("mem") or {}).get("used_bytes") for s in samples], GIB), lw=1, label="host used")
         ax2.set(xlabel="seconds since the first sample", ylabel="memory (GiB)")
         ax2.legend(loc="best", fontsize="small")

@@ -243,7 +243,6 @@ def _host_summary(samples: list[dict[str, Any]], out: dict[str, Any], warnings: 
         "mem_total_bytes": _max([(s.get("mem") or {}).get("total_bytes") for s in samples]),
         "run_cpu_pct_mean": _mean([r.get("cpu_pct") for r in runs]),
         "run_rss_bytes_max": _max([r.get("rss_bytes") for r in runs]),
-        "run_pss_bytes_max": _max([r.get("pss_bytes") for r in runs]),
         "others_cpu_pct_mean": others_pct,
         "others_cpu_share_mean": share,
         "other_busy_processes": busy,

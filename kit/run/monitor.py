@@ -96,18 +96,6 @@ def proc_table(proc: str = "/proc") -> dict[int, dict[str, Any]]:
     return table
 
 
-def pss_bytes(pid: int, proc: str = "/proc") -> int | None:
-    """A process's proportional set size (/proc/<pid>/smaps_rollup, Linux 4.14+): its resident pages, each shared page
-    divided among the processes that map it, so the run's processes sum to what they hold together. Summed RSS counts
-    a page once per process: a rank's loader workers forked from it (sharing its pages) and its pinned buffers made
-    one H100 run's RSS 170 GiB on a 125 GiB host (bench/results/h100x1/host-peaks.json). None: not readable."""
-    text = _read(f"{proc}/{pid}/smaps_rollup")
-    for ln in (text or "").splitlines():
-        if ln.startswith("Pss:"):
-            return int(ln.split()[1]) * 1024
-    return None
-
-
 def cpu_times(proc: str = "/proc") -> dict[str, list[int]]:
     """/proc/stat's cpu lines: {"cpu": [...], "cpu0": [...], ...} (user nice system idle iowait irq softirq steal)."""
     out = {}
@@ -222,7 +210,6 @@ class HostSampler:
             d = _cpu_delta(self._cpu[k], cpu[k]) if k in self._cpu else None
             per_core.append(round(d["busy"], 1) if d else None)
         run_ticks = run_rss = run_pids = 0
-        run_pss: int | None = 0
         others_ticks = 0
         others: list[dict[str, Any]] = []
         for pid, info in table.items():
@@ -233,8 +220,6 @@ class HostSampler:
                 run_ticks += ticks
                 run_rss += info["rss"]
                 run_pids += 1
-                pss = pss_bytes(pid, self.proc) if run_pss is not None else None
-                run_pss = None if pss is None else run_pss + pss
             else:
                 others_ticks += ticks
                 pct = 100.0 * ticks / CLK_TCK / dt
@@ -264,8 +249,7 @@ class HostSampler:
                 "available_bytes": avail,
                 "used_bytes": total - avail if total is not None and avail is not None else None,
             },
-            "run": {"pids": run_pids, "rss_bytes": run_rss, "pss_bytes": run_pss,
-                    "cpu_pct": round(100.0 * run_ticks / CLK_TCK / dt, 1)},
+            "run": {"pids": run_pids, "rss_bytes": run_rss, "cpu_pct": round(100.0 * run_ticks / CLK_TCK / dt, 1)},
             "others_cpu_pct": round(100.0 * others_ticks / CLK_TCK / dt, 1),
             "others": others[:TOP_OTHERS],
         }

@@ -95,41 +95,6 @@ def run_tree():
     p.wait()
 
 
-def test_the_runs_pss_counts_a_forked_workers_shared_pages_once(tmp_path):
-    """A rank that forks a loader worker after filling 64 MiB: both map the same pages, so summed RSS counts them twice
-    and summed PSS once (each page divided between the two)."""
-    code = textwrap.dedent("""
-        import os, sys, time
-        block = bytearray(64 << 20)
-        for i in range(0, len(block), 4096):
-            block[i] = 1
-        pid = os.fork()
-        if pid == 0:
-            time.sleep(60)
-            os._exit(0)
-        print(pid, flush=True)
-        time.sleep(60)
-    """)
-    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
-    worker = None
-    try:
-        worker = int(p.stdout.readline())
-        m = Monitor(tmp_path, interval=0.3, roots={p.pid}, sampler=None).start()
-        time.sleep(1.0)
-        m.stop()
-        samples = [r for r in lines(tmp_path) if r["type"] == "sample"]
-        assert samples and all(s["run"]["pids"] == 2 for s in samples)
-        s = samples[-1]["run"]
-        assert s["rss_bytes"] >= 2 * (64 << 20)  # the block, once per process
-        assert 64 << 20 <= s["pss_bytes"] <= s["rss_bytes"] - (48 << 20), s  # the block once between them
-        assert monitor.pss_bytes(worker) is not None and monitor.pss_bytes(10**9) is None  # a pid that is gone
-    finally:
-        p.kill()
-        p.wait()
-        if worker:
-            os.kill(worker, 9)
-
-
 def cpu_seconds(pid: int) -> float:
     """utime + stime of a process, read from /proc/<pid>/stat here (not through kit.run.monitor)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
