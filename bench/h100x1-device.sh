@@ -1,11 +1,15 @@
 #!/bin/bash
-# One call of the lent one-H100 machine (nvidia-h100-x1) for the H100x1x1 figures, everything to $OUT:
-#   run: bash bench/h100x1-device.sh   (carry: .whl; kind: nvidia-h100-x1; about 9 minutes)
+# One call of the lent GPU machine for the H100x1x1 figures, everything to $OUT:
+#   run: bash bench/h100x1-device.sh [PLAN [PREFIX]]   (carry: .whl; kind: nvidia-h100-x1; about 9 minutes)
+# PLAN (default bench/plans/h100-smoke.toml) holds the runs PREFIX-pretrain-H100x1x1 and PREFIX-finetune-H100x1x1
+# (PREFIX default h100x1); bench/plans/h100-config-on-h200.toml with PREFIX h200x1 is the same config asked of the
+# nvidia-h200 kind while no H100 could be had. DEADLINE (default 535 s) bounds the whole script under the call's limit.
 # .whl/ holds ../shared/device/wheels.sh's wheels plus typer, rich, click, shellingham, markdown-it-py and mdurl (the
-# kit's own command line), for Python 3.12. It writes: machine.txt (nvidia-smi, versions), h100x1-check-host.txt,
-# bench/run.py's h100x1-pretrain-H100x1x1.json and h100x1-finetune-H100x1x1.json (bench/plans/h100-smoke.toml),
-# hostmem.txt (host memory in use every 2 s) and host-peaks.json (each stage's host peak from its monitor.jsonl).
+# kit's own command line), for Python 3.12. It writes: machine.txt (nvidia-smi, versions), PREFIX-check-host.txt,
+# bench/run.py's PREFIX-pretrain-H100x1x1.json and PREFIX-finetune-H100x1x1.json, hostmem.txt (host memory in use
+# every 2 s) and host-peaks.json (each stage's host peak from its monitor.jsonl).
 set -u
+plan=${1:-bench/plans/h100-smoke.toml} prefix=${2:-h100x1}
 t0=$(date +%s)
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
   >/dev/null 2>&1 || echo "pip failed"
@@ -27,14 +31,14 @@ sampler=$!
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; nproc; free -g
   python3 -c "import torch,deepspeed,transformers;print(torch.__version__,deepspeed.__version__,transformers.__version__)"
 } > "$OUT/machine.txt" 2>&1
-timeout 90 python3 -m kit.cli check-host --config H100x1x1 > "$OUT/h100x1-check-host.txt" 2>&1
-echo "check-host rc=$?" >> "$OUT/h100x1-check-host.txt"
+timeout 90 python3 -m kit.cli check-host --config H100x1x1 > "$OUT/$prefix-check-host.txt" 2>&1
+echo "check-host rc=$?" >> "$OUT/$prefix-check-host.txt"
 echo "== check-host at $(( $(date +%s) - t0 )) s"
-timeout 230 python3 bench/run.py bench/plans/h100-smoke.toml --only h100x1-pretrain-H100x1x1 --out "$OUT" \
+timeout 230 python3 bench/run.py "$plan" --only "$prefix-pretrain-H100x1x1" --out "$OUT" \
   --results /tmp/runs; echo "pretrain rc=$?"
 echo "== pretrain at $(( $(date +%s) - t0 )) s"
-timeout $(( ${DEADLINE:-535} - ($(date +%s) - t0) )) python3 bench/run.py bench/plans/h100-smoke.toml \
-  --only h100x1-finetune-H100x1x1 --out "$OUT" --results /tmp/runs; echo "finetune rc=$?"
+timeout $(( ${DEADLINE:-535} - ($(date +%s) - t0) )) python3 bench/run.py "$plan" \
+  --only "$prefix-finetune-H100x1x1" --out "$OUT" --results /tmp/runs; echo "finetune rc=$?"
 echo "== finetune at $(( $(date +%s) - t0 )) s"
 kill $sampler
 python3 - > "$OUT/host-peaks.json" <<'PY'

@@ -47,7 +47,7 @@ def test_it_prints_the_config_and_why_each_key_changed():
     assert "H100x1x1: changed from A800x1x8" in table
     row = next(ln for ln in table.splitlines() if "finetune.offload_optimizer" in ln)
     assert "0.0" in row and "GiB per device" in row and "over the 74.0 usable" in row
-    assert "finetune: device_gib" in table and "note: memory is estimated" in table
+    assert "finetune: device_gib" in table and "note: device memory is estimated" in table
 
 
 def test_write_writes_a_config_the_case_loads_and_the_closed_rules_accept(tmp_path):

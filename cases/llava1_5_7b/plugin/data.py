@@ -224,13 +224,13 @@ def memory_need(cfg: Any) -> Need:
     sz = model_sizes(cfg)
     load = 2 * sz.llm
     stage, gib = max(fit.host_need_gib(cfg.to_dict()).items(), key=lambda kv: kv[1])
-    if gib * 2**30 <= load:
+    if gib * fit.GIB <= load:
         return Need(load, f"the 16-bit LLM ({_human(load)}) while loading",
                     fix="use a host with more memory")  # fmt: skip
     offload = getattr(cfg, stage).offload_optimizer
     how = (f"{stage} keeps {offload:g} of its fp32 optimizer state on the host: about {gib:.0f} GiB per node with "
            "what the ranks hold beside it")
-    return Need(int(gib * 2**30), how, fix=f"use a host with at least {gib:.0f} GiB, or more devices, which shard the "
+    return Need(int(gib * fit.GIB), how, fix=f"use a host with at least {gib:.0f} GiB, or more devices, which shard the "
                 "offloaded state: `kit configs new --from REFERENCE --device NAME --gpus G --host-memory-gib N` "
                 "derives a config that fits this host (docs/vendors.md)")
 

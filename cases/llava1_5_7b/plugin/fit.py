@@ -104,7 +104,8 @@ SAME_SPEED = 1.03
 LEVERS = ("micro_batch", "gradient_checkpointing", "uncheckpointed_layers", "offload_optimizer", "reduce_bucket")
 
 NOTES = [
-    "memory is estimated from one H200's measured peaks (cases/llava1_5_7b/plugin/fit.py names each); "
+    "device memory is estimated from one H200's measured peaks and host memory from one H100's "
+    "(cases/llava1_5_7b/plugin/fit.py names each); "
     f"{100 * (1 - USABLE):.0f}% of the device is left free for what the estimate misses",
     "finetune's longest micro-batch is taken from the synthetic data's length distribution (cut by tokens: 1,092 "
     "positions per sample; as sampled or by length: max_length per sample); real conversations can be longer, and "
