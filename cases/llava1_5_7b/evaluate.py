@@ -25,12 +25,11 @@ import concurrent.futures  # noqa: E402
 import dataclasses  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
-import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 from . import config as config_mod  # noqa: E402
-from .train import Rank, library_versions, redirect_output, run_as_rank  # noqa: E402
+from .train import Rank, leave, library_versions, redirect_output, run_as_rank  # noqa: E402
 
 STAGE = "eval"
 MODEL_FILE = "pytorch_model.bin"
@@ -392,4 +391,4 @@ def evaluate(args: argparse.Namespace, rank: Rank, stage_dir: Path) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    leave(main())  # without the interpreter teardown that can abort a gloo rank (train.leave)
